@@ -1,0 +1,411 @@
+package blockstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Source is a disk to back up: Size bytes readable with ReadAt. ReadAt may
+// be called from several goroutines at once.
+type Source interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// SparseSource is a Source that knows where its data is. Bytes outside the
+// extents it reports read as zeros and are not read at all.
+type SparseSource interface {
+	Source
+	// NextData returns the first data extent [start, end) that ends after
+	// off, or io.EOF when the rest of the source is a hole.
+	NextData(ctx context.Context, off int64) (start, end int64, err error)
+}
+
+// IngestOptions tune one Ingest.
+type IngestOptions struct {
+	// Parent is the map of the same disk's previous backup, if any. A block
+	// whose hash equals the parent's block at the same index is known to be
+	// stored and skips the existence lookup.
+	Parent MapID
+	// Progress, if set, is called from one goroutine with the bytes of the
+	// disk processed so far and the disk size.
+	Progress func(done, total int64)
+}
+
+// IngestStats describe what one ingest read and wrote.
+type IngestStats struct {
+	LogicalBytes int64 `json:"logical_bytes"`  // disk size
+	ReadBytes    int64 `json:"read_bytes"`     // bytes read from the source (holes are not read)
+	ZeroBlocks   int64 `json:"zero_blocks"`    // blocks that are all zero, stored as markers
+	DataBlocks   int64 `json:"data_blocks"`    // blocks with data
+	NewBlocks    int64 `json:"new_blocks"`     // blocks not in the store before
+	NewRawBytes  int64 `json:"new_raw_bytes"`  // their size before compression
+	NewBytes     int64 `json:"new_bytes"`      // their stored size (after compression)
+	DurationNano int64 `json:"duration_nanos"` // wall time of the ingest
+}
+
+// PendingMap is an ingested map that is not yet visible. Commit it with
+// Store.Commit or drop it with Abort.
+type PendingMap struct {
+	Info MapInfo
+	s    *Store
+}
+
+// Abort removes the map's segments. Its new blocks are left for GC.
+func (p *PendingMap) Abort(ctx context.Context) error {
+	p.s.mu.Lock()
+	delete(p.s.pending, p.Info.ID)
+	p.s.mu.Unlock()
+	return p.s.PurgeSegments(ctx, p.Info.ID)
+}
+
+// ingestItem is one unit of pipeline work: up to itemBytes of consecutive
+// blocks.
+type ingestItem struct {
+	seq    int64
+	first  int64  // index of the first block
+	n      int    // number of blocks
+	buf    []byte // n*blockSize bytes; blocks not in hasData are not read
+	data   []bool // block j overlaps a data extent
+	hashes []Hash
+	newVal [][]byte // stored value of block j when it was not in the store
+	err    error
+}
+
+const itemBytes = 1 << 20
+
+// Ingest reads src and writes its blocks and block map under a new map id
+// that nothing refers to yet. It returns a PendingMap to Commit.
+//
+// Pipeline: one reader (sparse-aware) → Workers goroutines that zero-check,
+// hash, look up and compress → one collector that writes new blocks and
+// segments in disk order through a Badger WriteBatch.
+//
+// Memory bound: at most 2×Workers+2 items of 1 MiB are in flight, each with
+// its read buffer and the compressed copies of its new blocks, so about
+// (2×Workers+2)×2 MiB (12 MiB with two workers), plus one segment of hashes
+// and Badger's write buffers (its memtables, sized in badgerOptions).
+func (s *Store) Ingest(ctx context.Context, src Source, opt IngestOptions) (*PendingMap, error) {
+	start := time.Now()
+	id := NewMapID()
+	s.mu.Lock()
+	s.pending[id] = struct{}{}
+	s.mu.Unlock()
+
+	ig := &ingest{
+		s:      s,
+		id:     id,
+		src:    src,
+		opt:    opt,
+		size:   src.Size(),
+		bs:     int64(s.blockSize),
+		ref:    s.gate.register(),
+		recent: map[Hash]struct{}{},
+	}
+	defer s.gate.unregister(ig.ref)
+	stats, err := ig.run(ctx)
+	if err != nil {
+		s.mu.Lock()
+		delete(s.pending, id)
+		s.mu.Unlock()
+		// The context may be what failed; clean up regardless.
+		if perr := s.PurgeSegments(context.WithoutCancel(ctx), id); perr != nil {
+			err = errors.Join(err, perr)
+		}
+		return nil, err
+	}
+	stats.DurationNano = time.Since(start).Nanoseconds()
+	return &PendingMap{s: s, Info: MapInfo{
+		ID: id, Size: ig.size, BlockSize: s.blockSize, Created: time.Now().UTC(), Stats: stats,
+	}}, nil
+}
+
+type ingest struct {
+	s    *Store
+	id   MapID
+	src  Source
+	opt  IngestOptions
+	size int64
+	bs   int64
+	ref  *ingestRef
+
+	// collector state
+	wb       *badger.WriteBatch
+	seg      []Hash
+	segIndex int64
+	segHeld  []Hash // hashes of seg registered in ref, released once the segment is durable-visible
+	recent   map[Hash]struct{}
+	stats    IngestStats
+
+	readBytes int64 // written by the reader only; read after it has stopped
+}
+
+func (ig *ingest) run(ctx context.Context) (IngestStats, error) {
+	ig.stats.LogicalBytes = ig.size
+	nblocks := blocksFor(ig.size, int(ig.bs))
+	perItem := max(1, int(itemBytes/ig.bs))
+	workers := ig.s.opts.Workers
+	inflight := 2*workers + 2
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	tokens := make(chan struct{}, inflight)
+	work := make(chan *ingestItem, workers)
+	results := make(chan *ingestItem, inflight)
+
+	go func() {
+		defer close(work)
+		if err := ig.read(ctx, nblocks, perItem, tokens, work); err != nil {
+			cancel(err)
+		}
+	}()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			scratch := make([]byte, 0, ig.bs+ig.bs/8)
+			for it := range work {
+				scratch = ig.process(ctx, it, scratch)
+				results <- it
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(results) }()
+
+	ig.wb = ig.s.db.NewWriteBatch()
+	defer func() { ig.wb.Cancel() }()
+	err := ig.collect(ctx, results, tokens)
+	if err != nil {
+		cancel(err)
+		for range results { // let the workers finish
+		}
+	}
+	if ctx.Err() != nil {
+		// The reader's or the caller's reason beats the collector's "canceled".
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		return IngestStats{}, fmt.Errorf("ingest: %w", err)
+	}
+	ig.stats.ReadBytes = ig.readBytes
+	return ig.stats, nil
+}
+
+// read produces items in disk order, skipping holes of sparse sources.
+func (ig *ingest) read(ctx context.Context, nblocks int64, perItem int, tokens chan struct{}, work chan<- *ingestItem) error {
+	sparse, _ := ig.src.(SparseSource)
+	var extStart, extEnd int64 = 0, ig.size // current data extent; whole disk if not sparse
+	haveExt := sparse == nil
+	extDone := false
+	var seq int64
+	for first := int64(0); first < nblocks; first += int64(perItem) {
+		select {
+		case tokens <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		n := int(min(int64(perItem), nblocks-first))
+		it := &ingestItem{seq: seq, first: first, n: n, data: make([]bool, n)}
+		seq++
+		itemStart, itemEnd := first*ig.bs, min((first+int64(n))*ig.bs, ig.size)
+		// Mark blocks that overlap data extents, advancing through the extents.
+		for j := 0; j < n; j++ {
+			bStart, bEnd := (first+int64(j))*ig.bs, min((first+int64(j)+1)*ig.bs, ig.size)
+			for !extDone && (!haveExt || extEnd <= bStart) {
+				s, e, err := sparse.NextData(ctx, bStart)
+				if errors.Is(err, io.EOF) {
+					extDone = true
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("find data in source at offset %d: %w", bStart, err)
+				}
+				extStart, extEnd, haveExt = s, e, true
+			}
+			it.data[j] = !extDone && extStart < bEnd && extEnd > bStart
+		}
+		// Read runs of data blocks with one ReadAt each.
+		for j := 0; j < n; {
+			if !it.data[j] {
+				j++
+				continue
+			}
+			k := j
+			for k < n && it.data[k] {
+				k++
+			}
+			if it.buf == nil {
+				it.buf = make([]byte, int64(n)*ig.bs)
+			}
+			off := itemStart + int64(j)*ig.bs
+			end := min(itemStart+int64(k)*ig.bs, itemEnd)
+			if _, err := ig.src.ReadAt(it.buf[off-itemStart:end-itemStart], off); err != nil && !(errors.Is(err, io.EOF) && end == ig.size) {
+				return fmt.Errorf("read source at offset %d: %w", off, err)
+			}
+			ig.readBytes += end - off
+			j = k
+		}
+		select {
+		case work <- it:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+// process hashes, checks and compresses the blocks of one item.
+func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) []byte {
+	it.hashes = make([]Hash, it.n)
+	it.newVal = make([][]byte, it.n)
+	if ctx.Err() != nil {
+		it.err = ctx.Err()
+		return scratch
+	}
+	for j := 0; j < it.n; j++ {
+		if !it.data[j] {
+			continue
+		}
+		b := it.buf[int64(j)*ig.bs : int64(j+1)*ig.bs]
+		if IsZeroBlock(b) {
+			continue
+		}
+		h := HashBlock(b)
+		it.hashes[j] = h
+		// Register before the lookup: from here GC will not sweep h.
+		ig.ref.hold(h)
+		if !ig.opt.Parent.IsZero() {
+			if ph, err := ig.s.BlockHash(ig.opt.Parent, it.first+int64(j)); err == nil && ph == h {
+				continue
+			}
+		}
+		ok, err := ig.s.HasBlock(h)
+		if err != nil {
+			it.err = err
+			return scratch
+		}
+		if ok {
+			continue
+		}
+		var v []byte
+		v, scratch = ig.s.codecs.encode(ig.s.opts.Codec, b, scratch)
+		// Badger keeps the value slice until the batch commits: copy it.
+		it.newVal[j] = append([]byte(nil), v...)
+	}
+	it.buf = nil
+	return scratch
+}
+
+// collect consumes results in disk order and writes them.
+func (ig *ingest) collect(ctx context.Context, results <-chan *ingestItem, tokens <-chan struct{}) error {
+	waiting := map[int64]*ingestItem{}
+	var next int64
+	for it := range results {
+		waiting[it.seq] = it
+		for {
+			cur, ok := waiting[next]
+			if !ok {
+				break
+			}
+			delete(waiting, next)
+			next++
+			if cur.err != nil {
+				return cur.err
+			}
+			if err := ig.write(cur); err != nil {
+				return err
+			}
+			<-tokens
+			if ig.opt.Progress != nil {
+				ig.opt.Progress(min((cur.first+int64(cur.n))*ig.bs, ig.size), ig.size)
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(waiting) > 0 {
+		return fmt.Errorf("pipeline ended with %d items out of order", len(waiting))
+	}
+	if err := ig.flushSegment(); err != nil {
+		return err
+	}
+	if err := ig.wb.Flush(); err != nil {
+		return fmt.Errorf("write blocks of map %s: %w", ig.id, err)
+	}
+	ig.ref.release(ig.segHeld)
+	return nil
+}
+
+const recentLimit = 1 << 15
+
+func (ig *ingest) write(it *ingestItem) error {
+	for j := 0; j < it.n; j++ {
+		h := it.hashes[j]
+		if h.IsZero() {
+			ig.stats.ZeroBlocks++
+		} else {
+			ig.stats.DataBlocks++
+			ig.segHeld = append(ig.segHeld, h)
+		}
+		if v := it.newVal[j]; v != nil {
+			// Two workers may both find a block missing; write it once.
+			if _, dup := ig.recent[h]; !dup {
+				if len(ig.recent) >= recentLimit {
+					clear(ig.recent)
+				}
+				ig.recent[h] = struct{}{}
+				if err := ig.wb.Set(blockKey(h), v); err != nil {
+					return fmt.Errorf("write block %s of map %s: %w", h, ig.id, err)
+				}
+				ig.stats.NewBlocks++
+				ig.stats.NewRawBytes += ig.bs
+				ig.stats.NewBytes += int64(len(v))
+			}
+		}
+		ig.seg = append(ig.seg, h)
+		if len(ig.seg) == SegmentEntries {
+			if err := ig.flushSegment(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flushSegment writes the current segment (unless all zero), makes it
+// visible, and only then lets GC forget the hashes it refers to.
+func (ig *ingest) flushSegment() error {
+	if len(ig.seg) == 0 {
+		return nil
+	}
+	allZero := true
+	for i := range ig.seg {
+		if !ig.seg[i].IsZero() {
+			allZero = false
+			break
+		}
+	}
+	if !allZero {
+		if err := ig.wb.Set(segmentKey(ig.id, ig.segIndex), encodeSegment(ig.seg)); err != nil {
+			return fmt.Errorf("write segment %d of map %s: %w", ig.segIndex, ig.id, err)
+		}
+		if err := ig.wb.Flush(); err != nil {
+			return fmt.Errorf("write segment %d of map %s: %w", ig.segIndex, ig.id, err)
+		}
+		ig.wb = ig.s.db.NewWriteBatch()
+	}
+	ig.ref.release(ig.segHeld)
+	ig.segHeld = ig.segHeld[:0]
+	ig.seg = ig.seg[:0]
+	ig.segIndex++
+	return nil
+}

@@ -1,0 +1,34 @@
+GO ?= go
+BIN := csbs
+PKGS := ./...
+
+.PHONY: build run test test-short bench fuzz vet clean install
+
+build:
+	$(GO) build -o $(BIN) ./cmd/csbs
+
+# Runs the appliance on its embedded default configuration (data in ./var).
+run: build
+	./$(BIN) serve
+
+vet:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
+
+# The whole test suite, race detector on. Integration tests need root,
+# e2fsprogs, fuse3, libnbd-bin, qemu-utils and fio (see .ci/run).
+test: vet
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+# Benchmarks against peers (restic, qemu-nbd, ...): installs them, builds a
+# realistic ext4 image under a temp dir, prints one table, writes
+# bench/results.md. Not part of CI.
+bench: build
+	bash bench/run.sh
+
+clean:
+	rm -f $(BIN)
+	rm -rf bench/out

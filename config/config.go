@@ -1,0 +1,331 @@
+// Package config reads the appliance's TOML configuration strictly: an
+// unknown key is an error naming the key and its line, and every value is
+// checked before the daemon starts. With no file, Default gives a working
+// appliance with its data under ./var.
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/dustin/go-humanize"
+)
+
+// Config is the whole configuration. Field comments are the reference;
+// config.example.toml documents every key and is checked against this
+// struct by a test.
+type Config struct {
+	Region            string    `toml:"region"`
+	AvailabilityZones []string  `toml:"availability_zones"`
+	DataDir           string    `toml:"data_dir"`
+	Store             Store     `toml:"store"`
+	API               API       `toml:"api"`
+	NBD               NBD       `toml:"nbd"`
+	FUSE              FUSE      `toml:"fuse"`
+	Scheduler         Scheduler `toml:"scheduler"`
+	Restore           Restore   `toml:"restore"`
+	GC                Periodic  `toml:"gc"`
+	Scrub             Periodic  `toml:"scrub"`
+	Metrics           Metrics   `toml:"metrics"`
+	Log               Log       `toml:"log"`
+	Sources           Sources   `toml:"sources"`
+}
+
+// Store configures the block store.
+type Store struct {
+	BlockSize   Size   `toml:"block_size"`  // only used when the store is created
+	Compression string `toml:"compression"` // s2 | zstd | none
+	CacheSize   Size   `toml:"cache_size"`  // decompressed block cache
+}
+
+// API configures the daemon's API listeners.
+type API struct {
+	Socket    string `toml:"socket"`     // unix socket; default <data_dir>/csbs.sock
+	TCPListen string `toml:"tcp_listen"` // optional host:port, TLS required
+	TLSCert   string `toml:"tls_cert"`
+	TLSKey    string `toml:"tls_key"`
+	Insecure  bool   `toml:"insecure"` // allow TCP without TLS
+}
+
+// NBD configures the NBD listeners.
+type NBD struct {
+	Socket    string `toml:"socket"`     // default <data_dir>/nbd.sock
+	TCPListen string `toml:"tcp_listen"` // optional, e.g. 127.0.0.1:10809
+}
+
+// FUSE configures the daemon's own mount of all backups.
+type FUSE struct {
+	Mountpoint string `toml:"mountpoint"` // empty: no daemon-wide mount
+}
+
+// Scheduler configures policy execution.
+type Scheduler struct {
+	MaxConcurrentJobs int      `toml:"max_concurrent_jobs"`
+	Window            Duration `toml:"window"` // a run that cannot start within this is skipped
+}
+
+// Restore configures restores.
+type Restore struct {
+	DefaultRate Rate `toml:"default_rate"` // hydration rate limit; 0 = unlimited
+}
+
+// Periodic is a maintenance job's schedule: an interval such as "24h",
+// or empty for never.
+type Periodic struct {
+	Every Duration `toml:"every"`
+}
+
+// Metrics configures the Prometheus listener.
+type Metrics struct {
+	Listen string `toml:"listen"` // empty: off
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `toml:"level"`  // debug | info | warn | error
+	Format string `toml:"format"` // text | json
+}
+
+// Sources restricts where server disks may come from.
+type Sources struct {
+	AllowedDirs []string `toml:"allowed_dirs"` // empty: any path
+}
+
+// Default returns the embedded default configuration.
+func Default() Config {
+	return Config{
+		Region:            "local-1",
+		AvailabilityZones: []string{"local-1a"},
+		DataDir:           "./var",
+		Store:             Store{BlockSize: 64 << 10, Compression: "s2", CacheSize: 64 << 20},
+		Scheduler:         Scheduler{MaxConcurrentJobs: 2, Window: Duration(time.Hour)},
+		Restore:           Restore{DefaultRate: 200 << 20},
+		Log:               Log{Level: "info", Format: "text"},
+		Sources:           Sources{AllowedDirs: []string{}},
+	}
+}
+
+// Load reads path over the defaults. path "" means the defaults alone.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path == "" {
+		return c, c.finish()
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	if err := Parse(data, &c); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		// A relative data_dir is relative to the config file.
+		c.DataDir = filepath.Join(filepath.Dir(path), c.DataDir)
+	}
+	return c, c.finish()
+}
+
+// Parse decodes TOML into c strictly, then validates.
+func Parse(data []byte, c *Config) error {
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("line %d: %s", pe.Position.Line, pe.Message)
+		}
+		return err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0]
+		return fmt.Errorf("line %d: unknown key %q", lineOf(data, k), k.String())
+	}
+	return c.Validate()
+}
+
+// lineOf finds the line that sets key k (best effort, for messages).
+func lineOf(data []byte, k toml.Key) int {
+	last := k[len(k)-1]
+	table := strings.Join(k[:len(k)-1], ".")
+	inTable := table == ""
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	assign := regexp.MustCompile(`^\s*"?` + regexp.QuoteMeta(last) + `"?\s*=`)
+	header := regexp.MustCompile(`^\s*\[+\s*([^\]]+?)\s*\]+`)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if m := header.FindStringSubmatch(line); m != nil {
+			if m[1] == strings.Join(k, ".") {
+				return n
+			}
+			inTable = m[1] == table
+			continue
+		}
+		if inTable && assign.MatchString(line) {
+			return n
+		}
+	}
+	return 0
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
+// Validate checks every value.
+func (c *Config) Validate() error {
+	if !nameRE.MatchString(c.Region) {
+		return fmt.Errorf("region %q: want 1-64 of [A-Za-z0-9_-]", c.Region)
+	}
+	if len(c.AvailabilityZones) == 0 {
+		return fmt.Errorf("availability_zones: at least one AZ is needed")
+	}
+	seen := map[string]bool{}
+	for _, az := range c.AvailabilityZones {
+		if !nameRE.MatchString(az) {
+			return fmt.Errorf("availability_zones: %q: want 1-64 of [A-Za-z0-9_-]", az)
+		}
+		if seen[az] {
+			return fmt.Errorf("availability_zones: %q listed twice", az)
+		}
+		seen[az] = true
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("data_dir is empty")
+	}
+	bs := int64(c.Store.BlockSize)
+	if bs < 4096 || bs > 4<<20 || bs&(bs-1) != 0 {
+		return fmt.Errorf("store.block_size %d: want a power of two from 4KiB to 4MiB", bs)
+	}
+	switch c.Store.Compression {
+	case "s2", "zstd", "none":
+	default:
+		return fmt.Errorf("store.compression %q: want s2, zstd or none", c.Store.Compression)
+	}
+	if c.Store.CacheSize < 1<<20 {
+		return fmt.Errorf("store.cache_size %d: at least 1MiB", c.Store.CacheSize)
+	}
+	if c.API.TCPListen != "" {
+		if _, _, err := net.SplitHostPort(c.API.TCPListen); err != nil {
+			return fmt.Errorf("api.tcp_listen %q: %w", c.API.TCPListen, err)
+		}
+		if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
+			return fmt.Errorf("api.tls_cert and api.tls_key go together")
+		}
+		if c.API.TLSCert == "" && !c.API.Insecure {
+			return fmt.Errorf("api.tcp_listen needs api.tls_cert and api.tls_key (or api.insecure = true)")
+		}
+	}
+	if c.NBD.TCPListen != "" {
+		if _, _, err := net.SplitHostPort(c.NBD.TCPListen); err != nil {
+			return fmt.Errorf("nbd.tcp_listen %q: %w", c.NBD.TCPListen, err)
+		}
+	}
+	if n := c.Scheduler.MaxConcurrentJobs; n < 1 || n > 64 {
+		return fmt.Errorf("scheduler.max_concurrent_jobs %d: want 1..64", n)
+	}
+	if w := time.Duration(c.Scheduler.Window); w < time.Minute || w > 24*time.Hour {
+		return fmt.Errorf("scheduler.window %s: want 1m..24h", w)
+	}
+	if c.Restore.DefaultRate < 0 {
+		return fmt.Errorf("restore.default_rate must not be negative")
+	}
+	for name, p := range map[string]Periodic{"gc.every": c.GC, "scrub.every": c.Scrub} {
+		if d := time.Duration(p.Every); d != 0 && d < time.Minute {
+			return fmt.Errorf("%s %s: at least 1m (or empty for never)", name, d)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format %q: want text or json", c.Log.Format)
+	}
+	for _, d := range c.Sources.AllowedDirs {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("sources.allowed_dirs: %q is not an absolute path", d)
+		}
+	}
+	return nil
+}
+
+// finish fills paths derived from data_dir.
+func (c *Config) finish() error {
+	if c.API.Socket == "" {
+		c.API.Socket = filepath.Join(c.DataDir, "csbs.sock")
+	}
+	if c.NBD.Socket == "" {
+		c.NBD.Socket = filepath.Join(c.DataDir, "nbd.sock")
+	}
+	return nil
+}
+
+// StoreDir is where the Badger store lives.
+func (c *Config) StoreDir() string { return filepath.Join(c.DataDir, "store") }
+
+// Size is a byte count written as an integer or a string with units
+// ("64KiB", "1.5GB").
+type Size int64
+
+// UnmarshalText parses a size with units.
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := ParseSize(string(b))
+	*s = Size(v)
+	return err
+}
+
+// ParseSize parses "64KiB", "200MB", "1048576".
+func ParseSize(text string) (int64, error) {
+	v, err := humanize.ParseBytes(strings.TrimSpace(text))
+	if err != nil {
+		return 0, fmt.Errorf("size %q: %w", text, err)
+	}
+	if v > 1<<62 {
+		return 0, fmt.Errorf("size %q is too large", text)
+	}
+	return int64(v), nil
+}
+
+// Rate is bytes per second, written like "200MiB/s" ("0" = unlimited).
+type Rate int64
+
+// UnmarshalText parses a rate.
+func (r *Rate) UnmarshalText(b []byte) error {
+	v, err := ParseRate(string(b))
+	*r = Rate(v)
+	return err
+}
+
+// ParseRate parses "200MiB/s" or "200MiB" as bytes per second.
+func ParseRate(text string) (int64, error) {
+	return ParseSize(strings.TrimSuffix(strings.TrimSpace(text), "/s"))
+}
+
+// Duration is a time.Duration written like "1h30m".
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration.
+func (d *Duration) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*d = 0
+		return nil
+	}
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration in Go syntax.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }

@@ -1,0 +1,109 @@
+package config
+
+import (
+	"os"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleParsesToDefaults(t *testing.T) {
+	data, err := os.ReadFile("../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := Parse(data, &c); err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	if !reflect.DeepEqual(c, Default()) {
+		t.Fatalf("example config differs from the embedded default:\n%+v\n%+v", c, Default())
+	}
+}
+
+// Every key of Config is documented in config.example.toml.
+func TestExampleDocumentsEveryKey(t *testing.T) {
+	data, err := os.ReadFile("../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	var walk func(prefix string, typ reflect.Type)
+	walk = func(prefix string, typ reflect.Type) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			key := f.Tag.Get("toml")
+			if f.Type.Kind() == reflect.Struct {
+				if !strings.Contains(text, "\n["+key+"]\n") {
+					t.Errorf("table [%s] not in config.example.toml", key)
+				}
+				walk(key+".", f.Type)
+				continue
+			}
+			if !regexp.MustCompile(`(?m)^` + key + ` = `).MatchString(text) {
+				t.Errorf("key %s%s not in config.example.toml", prefix, key)
+			}
+		}
+	}
+	walk("", reflect.TypeOf(Config{}))
+}
+
+func TestStrictErrors(t *testing.T) {
+	cases := []struct {
+		name, toml, want string
+	}{
+		{"unknown top key", "region = \"r\"\nregoin = \"x\"\n", `line 2: unknown key "regoin"`},
+		{"unknown table key", "[store]\nblock_size = 4096\ncompresion = \"s2\"\n", `line 3: unknown key "store.compresion"`},
+		{"unknown table", "[stroe]\nblock_size = 4096\n", `unknown key "stroe`},
+		{"syntax", "region = \n", "line 1"},
+		{"wrong type", "availability_zones = \"a\"\n", "availability_zones"},
+		{"bad block size", "[store]\nblock_size = 5000\n", "store.block_size 5000"},
+		{"block size units", "[store]\nblock_size = \"3KiB\"\n", "store.block_size 3072"},
+		{"bad compression", "[store]\ncompression = \"lz4\"\n", `store.compression "lz4"`},
+		{"bad size", "[store]\ncache_size = \"lots\"\n", `size "lots"`},
+		{"no AZ", "availability_zones = []\n", "at least one AZ"},
+		{"dup AZ", "availability_zones = [\"a\", \"a\"]\n", `"a" listed twice`},
+		{"bad region", "region = \"a/b\"\n", `region "a/b"`},
+		{"tcp without tls", "[api]\ntcp_listen = \"127.0.0.1:9000\"\n", "needs api.tls_cert"},
+		{"bad window", "[scheduler]\nwindow = \"10s\"\n", "scheduler.window 10s"},
+		{"bad duration", "[scheduler]\nwindow = \"soon\"\n", `duration "soon"`},
+		{"bad jobs", "[scheduler]\nmax_concurrent_jobs = 0\n", "max_concurrent_jobs 0"},
+		{"bad level", "[log]\nlevel = \"loud\"\n", `log.level "loud"`},
+		{"relative allowed dir", "[sources]\nallowed_dirs = [\"images\"]\n", "not an absolute path"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			err := Parse([]byte(tc.toml), &c)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestValuesWithUnits(t *testing.T) {
+	c := Default()
+	err := Parse([]byte("[store]\nblock_size = 131072\ncache_size = \"1GiB\"\n[restore]\ndefault_rate = \"50MiB/s\"\n[scheduler]\nwindow = \"2h\"\n"), &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.BlockSize != 128<<10 || c.Store.CacheSize != 1<<30 || c.Restore.DefaultRate != 50<<20 || time.Duration(c.Scheduler.Window) != 2*time.Hour {
+		t.Fatalf("parsed %+v", c)
+	}
+}
+
+func TestLoadDefaultsAndPaths(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.API.Socket != "var/csbs.sock" || c.StoreDir() != "var/store" {
+		t.Fatalf("default paths: %s %s", c.API.Socket, c.StoreDir())
+	}
+	if _, err := Load("/no/such/file.toml"); err == nil || !strings.Contains(err.Error(), "/no/such/file.toml") {
+		t.Fatalf("missing file: %v", err)
+	}
+}

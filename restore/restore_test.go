@@ -1,0 +1,255 @@
+package restore_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"csbs/blockstore"
+	"csbs/internal/testdisk"
+	"csbs/restore"
+	"csbs/source"
+)
+
+func openStore(t *testing.T) *blockstore.Store {
+	t.Helper()
+	s, err := blockstore.Open(filepath.Join(t.TempDir(), "store"), blockstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func backup(t *testing.T, s *blockstore.Store, path string, parent blockstore.MapID) blockstore.MapInfo {
+	t.Helper()
+	src, err := source.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	p, err := s.Ingest(context.Background(), src, blockstore.IngestOptions{Parent: parent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(context.Background(), []*blockstore.PendingMap{p}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return p.Info
+}
+
+func restoreTo(t *testing.T, s *blockstore.Store, id blockstore.MapID, target string, opt restore.Options) (restore.Result, error) {
+	t.Helper()
+	v, err := s.OpenVolume(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	return restore.ToTarget(context.Background(), v, target, opt)
+}
+
+func TestExt4RoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	img := testdisk.Ext4(t, dir, 96, 40, 1)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+	target := filepath.Join(dir, "restored.img")
+	var calls int
+	var last int64
+	res, err := restoreTo(t, s, info.ID, target, restore.Options{Verify: true, Progress: func(done, total int64) {
+		calls++
+		if done < last || total != info.Size {
+			t.Errorf("progress went %d -> %d of %d", last, done, total)
+		}
+		last = done
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Verified || last != info.Size || calls == 0 {
+		t.Fatalf("verified=%v progress ended at %d of %d after %d calls", res.Verified, last, info.Size, calls)
+	}
+	if a, b := testdisk.SHA256(t, img), testdisk.SHA256(t, target); a != b {
+		t.Fatalf("restored image differs: %s vs %s", a, b)
+	}
+	// The restored file is sparse: zero blocks are holes.
+	var st syscall.Stat_t
+	if err := syscall.Stat(target, &st); err != nil {
+		t.Fatal(err)
+	}
+	allocated := st.Blocks * 512
+	dataBytes := res.DataBlocks * int64(s.BlockSize())
+	if allocated > dataBytes+(1<<20) {
+		t.Fatalf("restored file allocates %d bytes for %d bytes of data blocks: not sparse", allocated, dataBytes)
+	}
+	if res.ZeroBlocks == 0 {
+		t.Fatal("an ext4 image with free space has no zero blocks?")
+	}
+	// And it is a valid file system.
+	if out, err := exec.Command("e2fsck", "-fn", target).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck of restored image: %v\n%s", err, out)
+	}
+}
+
+func TestSparseSourceHolesNotRead(t *testing.T) {
+	dir := t.TempDir()
+	size := int64(512<<20 + 12345) // odd size, mostly hole
+	img := testdisk.Sparse(t, dir, size, 100000, 0, 200<<20+7, size-100000)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+	if info.Stats.ReadBytes > 1<<20 {
+		t.Fatalf("read %d bytes of a sparse image with ~200 KB of data", info.Stats.ReadBytes)
+	}
+	target := filepath.Join(dir, "out.img")
+	if _, err := restoreTo(t, s, info.ID, target, restore.Options{Verify: true}); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := testdisk.SHA256(t, img), testdisk.SHA256(t, target); a != b {
+		t.Fatal("sparse image restored wrong")
+	}
+	fi, _ := os.Stat(target)
+	if fi.Size() != size {
+		t.Fatalf("restored size %d, want %d", fi.Size(), size)
+	}
+}
+
+func TestIncrementalStoresOnlyChanges(t *testing.T) {
+	dir := t.TempDir()
+	img := testdisk.Ext4(t, dir, 64, 40, 2)
+	s := openStore(t)
+	first := backup(t, s, img, blockstore.MapID{})
+	again := backup(t, s, img, first.ID)
+	if again.Stats.NewBytes != 0 {
+		t.Fatalf("unchanged image stored %d new bytes", again.Stats.NewBytes)
+	}
+	changed := testdisk.Modify(t, img, 0.01, 9)
+	third := backup(t, s, img, again.ID)
+	if third.Stats.NewBlocks > int64(changed) || third.Stats.NewBlocks == 0 {
+		t.Fatalf("1%% change (%d blocks) stored %d blocks", changed, third.Stats.NewBlocks)
+	}
+	if ratio := float64(third.Stats.NewRawBytes) / float64(first.Stats.NewRawBytes); ratio > 0.02 {
+		t.Fatalf("1%% change stored %.1f%% of the first backup", 100*ratio)
+	}
+	target := filepath.Join(dir, "third.img")
+	if _, err := restoreTo(t, s, third.ID, target, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if testdisk.SHA256(t, img) != testdisk.SHA256(t, target) {
+		t.Fatal("incremental backup restores wrong")
+	}
+}
+
+func TestTargetRules(t *testing.T) {
+	dir := t.TempDir()
+	img := testdisk.Sparse(t, dir, 4<<20, 70000, 1<<20)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+
+	existing := filepath.Join(dir, "existing.img")
+	os.WriteFile(existing, []byte("precious data"), 0o644)
+	if _, err := restoreTo(t, s, info.ID, existing, restore.Options{}); !errors.Is(err, restore.ErrTargetNotEmpty) {
+		t.Fatalf("overwrite without force: %v", err)
+	}
+	if b, _ := os.ReadFile(existing); string(b) != "precious data" {
+		t.Fatal("refused restore changed the target")
+	}
+	if _, err := restoreTo(t, s, info.ID, existing, restore.Options{Force: true}); err != nil {
+		t.Fatalf("forced overwrite: %v", err)
+	}
+	if testdisk.SHA256(t, img) != testdisk.SHA256(t, existing) {
+		t.Fatal("forced restore wrong")
+	}
+
+	empty := filepath.Join(dir, "empty.img")
+	os.WriteFile(empty, nil, 0o644)
+	if _, err := restoreTo(t, s, info.ID, empty, restore.Options{}); err != nil {
+		t.Fatalf("restore onto an empty file: %v", err)
+	}
+
+	link := filepath.Join(dir, "link.img")
+	os.Symlink(filepath.Join(dir, "elsewhere.img"), link)
+	if _, err := restoreTo(t, s, info.ID, link, restore.Options{Force: true}); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("restore onto a symlink: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "elsewhere.img")); !os.IsNotExist(err) {
+		t.Fatal("restore followed the symlink")
+	}
+	if _, err := restoreTo(t, s, info.ID, dir, restore.Options{Force: true}); err == nil {
+		t.Fatal("restore onto a directory accepted")
+	}
+	if _, err := restoreTo(t, s, info.ID, filepath.Join(dir, "no", "such", "dir.img"), restore.Options{}); err == nil {
+		t.Fatal("restore into a missing directory accepted")
+	}
+	assertNoPartials(t, dir)
+}
+
+func assertNoPartials(t *testing.T, dir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), "csbs-partial") {
+			t.Fatalf("partial file left behind: %s", e.Name())
+		}
+	}
+}
+
+func TestCorruptBlockFailsRestoreCleanly(t *testing.T) {
+	dir := t.TempDir()
+	img := testdisk.Sparse(t, dir, 8<<20, 3<<20, 1<<20)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+	// Overwrite one stored block with other bytes under the same key.
+	h, err := s.BlockHash(info.ID, 20)
+	if err != nil || h.IsZero() {
+		t.Fatalf("block 20: %v %v", h, err)
+	}
+	key := append([]byte("b/"), h[:]...)
+	err = s.DB().Update(func(txn *badger.Txn) error {
+		return txn.Set(key, append([]byte{1}, make([]byte, s.BlockSize())...))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "out.img")
+	_, err = restoreTo(t, s, info.ID, target, restore.Options{})
+	if !blockstore.IsDataError(err) {
+		t.Fatalf("restore with a corrupt block: %v", err)
+	}
+	if _, serr := os.Stat(target); !os.IsNotExist(serr) {
+		t.Fatal("failed restore left the target behind")
+	}
+	assertNoPartials(t, dir)
+}
+
+// TestTargetDiskFull restores onto a 4 MiB tmpfs: ENOSPC must fail the
+// restore with a clear error and leave nothing behind.
+func TestTargetDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs (CI runs as root)")
+	}
+	dir := t.TempDir()
+	img := testdisk.Sparse(t, dir, 16<<20, 12<<20, 0)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+	small := filepath.Join(dir, "small")
+	os.Mkdir(small, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	defer exec.Command("umount", small).Run()
+	_, err := restoreTo(t, s, info.ID, filepath.Join(small, "out.img"), restore.Options{})
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "out.img") {
+		t.Fatalf("restore onto a full disk: %v", err)
+	}
+	entries, _ := os.ReadDir(small)
+	if len(entries) != 0 {
+		t.Fatalf("full disk restore left %d files", len(entries))
+	}
+}

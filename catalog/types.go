@@ -1,0 +1,243 @@
+package catalog
+
+import (
+	"time"
+)
+
+// Project groups and isolates resources.
+type Project struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	// IREnabledAt is when Instant Restore was enabled for the project (by a
+	// manual full backup with --enable-instant-restore); zero if never.
+	IREnabledAt time.Time `json:"ir_enabled_at,omitzero"`
+}
+
+// IREnabled reports whether Instant Restore is enabled for the project.
+func (p Project) IREnabled() bool { return !p.IREnabledAt.IsZero() }
+
+// Token is an API credential. Only the SHA-256 of the secret is stored.
+type Token struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Project string    `json:"project"` // project id; "" for an admin token
+	Hash    string    `json:"hash"`
+	Created time.Time `json:"created"`
+	Revoked bool      `json:"revoked"`
+}
+
+// Disk is one disk of a server.
+type Disk struct {
+	Name   string `json:"name"`   // vda, vdb, ...
+	Source string `json:"source"` // image path, device path or NBD URI
+	Size   int64  `json:"size"`   // bytes, as seen when the disk was added or last backed up
+}
+
+// Server is a cloud server (ECS) whose disks are backed up.
+type Server struct {
+	ID       string    `json:"id"`
+	Project  string    `json:"project"`
+	Name     string    `json:"name"`
+	AZ       string    `json:"availability_zone"`
+	Disks    []Disk    `json:"disks"`
+	PolicyID string    `json:"policy_id,omitempty"`
+	Created  time.Time `json:"created"`
+	// HadAutoBackup is set once an automatic backup of the server succeeded.
+	HadAutoBackup bool `json:"had_auto_backup"`
+	// ManualFullAfterIR is set once a manual full backup of the server
+	// succeeded after Instant Restore was enabled for its project.
+	ManualFullAfterIR bool `json:"manual_full_after_ir"`
+}
+
+// Disk returns the named disk.
+func (s Server) Disk(name string) (Disk, bool) {
+	for _, d := range s.Disks {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return Disk{}, false
+}
+
+// Period kinds of a policy.
+const (
+	PeriodDays     = "days"
+	PeriodWeekdays = "weekdays"
+)
+
+// Policy is a backup policy: when to back up bound servers and how long to
+// keep their automatic backups.
+type Policy struct {
+	ID       string    `json:"id"`
+	Project  string    `json:"project"`
+	Name     string    `json:"name"`
+	Enabled  bool      `json:"enabled"`
+	Times    []string  `json:"times"`                // HH:MM, sorted
+	Period   string    `json:"period"`               // days | weekdays
+	EveryN   int       `json:"every_days,omitempty"` // with PeriodDays
+	Weekdays []string  `json:"weekdays,omitempty"`   // mon..sun, with PeriodWeekdays
+	Timezone string    `json:"timezone"`             // IANA name
+	Created  time.Time `json:"created"`
+	// Retention: MaxBackups and RetentionDays are -1 when unset (as the
+	// CSBS API writes it); both unset keeps backups forever.
+	MaxBackups    int `json:"max_backups"`
+	RetentionDays int `json:"retention_days"`
+	KeepDaily     int `json:"keep_daily"`
+	KeepWeekly    int `json:"keep_weekly"`
+	KeepMonthly   int `json:"keep_monthly"`
+	KeepYearly    int `json:"keep_yearly"`
+}
+
+// HasLongTerm reports whether long-term retention is set.
+func (p Policy) HasLongTerm() bool {
+	return p.KeepDaily+p.KeepWeekly+p.KeepMonthly+p.KeepYearly > 0
+}
+
+// Backup status values.
+const (
+	StatusCreating  = "creating"
+	StatusAvailable = "available"
+	StatusError     = "error"
+	StatusDeleting  = "deleting"
+)
+
+// Backup types.
+const (
+	TypeCommon   = "common"
+	TypeEnhanced = "enhanced"
+)
+
+// Backup triggers.
+const (
+	TriggerManual = "manual"
+	TriggerAuto   = "auto"
+)
+
+// BackupDisk is one disk of a backup: its block map and sizes.
+type BackupDisk struct {
+	Name     string `json:"name"`
+	MapID    string `json:"map_id"`
+	Size     int64  `json:"size"`
+	NewBytes int64  `json:"new_bytes"` // bytes this backup added to the store
+	Blocks   int64  `json:"data_blocks"`
+}
+
+// Backup is a point-in-time copy of all disks of one server.
+type Backup struct {
+	ID         string       `json:"id"`
+	Project    string       `json:"project"`
+	ServerID   string       `json:"server_id"`
+	ServerName string       `json:"server_name"`
+	Name       string       `json:"name"`
+	Created    time.Time    `json:"created"`
+	Status     string       `json:"status"`
+	Type       string       `json:"type"`
+	Trigger    string       `json:"trigger"`
+	Full       bool         `json:"full"`
+	PolicyID   string       `json:"policy_id,omitempty"`
+	Protected  bool         `json:"protected"`
+	Damaged    bool         `json:"damaged,omitempty"`
+	Disks      []BackupDisk `json:"disks"`
+	// TypeReason explains why the backup has its type (for a Common
+	// backup: why, and how to get an Enhanced one).
+	TypeReason string `json:"type_reason"`
+}
+
+// Size is the sum of the disk sizes.
+func (b Backup) Size() int64 {
+	var n int64
+	for _, d := range b.Disks {
+		n += d.Size
+	}
+	return n
+}
+
+// Job kinds.
+const (
+	JobBackup    = "backup"
+	JobRestore   = "restore"
+	JobHydrate   = "hydrate"
+	JobRetention = "retention"
+	JobGC        = "gc"
+	JobScrub     = "scrub"
+)
+
+// Job states.
+const (
+	JobQueued    = "queued"
+	JobRunning   = "running"
+	JobSucceeded = "succeeded"
+	JobFailed    = "failed"
+	JobCanceled  = "canceled"
+	JobSkipped   = "skipped"
+)
+
+// Job is one unit of work.
+type Job struct {
+	ID       string    `json:"id"`
+	Project  string    `json:"project"`
+	Kind     string    `json:"kind"`
+	State    string    `json:"state"`
+	Created  time.Time `json:"created"`
+	Started  time.Time `json:"started,omitzero"`
+	Ended    time.Time `json:"ended,omitzero"`
+	Done     int64     `json:"bytes_done"`
+	Total    int64     `json:"bytes_total"`
+	Error    string    `json:"error,omitempty"`
+	Note     string    `json:"note,omitempty"`
+	ServerID string    `json:"server_id,omitempty"`
+	PolicyID string    `json:"policy_id,omitempty"`
+	BackupID string    `json:"backup_id,omitempty"` // the backup made or read
+	// Request of a backup job.
+	BackupName string `json:"backup_name,omitempty"`
+	Full       bool   `json:"full,omitempty"`
+	EnableIR   bool   `json:"enable_instant_restore,omitempty"`
+	Trigger    string `json:"trigger,omitempty"`
+	// Request of a restore job.
+	RestoreID string `json:"restore_id,omitempty"`
+}
+
+// Finished reports whether the job reached a final state.
+func (j Job) Finished() bool {
+	switch j.State {
+	case JobSucceeded, JobFailed, JobCanceled, JobSkipped:
+		return true
+	}
+	return false
+}
+
+// Restore states.
+const (
+	RestoreRunning   = "running"
+	RestorePaused    = "paused"
+	RestoreSucceeded = "succeeded"
+	RestoreFailed    = "failed"
+	RestoreCanceled  = "canceled"
+	RestoreComplete  = "complete" // instant restore hydrated, export still up
+)
+
+// RestoreTarget maps one backup disk to a target path.
+type RestoreTarget struct {
+	Disk   string `json:"disk"`
+	Target string `json:"target"`
+	Export string `json:"export,omitempty"` // NBD export name of an instant restore
+}
+
+// Restore is a restore of a backup's disks, normal or instant.
+type Restore struct {
+	ID       string          `json:"id"`
+	Project  string          `json:"project"`
+	BackupID string          `json:"backup_id"`
+	Instant  bool            `json:"instant"`
+	Force    bool            `json:"force"`
+	Rate     int64           `json:"rate"`
+	Targets  []RestoreTarget `json:"targets"`
+	State    string          `json:"state"`
+	JobID    string          `json:"job_id"`
+	Created  time.Time       `json:"created"`
+	Ended    time.Time       `json:"ended,omitzero"`
+	Done     int64           `json:"bytes_done"`
+	Total    int64           `json:"bytes_total"`
+	Error    string          `json:"error,omitempty"`
+}

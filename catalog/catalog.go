@@ -24,27 +24,28 @@ var ErrNotFound = errors.New("not found")
 var ErrConflict = errors.New("conflict")
 
 func notFoundf(format string, a ...any) error {
-	return fmt.Errorf("%w: %s", ErrNotFound, fmt.Sprintf(format, a...))
+	return fmt.Errorf("%s %w", fmt.Sprintf(format, a...), ErrNotFound)
 }
 
 func conflictf(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrConflict, fmt.Sprintf(format, a...))
 }
 
-// Object kinds, which are also key prefixes: c/<kind>/<id>.
+// Object kinds, which are also key prefixes (c/<kind>/<id>) and pick the
+// id prefix of NewID.
 const (
-	kindProject = "project"
-	kindToken   = "token"
-	kindServer  = "server"
-	kindPolicy  = "policy"
-	kindBackup  = "backup"
-	kindJob     = "job"
-	kindRestore = "restore"
+	KindProject = "project"
+	KindToken   = "token"
+	KindServer  = "server"
+	KindPolicy  = "policy"
+	KindBackup  = "backup"
+	KindJob     = "job"
+	KindRestore = "restore"
 )
 
 var idPrefix = map[string]string{
-	kindProject: "prj-", kindToken: "tok-", kindServer: "srv-", kindPolicy: "pol-",
-	kindBackup: "bk-", kindJob: "job-", kindRestore: "rst-",
+	KindProject: "prj-", KindToken: "tok-", KindServer: "srv-", KindPolicy: "pol-",
+	KindBackup: "bk-", KindJob: "job-", KindRestore: "rst-",
 }
 
 // Catalog persists the CSBS model in the store's Badger database under the
@@ -158,19 +159,19 @@ func (tx *Txn) CreateProject(name string, now time.Time) (Project, error) {
 	if _, err := tx.ProjectByName(name); err == nil {
 		return Project{}, conflictf("project %q exists", name)
 	}
-	p := Project{ID: NewID(kindProject), Name: name, Created: now.UTC()}
-	return p, put(tx, kindProject, p.ID, p)
+	p := Project{ID: NewID(KindProject), Name: name, Created: now.UTC()}
+	return p, put(tx, KindProject, p.ID, p)
 }
 
 // Project returns a project by id.
-func (tx *Txn) Project(id string) (Project, error) { return get[Project](tx, kindProject, id) }
+func (tx *Txn) Project(id string) (Project, error) { return get[Project](tx, KindProject, id) }
 
 // ProjectByName returns a project by name or id.
 func (tx *Txn) ProjectByName(ref string) (Project, error) {
 	if p, err := tx.Project(ref); err == nil {
 		return p, nil
 	}
-	ps, err := list(tx, kindProject, func(p Project) bool { return p.Name == ref })
+	ps, err := list(tx, KindProject, func(p Project) bool { return p.Name == ref })
 	if err != nil {
 		return Project{}, err
 	}
@@ -182,13 +183,13 @@ func (tx *Txn) ProjectByName(ref string) (Project, error) {
 
 // Projects lists all projects by name.
 func (tx *Txn) Projects() ([]Project, error) {
-	ps, err := list[Project](tx, kindProject, nil)
+	ps, err := list[Project](tx, KindProject, nil)
 	slices.SortFunc(ps, func(a, b Project) int { return strings.Compare(a.Name, b.Name) })
 	return ps, err
 }
 
 // PutProject writes a project.
-func (tx *Txn) PutProject(p Project) error { return put(tx, kindProject, p.ID, p) }
+func (tx *Txn) PutProject(p Project) error { return put(tx, KindProject, p.ID, p) }
 
 // DeleteProject removes an empty project.
 func (tx *Txn) DeleteProject(p Project) error {
@@ -215,11 +216,11 @@ func (tx *Txn) DeleteProject(p Project) error {
 		return err
 	}
 	for _, t := range tokens {
-		if err := del(tx, kindToken, t.ID); err != nil {
+		if err := del(tx, KindToken, t.ID); err != nil {
 			return err
 		}
 	}
-	return del(tx, kindProject, p.ID)
+	return del(tx, KindProject, p.ID)
 }
 
 // --- tokens ---
@@ -249,14 +250,14 @@ func (tx *Txn) CreateToken(project, name string, now time.Time) (Token, string, 
 		return Token{}, "", err
 	}
 	secret := NewSecret()
-	t := Token{ID: NewID(kindToken), Name: name, Project: project, Hash: HashSecret(secret), Created: now.UTC()}
-	return t, secret, put(tx, kindToken, t.ID, t)
+	t := Token{ID: NewID(KindToken), Name: name, Project: project, Hash: HashSecret(secret), Created: now.UTC()}
+	return t, secret, put(tx, KindToken, t.ID, t)
 }
 
 // TokenBySecret finds the live token with this secret.
 func (tx *Txn) TokenBySecret(secret string) (Token, error) {
 	h := HashSecret(secret)
-	ts, err := list(tx, kindToken, func(t Token) bool { return t.Hash == h && !t.Revoked })
+	ts, err := list(tx, KindToken, func(t Token) bool { return t.Hash == h && !t.Revoked })
 	if err != nil {
 		return Token{}, err
 	}
@@ -268,31 +269,31 @@ func (tx *Txn) TokenBySecret(secret string) (Token, error) {
 
 // Tokens lists a project's tokens ("" lists admin tokens).
 func (tx *Txn) Tokens(project string) ([]Token, error) {
-	return list(tx, kindToken, func(t Token) bool { return t.Project == project })
+	return list(tx, KindToken, func(t Token) bool { return t.Project == project })
 }
 
 // Token returns a token by id.
-func (tx *Txn) Token(id string) (Token, error) { return get[Token](tx, kindToken, id) }
+func (tx *Txn) Token(id string) (Token, error) { return get[Token](tx, KindToken, id) }
 
 // PutToken writes a token.
-func (tx *Txn) PutToken(t Token) error { return put(tx, kindToken, t.ID, t) }
+func (tx *Txn) PutToken(t Token) error { return put(tx, KindToken, t.ID, t) }
 
 // --- servers ---
 
 // Servers lists a project's servers by name.
 func (tx *Txn) Servers(project string) ([]Server, error) {
-	ss, err := list(tx, kindServer, func(s Server) bool { return s.Project == project })
+	ss, err := list(tx, KindServer, func(s Server) bool { return s.Project == project })
 	slices.SortFunc(ss, func(a, b Server) int { return strings.Compare(a.Name, b.Name) })
 	return ss, err
 }
 
 // Server finds a server of the project by id or unique name.
 func (tx *Txn) Server(project, ref string) (Server, error) {
-	return byRef(tx, kindServer, project, ref, func(s Server) (string, string, string) { return s.ID, s.Project, s.Name })
+	return byRef(tx, KindServer, project, ref, func(s Server) (string, string, string) { return s.ID, s.Project, s.Name })
 }
 
 // PutServer writes a server.
-func (tx *Txn) PutServer(s Server) error { return put(tx, kindServer, s.ID, s) }
+func (tx *Txn) PutServer(s Server) error { return put(tx, KindServer, s.ID, s) }
 
 // CreateServer adds a server with a name unique in its project.
 func (tx *Txn) CreateServer(s Server) (Server, error) {
@@ -302,13 +303,13 @@ func (tx *Txn) CreateServer(s Server) (Server, error) {
 	if _, err := tx.Server(s.Project, s.Name); err == nil {
 		return Server{}, conflictf("server %q exists", s.Name)
 	}
-	s.ID = NewID(kindServer)
-	return s, put(tx, kindServer, s.ID, s)
+	s.ID = NewID(KindServer)
+	return s, put(tx, KindServer, s.ID, s)
 }
 
 // DeleteServer removes a server. Its backups stay (as in CSBS) until
 // deleted; they keep the server's name.
-func (tx *Txn) DeleteServer(s Server) error { return del(tx, kindServer, s.ID) }
+func (tx *Txn) DeleteServer(s Server) error { return del(tx, KindServer, s.ID) }
 
 // byRef looks an object up by id, then by name, within a project. A
 // name shared by several objects is ambiguous.
@@ -346,17 +347,17 @@ func byRef[T any](tx *Txn, kind, project, ref string, fields func(T) (id, projec
 
 // Policies lists a project's policies by name.
 func (tx *Txn) Policies(project string) ([]Policy, error) {
-	ps, err := list(tx, kindPolicy, func(p Policy) bool { return p.Project == project })
+	ps, err := list(tx, KindPolicy, func(p Policy) bool { return p.Project == project })
 	slices.SortFunc(ps, func(a, b Policy) int { return strings.Compare(a.Name, b.Name) })
 	return ps, err
 }
 
 // AllPolicies lists the policies of every project (for the scheduler).
-func (tx *Txn) AllPolicies() ([]Policy, error) { return list[Policy](tx, kindPolicy, nil) }
+func (tx *Txn) AllPolicies() ([]Policy, error) { return list[Policy](tx, KindPolicy, nil) }
 
 // Policy finds a policy by id or name.
 func (tx *Txn) Policy(project, ref string) (Policy, error) {
-	return byRef(tx, kindPolicy, project, ref, func(p Policy) (string, string, string) { return p.ID, p.Project, p.Name })
+	return byRef(tx, KindPolicy, project, ref, func(p Policy) (string, string, string) { return p.ID, p.Project, p.Name })
 }
 
 // CreatePolicy validates and adds a policy with a unique name.
@@ -367,8 +368,8 @@ func (tx *Txn) CreatePolicy(p Policy) (Policy, error) {
 	if _, err := tx.Policy(p.Project, p.Name); err == nil {
 		return Policy{}, conflictf("policy %q exists", p.Name)
 	}
-	p.ID = NewID(kindPolicy)
-	return p, put(tx, kindPolicy, p.ID, p)
+	p.ID = NewID(KindPolicy)
+	return p, put(tx, KindPolicy, p.ID, p)
 }
 
 // UpdatePolicy validates and writes a changed policy.
@@ -379,7 +380,7 @@ func (tx *Txn) UpdatePolicy(p Policy) (Policy, error) {
 	if other, err := tx.Policy(p.Project, p.Name); err == nil && other.ID != p.ID {
 		return Policy{}, conflictf("policy %q exists", p.Name)
 	}
-	return p, put(tx, kindPolicy, p.ID, p)
+	return p, put(tx, KindPolicy, p.ID, p)
 }
 
 // DeletePolicy removes a policy and unbinds its servers.
@@ -396,7 +397,10 @@ func (tx *Txn) DeletePolicy(p Policy) error {
 			}
 		}
 	}
-	return del(tx, kindPolicy, p.ID)
+	if err := tx.DeleteSchedState(p.ID); err != nil {
+		return err
+	}
+	return del(tx, KindPolicy, p.ID)
 }
 
 // BoundServers lists the servers bound to a policy.
@@ -418,7 +422,7 @@ type BackupFilter struct {
 
 // Backups lists a project's backups, newest first.
 func (tx *Txn) Backups(project string, f BackupFilter) ([]Backup, error) {
-	bs, err := list(tx, kindBackup, func(b Backup) bool {
+	bs, err := list(tx, KindBackup, func(b Backup) bool {
 		return b.Project == project && (f.ServerID == "" || b.ServerID == f.ServerID) && (f.Type == "" || b.Type == f.Type)
 	})
 	slices.SortFunc(bs, func(a, b Backup) int {
@@ -431,22 +435,22 @@ func (tx *Txn) Backups(project string, f BackupFilter) ([]Backup, error) {
 }
 
 // AllBackups lists the backups of every project.
-func (tx *Txn) AllBackups() ([]Backup, error) { return list[Backup](tx, kindBackup, nil) }
+func (tx *Txn) AllBackups() ([]Backup, error) { return list[Backup](tx, KindBackup, nil) }
 
 // Backup finds a backup by id or name.
 func (tx *Txn) Backup(project, ref string) (Backup, error) {
-	return byRef(tx, kindBackup, project, ref, func(b Backup) (string, string, string) { return b.ID, b.Project, b.Name })
+	return byRef(tx, KindBackup, project, ref, func(b Backup) (string, string, string) { return b.ID, b.Project, b.Name })
 }
 
 // PutBackup writes a backup record.
-func (tx *Txn) PutBackup(b Backup) error { return put(tx, kindBackup, b.ID, b) }
+func (tx *Txn) PutBackup(b Backup) error { return put(tx, KindBackup, b.ID, b) }
 
 // DeleteBackup removes a backup record.
-func (tx *Txn) DeleteBackup(b Backup) error { return del(tx, kindBackup, b.ID) }
+func (tx *Txn) DeleteBackup(b Backup) error { return del(tx, KindBackup, b.ID) }
 
 // BackupNameTaken reports whether a server already has a backup so named.
 func (tx *Txn) BackupNameTaken(project, serverID, name string) (bool, error) {
-	bs, err := list(tx, kindBackup, func(b Backup) bool {
+	bs, err := list(tx, KindBackup, func(b Backup) bool {
 		return b.Project == project && b.ServerID == serverID && b.Name == name
 	})
 	return len(bs) > 0, err
@@ -460,7 +464,7 @@ func (tx *Txn) GeneratedBackupName(project, serverID, trigger, backupID string) 
 	if trigger == TriggerAuto {
 		prefix = "autobk_"
 	}
-	hexID := strings.TrimPrefix(backupID, idPrefix[kindBackup])
+	hexID := strings.TrimPrefix(backupID, idPrefix[KindBackup])
 	for n := 4; n <= len(hexID); n += 2 {
 		name := prefix + hexID[len(hexID)-n:]
 		taken, err := tx.BackupNameTaken(project, serverID, name)
@@ -478,7 +482,7 @@ func (tx *Txn) GeneratedBackupName(project, serverID, trigger, backupID string) 
 
 // Jobs lists a project's jobs ("" for every project), newest first.
 func (tx *Txn) Jobs(project string) ([]Job, error) {
-	js, err := list(tx, kindJob, func(j Job) bool { return project == "" || j.Project == project })
+	js, err := list(tx, KindJob, func(j Job) bool { return project == "" || j.Project == project })
 	slices.SortFunc(js, func(a, b Job) int {
 		if c := b.Created.Compare(a.Created); c != 0 {
 			return c
@@ -490,7 +494,7 @@ func (tx *Txn) Jobs(project string) ([]Job, error) {
 
 // Job returns a job of the project by id.
 func (tx *Txn) Job(project, id string) (Job, error) {
-	j, err := get[Job](tx, kindJob, id)
+	j, err := get[Job](tx, KindJob, id)
 	if err != nil {
 		return Job{}, err
 	}
@@ -501,23 +505,23 @@ func (tx *Txn) Job(project, id string) (Job, error) {
 }
 
 // PutJob writes a job.
-func (tx *Txn) PutJob(j Job) error { return put(tx, kindJob, j.ID, j) }
+func (tx *Txn) PutJob(j Job) error { return put(tx, KindJob, j.ID, j) }
 
 // DeleteJob removes a job record.
-func (tx *Txn) DeleteJob(j Job) error { return del(tx, kindJob, j.ID) }
+func (tx *Txn) DeleteJob(j Job) error { return del(tx, KindJob, j.ID) }
 
 // --- restores ---
 
 // Restores lists a project's restores ("" for all), newest first.
 func (tx *Txn) Restores(project string) ([]Restore, error) {
-	rs, err := list(tx, kindRestore, func(r Restore) bool { return project == "" || r.Project == project })
+	rs, err := list(tx, KindRestore, func(r Restore) bool { return project == "" || r.Project == project })
 	slices.SortFunc(rs, func(a, b Restore) int { return b.Created.Compare(a.Created) })
 	return rs, err
 }
 
 // Restore returns a restore of the project by id.
 func (tx *Txn) Restore(project, id string) (Restore, error) {
-	r, err := get[Restore](tx, kindRestore, id)
+	r, err := get[Restore](tx, KindRestore, id)
 	if err != nil {
 		return Restore{}, err
 	}
@@ -528,4 +532,38 @@ func (tx *Txn) Restore(project, id string) (Restore, error) {
 }
 
 // PutRestore writes a restore.
-func (tx *Txn) PutRestore(r Restore) error { return put(tx, kindRestore, r.ID, r) }
+func (tx *Txn) PutRestore(r Restore) error { return put(tx, KindRestore, r.ID, r) }
+
+// --- scheduler state ---
+
+// KindSchedState keys the scheduler's per-policy state.
+const KindSchedState = "schedstate"
+
+// SchedState is what the scheduler remembers of a policy across restarts.
+type SchedState struct {
+	PolicyID string `json:"policy_id"`
+	// Last is the latest execution time already handled.
+	Last time.Time `json:"last"`
+	// Fingerprint of the schedule fields when Last was set; a changed
+	// schedule restarts from "now" instead of catching up.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// SchedState returns a policy's scheduler state (zero if none).
+func (tx *Txn) SchedState(policyID string) (SchedState, error) {
+	st, err := get[SchedState](tx, KindSchedState, policyID)
+	if errors.Is(err, ErrNotFound) {
+		return SchedState{PolicyID: policyID}, nil
+	}
+	return st, err
+}
+
+// PutSchedState writes a policy's scheduler state.
+func (tx *Txn) PutSchedState(st SchedState) error { return put(tx, KindSchedState, st.PolicyID, st) }
+
+// DeleteSchedState forgets a policy's scheduler state.
+func (tx *Txn) DeleteSchedState(policyID string) error { return del(tx, KindSchedState, policyID) }
+
+// Badger returns the underlying transaction, for writes of other packages
+// (block map headers) that must commit with catalog changes.
+func (tx *Txn) Badger() *badger.Txn { return tx.t }

@@ -13,7 +13,9 @@ func TestInstantRestoreRules(t *testing.T) {
 	fresh := Server{Name: "web1"}
 	autoed := Server{Name: "web1", HadAutoBackup: true}
 	fulled := Server{Name: "web1", HadAutoBackup: true, ManualFullAfterIR: true}
-	manual := func(full, ir bool) BackupRequest { return BackupRequest{Trigger: TriggerManual, Full: full, EnableIR: ir} }
+	manual := func(full, ir bool) BackupRequest {
+		return BackupRequest{Trigger: TriggerManual, Full: full, EnableIR: ir}
+	}
 	auto := BackupRequest{Trigger: TriggerAuto}
 
 	cases := []struct {

@@ -175,20 +175,23 @@ const (
 
 // Job is one unit of work.
 type Job struct {
-	ID       string    `json:"id"`
-	Project  string    `json:"project"`
-	Kind     string    `json:"kind"`
-	State    string    `json:"state"`
-	Created  time.Time `json:"created"`
-	Started  time.Time `json:"started,omitzero"`
-	Ended    time.Time `json:"ended,omitzero"`
-	Done     int64     `json:"bytes_done"`
-	Total    int64     `json:"bytes_total"`
-	Error    string    `json:"error,omitempty"`
-	Note     string    `json:"note,omitempty"`
-	ServerID string    `json:"server_id,omitempty"`
-	PolicyID string    `json:"policy_id,omitempty"`
-	BackupID string    `json:"backup_id,omitempty"` // the backup made or read
+	ID      string    `json:"id"`
+	Project string    `json:"project"`
+	Kind    string    `json:"kind"`
+	State   string    `json:"state"`
+	Created time.Time `json:"created"`
+	Started time.Time `json:"started,omitzero"`
+	Ended   time.Time `json:"ended,omitzero"`
+	Done    int64     `json:"bytes_done"`
+	Total   int64     `json:"bytes_total"`
+	Error   string    `json:"error,omitempty"`
+	Note    string    `json:"note,omitempty"`
+	// Scheduled is the execution time an automatic job was created for; a
+	// job that cannot start within the scheduler window after it is skipped.
+	Scheduled time.Time `json:"scheduled,omitzero"`
+	ServerID  string    `json:"server_id,omitempty"`
+	PolicyID  string    `json:"policy_id,omitempty"`
+	BackupID  string    `json:"backup_id,omitempty"` // the backup made or read
 	// Request of a backup job.
 	BackupName string `json:"backup_name,omitempty"`
 	Full       bool   `json:"full,omitempty"`

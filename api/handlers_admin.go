@@ -1,0 +1,164 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"csbs/catalog"
+)
+
+// ProjectView is a project as the API shows it.
+type ProjectView struct {
+	catalog.Project
+	InstantRestore bool `json:"instant_restore"`
+}
+
+func (s *Server) listProjects(_ context.Context, p principal, _ *http.Request) (any, error) {
+	if !p.admin {
+		return []ProjectView{{p.project, p.project.IREnabled()}}, nil
+	}
+	var out []ProjectView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		ps, err := tx.Projects()
+		for _, pr := range ps {
+			out = append(out, ProjectView{pr, pr.IREnabled()})
+		}
+		return err
+	})
+	return nonNil(out), err
+}
+
+// CreateProjectRequest is the body of POST /v1/projects.
+type CreateProjectRequest struct {
+	Name string `json:"name"`
+}
+
+func (s *Server) createProject(_ context.Context, p principal, r *http.Request) (any, error) {
+	if !p.admin {
+		return nil, errAdminOnly
+	}
+	var req CreateProjectRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	var out catalog.Project
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		var err error
+		out, err = tx.CreateProject(req.Name, s.now())
+		return err
+	})
+	return out, err
+}
+
+func (s *Server) deleteProject(_ context.Context, p principal, r *http.Request) (any, error) {
+	if !p.admin {
+		return nil, errAdminOnly
+	}
+	return nil, s.Catalog.Update(func(tx *catalog.Txn) error {
+		pr, err := tx.ProjectByName(r.PathValue("ref"))
+		if err != nil {
+			return err
+		}
+		return tx.DeleteProject(pr)
+	})
+}
+
+// TokenView is a token without its hash.
+type TokenView struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Project string    `json:"project"`
+	Created time.Time `json:"created"`
+	Revoked bool      `json:"revoked"`
+	// Secret is set only in the answer to POST /v1/tokens.
+	Secret string `json:"secret,omitempty"`
+}
+
+// CreateTokenRequest is the body of POST /v1/tokens. Admin makes an
+// admin token (admin tokens only); otherwise the token is for the
+// request's project.
+type CreateTokenRequest struct {
+	Name  string `json:"name"`
+	Admin bool   `json:"admin"`
+}
+
+func tokenView(t catalog.Token, projectName string) TokenView {
+	if t.Project == "" {
+		projectName = "(admin)"
+	}
+	return TokenView{ID: t.ID, Name: t.Name, Project: projectName, Created: t.Created, Revoked: t.Revoked}
+}
+
+func (s *Server) listTokens(_ context.Context, p principal, _ *http.Request) (any, error) {
+	var out []TokenView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		ts, err := tx.Tokens(p.project.ID)
+		if err != nil {
+			return err
+		}
+		if p.admin {
+			admins, err := tx.Tokens("")
+			if err != nil {
+				return err
+			}
+			ts = append(admins, ts...)
+		}
+		for _, t := range ts {
+			out = append(out, tokenView(t, p.project.Name))
+		}
+		return nil
+	})
+	return nonNil(out), err
+}
+
+func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (any, error) {
+	var req CreateTokenRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Admin && !p.admin {
+		return nil, errAdminOnly
+	}
+	project := p.project.ID
+	if req.Admin {
+		project = ""
+	}
+	var out TokenView
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		t, secret, err := tx.CreateToken(project, req.Name, s.now())
+		out = tokenView(t, p.project.Name)
+		out.Secret = secret
+		return err
+	})
+	return out, err
+}
+
+func (s *Server) revokeToken(_ context.Context, p principal, r *http.Request) (any, error) {
+	var out TokenView
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		t, err := tx.Token(r.PathValue("id"))
+		if err != nil {
+			return err
+		}
+		visible := t.Project == p.project.ID || (p.admin && t.Project == "")
+		if !visible {
+			return fmt.Errorf("token %s %w", t.ID, catalog.ErrNotFound)
+		}
+		if t.ID == p.token.ID {
+			return &Error{http.StatusConflict, "conflict", "a token cannot revoke itself; use another token"}
+		}
+		t.Revoked = true
+		out = tokenView(t, p.project.Name)
+		return tx.PutToken(t)
+	})
+	return out, err
+}
+
+func nonNil[T any](v []T) []T {
+	if v == nil {
+		return []T{}
+	}
+	return v
+}

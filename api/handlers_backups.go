@@ -1,0 +1,287 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"csbs/catalog"
+	"csbs/scheduler"
+)
+
+// CreateBackupRequest is the body of POST /v1/backups.
+type CreateBackupRequest struct {
+	Server   string `json:"server"`
+	Name     string `json:"name,omitempty"`
+	Full     bool   `json:"full,omitempty"`
+	EnableIR bool   `json:"enable_instant_restore,omitempty"`
+}
+
+func (s *Server) createBackup(_ context.Context, p principal, r *http.Request) (any, error) {
+	var req CreateBackupRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Name != "" {
+		if err := catalog.ValidateBackupName(req.Name); err != nil {
+			return nil, err
+		}
+	}
+	var job catalog.Job
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		sv, err := tx.Server(p.project.ID, req.Server)
+		if err != nil {
+			return err
+		}
+		// Refuse now what the job would refuse later.
+		if _, err := catalog.DecideType(p.project, sv, catalog.BackupRequest{Trigger: catalog.TriggerManual, Full: req.Full, EnableIR: req.EnableIR}); err != nil {
+			return err
+		}
+		if req.Name != "" {
+			taken, err := tx.BackupNameTaken(p.project.ID, sv.ID, req.Name)
+			if err != nil {
+				return err
+			}
+			if taken {
+				return fmt.Errorf("%w: server %s already has a backup named %q", catalog.ErrConflict, sv.Name, req.Name)
+			}
+		}
+		job = catalog.Job{
+			Project: p.project.ID, Kind: catalog.JobBackup, ServerID: sv.ID,
+			BackupID: catalog.NewID(catalog.KindBackup), BackupName: req.Name,
+			Full: req.Full, EnableIR: req.EnableIR, Trigger: catalog.TriggerManual,
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.Runner.Submit(job)
+}
+
+// BackupView is a backup as the API shows it.
+type BackupView struct {
+	catalog.Backup
+	Size  int64 `json:"size"`
+	InUse bool  `json:"in_use"`
+	// SupportLLD mirrors the CSBS API's marker of Enhanced backups.
+	SupportLLD bool `json:"support_lld"`
+}
+
+func (s *Server) backupView(b catalog.Backup) BackupView {
+	return BackupView{Backup: b, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced}
+}
+
+func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (any, error) {
+	q := r.URL.Query()
+	f := catalog.BackupFilter{Type: q.Get("type")}
+	if f.Type != "" && f.Type != catalog.TypeCommon && f.Type != catalog.TypeEnhanced {
+		return nil, fmt.Errorf("%w: type %q: want common or enhanced", catalog.ErrInvalid, f.Type)
+	}
+	var out []BackupView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		if ref := q.Get("server"); ref != "" {
+			sv, err := tx.Server(p.project.ID, ref)
+			if err != nil {
+				return err
+			}
+			f.ServerID = sv.ID
+		}
+		bs, err := tx.Backups(p.project.ID, f)
+		for _, b := range bs {
+			out = append(out, s.backupView(b))
+		}
+		return err
+	})
+	return nonNil(out), err
+}
+
+func (s *Server) findBackup(p principal, ref string) (catalog.Backup, error) {
+	var b catalog.Backup
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		b, err = tx.Backup(p.project.ID, ref)
+		return err
+	})
+	return b, err
+}
+
+func (s *Server) showBackup(_ context.Context, p principal, r *http.Request) (any, error) {
+	b, err := s.findBackup(p, r.PathValue("ref"))
+	if err != nil {
+		return nil, err
+	}
+	return s.backupView(b), nil
+}
+
+// UpdateBackupRequest is the body of PATCH /v1/backups/{ref}.
+type UpdateBackupRequest struct {
+	Protected *bool `json:"protected,omitempty"`
+}
+
+func (s *Server) updateBackup(_ context.Context, p principal, r *http.Request) (any, error) {
+	var req UpdateBackupRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	var out catalog.Backup
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		b, err := tx.Backup(p.project.ID, r.PathValue("ref"))
+		if err != nil {
+			return err
+		}
+		if req.Protected != nil {
+			b.Protected = *req.Protected
+		}
+		out = b
+		return tx.PutBackup(b)
+	})
+	return s.backupView(out), err
+}
+
+func (s *Server) deleteBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+	force := r.URL.Query().Get("force") == "true"
+	b, err := s.findBackup(p, r.PathValue("ref"))
+	if err != nil {
+		return nil, err
+	}
+	err = s.Scheduler.DeleteBackup(ctx, b, force)
+	if errors.Is(err, scheduler.ErrBackupInUse) || errors.Is(err, scheduler.ErrProtected) {
+		return nil, fmt.Errorf("%w: %v", catalog.ErrConflict, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"deleted": b.ID, "name": b.Name}, nil
+}
+
+// StartRestoreRequest is the body of POST /v1/restores.
+type StartRestoreRequest struct {
+	Backup  string                  `json:"backup"`
+	Targets []catalog.RestoreTarget `json:"targets"`
+	Force   bool                    `json:"force,omitempty"`
+	Instant bool                    `json:"instant,omitempty"`
+	Rate    int64                   `json:"rate,omitempty"`
+}
+
+func (s *Server) startRestore(_ context.Context, p principal, r *http.Request) (any, error) {
+	var req StartRestoreRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Instant {
+		return nil, fmt.Errorf("%w: instant restore is not available in this version; use a normal restore", catalog.ErrInvalid)
+	}
+	b, err := s.findBackup(p, req.Backup)
+	if err != nil {
+		return nil, err
+	}
+	if b.Status != catalog.StatusAvailable {
+		return nil, fmt.Errorf("%w: backup %s is %s", catalog.ErrConflict, b.Name, b.Status)
+	}
+	if len(req.Targets) == 0 {
+		return nil, fmt.Errorf("%w: name at least one target (--disk vda=/path/to/target)", catalog.ErrInvalid)
+	}
+	seen := map[string]bool{}
+	for _, t := range req.Targets {
+		found := false
+		for _, d := range b.Disks {
+			found = found || d.Name == t.Disk
+		}
+		if !found {
+			return nil, fmt.Errorf("%w: backup %s has no disk %q", catalog.ErrInvalid, b.Name, t.Disk)
+		}
+		if seen[t.Disk] || seen["target:"+t.Target] {
+			return nil, fmt.Errorf("%w: disk or target given twice (%s=%s)", catalog.ErrInvalid, t.Disk, t.Target)
+		}
+		seen[t.Disk], seen["target:"+t.Target] = true, true
+		if err := s.Engine.CheckTarget(t.Target); err != nil {
+			return nil, err
+		}
+	}
+	rs := catalog.Restore{
+		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID,
+		Force: req.Force, Rate: req.Rate, Targets: req.Targets, State: catalog.RestoreRunning, Created: s.now(),
+	}
+	for _, d := range b.Disks {
+		if seen[d.Name] {
+			rs.Total += d.Size
+		}
+	}
+	rs.JobID = catalog.NewID(catalog.KindJob)
+	if err := s.Catalog.Update(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
+		return nil, err
+	}
+	if _, err := s.Runner.Submit(catalog.Job{ID: rs.JobID, Project: p.project.ID, Kind: catalog.JobRestore, BackupID: b.ID, RestoreID: rs.ID}); err != nil {
+		return nil, err
+	}
+	return rs, nil
+}
+
+func (s *Server) listRestores(_ context.Context, p principal, _ *http.Request) (any, error) {
+	var out []catalog.Restore
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		out, err = tx.Restores(p.project.ID)
+		return err
+	})
+	for i := range out {
+		out[i] = s.liveRestore(out[i])
+	}
+	return nonNil(out), err
+}
+
+// liveRestore fills in the progress of a running restore from its job.
+func (s *Server) liveRestore(rs catalog.Restore) catalog.Restore {
+	if rs.State == catalog.RestoreRunning && rs.JobID != "" {
+		if j, err := s.Runner.Job(rs.Project, rs.JobID); err == nil && j.Total > 0 {
+			rs.Done, rs.Total = j.Done, j.Total
+		}
+	}
+	return rs
+}
+
+func (s *Server) showRestore(_ context.Context, p principal, r *http.Request) (any, error) {
+	var out catalog.Restore
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		out, err = tx.Restore(p.project.ID, r.PathValue("id"))
+		return err
+	})
+	return s.liveRestore(out), err
+}
+
+func (s *Server) listJobs(_ context.Context, p principal, _ *http.Request) (any, error) {
+	js, err := s.Runner.Jobs(p.project.ID)
+	return nonNil(js), err
+}
+
+func (s *Server) showJob(_ context.Context, p principal, r *http.Request) (any, error) {
+	return s.Runner.Job(p.project.ID, r.PathValue("id"))
+}
+
+// waitJob blocks until the job ends or ?timeout (default 30s, at most 5m)
+// passes, and returns the job; clients poll it in a loop.
+func (s *Server) waitJob(ctx context.Context, p principal, r *http.Request) (any, error) {
+	timeout := 30.0
+	if v := r.URL.Query().Get("timeout"); v != "" {
+		if _, err := fmt.Sscanf(v, "%g", &timeout); err != nil || timeout < 0 || timeout > 300 {
+			return nil, fmt.Errorf("%w: timeout=%q: want 0..300 seconds", catalog.ErrInvalid, v)
+		}
+	}
+	if _, err := s.Runner.Job(p.project.ID, r.PathValue("id")); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, secondsDuration(timeout))
+	defer cancel()
+	j, err := s.Runner.Wait(wctx, p.project.ID, r.PathValue("id"))
+	if errors.Is(err, context.DeadlineExceeded) {
+		return s.Runner.Job(p.project.ID, r.PathValue("id"))
+	}
+	return j, err
+}
+
+func (s *Server) cancelJob(_ context.Context, p principal, r *http.Request) (any, error) {
+	return s.Runner.Cancel(p.project.ID, r.PathValue("id"))
+}

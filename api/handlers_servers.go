@@ -1,0 +1,362 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"csbs/catalog"
+	"csbs/scheduler"
+)
+
+// AddServerRequest is the body of POST /v1/servers.
+type AddServerRequest struct {
+	Name  string         `json:"name"`
+	AZ    string         `json:"availability_zone"`
+	Disks []catalog.Disk `json:"disks"` // name and source; size is measured
+}
+
+// ServerView is a server with its policy's name.
+type ServerView struct {
+	catalog.Server
+	Region     string `json:"region"`
+	PolicyName string `json:"policy_name,omitempty"`
+}
+
+func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var req AddServerRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := catalog.ValidateName("server", req.Name); err != nil {
+		return nil, err
+	}
+	if req.AZ == "" {
+		req.AZ = s.AZs[0]
+	}
+	if !slices.Contains(s.AZs, req.AZ) {
+		return nil, fmt.Errorf("%w: availability zone %q is not in region %s (AZs: %s)", catalog.ErrInvalid, req.AZ, s.Region, strings.Join(s.AZs, ", "))
+	}
+	if len(req.Disks) == 0 {
+		return nil, fmt.Errorf("%w: a server needs at least one disk (--disk vda=PATH)", catalog.ErrInvalid)
+	}
+	if len(req.Disks) > 64 {
+		return nil, fmt.Errorf("%w: at most 64 disks per server", catalog.ErrInvalid)
+	}
+	seen := map[string]bool{}
+	for i, d := range req.Disks {
+		if err := catalog.ValidateDiskName(d.Name); err != nil {
+			return nil, err
+		}
+		if seen[d.Name] {
+			return nil, fmt.Errorf("%w: disk %s given twice", catalog.ErrInvalid, d.Name)
+		}
+		seen[d.Name] = true
+		size, err := s.Engine.CheckSource(ctx, d.Source)
+		if err != nil {
+			return nil, err
+		}
+		req.Disks[i].Size = size
+	}
+	var out catalog.Server
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		var err error
+		out, err = tx.CreateServer(catalog.Server{Project: p.project.ID, Name: req.Name, AZ: req.AZ, Disks: req.Disks, Created: s.now()})
+		return err
+	})
+	return ServerView{Server: out, Region: s.Region}, err
+}
+
+func (s *Server) listServers(_ context.Context, p principal, _ *http.Request) (any, error) {
+	var out []ServerView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		ss, err := tx.Servers(p.project.ID)
+		if err != nil {
+			return err
+		}
+		for _, sv := range ss {
+			out = append(out, s.serverView(tx, sv))
+		}
+		return nil
+	})
+	return nonNil(out), err
+}
+
+func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
+	v := ServerView{Server: sv, Region: s.Region}
+	if sv.PolicyID != "" {
+		if pol, err := tx.Policy(sv.Project, sv.PolicyID); err == nil {
+			v.PolicyName = pol.Name
+		}
+	}
+	return v
+}
+
+func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (any, error) {
+	var out ServerView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
+		out = s.serverView(tx, sv)
+		return err
+	})
+	return out, err
+}
+
+func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
+	return nil, s.Catalog.Update(func(tx *catalog.Txn) error {
+		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
+		if err != nil {
+			return err
+		}
+		if s.Runner.ServerBusy(sv.ID) {
+			return fmt.Errorf("%w: server %s has a backup job queued or running; wait for it or cancel it", catalog.ErrConflict, sv.Name)
+		}
+		return tx.DeleteServer(sv)
+	})
+}
+
+func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
+	var out catalog.Server
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
+		if err != nil {
+			return err
+		}
+		if sv.PolicyID == "" {
+			return fmt.Errorf("%w: server %s is not bound to a policy", catalog.ErrConflict, sv.Name)
+		}
+		sv.PolicyID = ""
+		out = sv
+		return tx.PutServer(sv)
+	})
+	return out, err
+}
+
+// PolicyRequest is the body of POST /v1/policies and PATCH
+// /v1/policies/{ref}. In a PATCH, nil fields keep their value.
+type PolicyRequest struct {
+	Name          *string  `json:"name,omitempty"`
+	Enabled       *bool    `json:"enabled,omitempty"`
+	Times         []string `json:"times,omitempty"`
+	EveryDays     *int     `json:"every_days,omitempty"`
+	Weekdays      []string `json:"weekdays,omitempty"`
+	Timezone      *string  `json:"timezone,omitempty"`
+	MaxBackups    *int     `json:"max_backups,omitempty"`
+	RetentionDays *int     `json:"retention_days,omitempty"`
+	KeepDaily     *int     `json:"keep_daily,omitempty"`
+	KeepWeekly    *int     `json:"keep_weekly,omitempty"`
+	KeepMonthly   *int     `json:"keep_monthly,omitempty"`
+	KeepYearly    *int     `json:"keep_yearly,omitempty"`
+}
+
+func (req PolicyRequest) apply(p *catalog.Policy) {
+	set := func(dst *int, v *int) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	if req.Name != nil {
+		p.Name = *req.Name
+	}
+	if req.Enabled != nil {
+		p.Enabled = *req.Enabled
+	}
+	if req.Times != nil {
+		p.Times = req.Times
+	}
+	if req.EveryDays != nil {
+		p.Period, p.EveryN = catalog.PeriodDays, *req.EveryDays
+	}
+	if req.Weekdays != nil {
+		p.Period, p.Weekdays = catalog.PeriodWeekdays, req.Weekdays
+	}
+	if req.Timezone != nil {
+		p.Timezone = *req.Timezone
+	}
+	// Setting one retention rule clears the other: they are exclusive.
+	if req.MaxBackups != nil {
+		p.MaxBackups = *req.MaxBackups
+		if req.RetentionDays == nil {
+			p.RetentionDays = -1
+		}
+	}
+	if req.RetentionDays != nil {
+		p.RetentionDays = *req.RetentionDays
+		if req.MaxBackups == nil {
+			p.MaxBackups = -1
+		}
+	}
+	set(&p.KeepDaily, req.KeepDaily)
+	set(&p.KeepWeekly, req.KeepWeekly)
+	set(&p.KeepMonthly, req.KeepMonthly)
+	set(&p.KeepYearly, req.KeepYearly)
+}
+
+// PolicyView is a policy with its next runs and bound servers.
+type PolicyView struct {
+	catalog.Policy
+	NextRuns []time.Time `json:"next_runs"`
+	Servers  []string    `json:"servers"`
+}
+
+func (s *Server) policyView(tx *catalog.Txn, pol catalog.Policy, n int) PolicyView {
+	v := PolicyView{Policy: pol, NextRuns: []time.Time{}, Servers: []string{}}
+	if pol.Enabled {
+		if runs, err := scheduler.NextRuns(pol, s.Clock.Now(), n); err == nil {
+			v.NextRuns = runs
+		}
+	}
+	if ss, err := tx.BoundServers(pol); err == nil {
+		for _, sv := range ss {
+			v.Servers = append(v.Servers, sv.Name)
+		}
+	}
+	return v
+}
+
+func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+	var req PolicyRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	pol := catalog.Policy{Project: p.project.ID, Enabled: true, Created: s.now(), MaxBackups: -1, RetentionDays: -1}
+	req.apply(&pol)
+	var out PolicyView
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		created, err := tx.CreatePolicy(pol)
+		out = s.policyView(tx, created, 3)
+		return err
+	})
+	if err == nil {
+		s.Scheduler.Poke()
+	}
+	return out, err
+}
+
+func (s *Server) listPolicies(_ context.Context, p principal, _ *http.Request) (any, error) {
+	var out []PolicyView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		ps, err := tx.Policies(p.project.ID)
+		for _, pol := range ps {
+			out = append(out, s.policyView(tx, pol, 1))
+		}
+		return err
+	})
+	return nonNil(out), err
+}
+
+func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+	n := 5
+	if v := r.URL.Query().Get("next"); v != "" {
+		if _, err := fmt.Sscanf(v, "%d", &n); err != nil || n < 0 || n > 100 {
+			return nil, fmt.Errorf("%w: next=%q: want 0..100", catalog.ErrInvalid, v)
+		}
+	}
+	var out PolicyView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
+		out = s.policyView(tx, pol, n)
+		return err
+	})
+	return out, err
+}
+
+func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+	var req PolicyRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	var out PolicyView
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
+		if err != nil {
+			return err
+		}
+		req.apply(&pol)
+		updated, err := tx.UpdatePolicy(pol)
+		out = s.policyView(tx, updated, 3)
+		return err
+	})
+	if err == nil {
+		s.Scheduler.Poke()
+	}
+	return out, err
+}
+
+func (s *Server) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
+		if err != nil {
+			return err
+		}
+		return tx.DeletePolicy(pol)
+	})
+	if err == nil {
+		s.Scheduler.Poke()
+	}
+	return nil, err
+}
+
+// BindRequest is the body of POST /v1/policies/{ref}/bind.
+type BindRequest struct {
+	Server string `json:"server"`
+}
+
+func (s *Server) bindPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+	var req BindRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	var out ServerView
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
+		if err != nil {
+			return err
+		}
+		sv, err := tx.Server(p.project.ID, req.Server)
+		if err != nil {
+			return err
+		}
+		if sv.PolicyID == pol.ID {
+			return fmt.Errorf("%w: server %s is already bound to policy %s", catalog.ErrConflict, sv.Name, pol.Name)
+		}
+		if sv.PolicyID != "" {
+			other, _ := tx.Policy(p.project.ID, sv.PolicyID)
+			return fmt.Errorf("%w: server %s is bound to policy %s; a server is in at most one policy (csbs policy unbind %s first)", catalog.ErrConflict, sv.Name, other.Name, sv.Name)
+		}
+		sv.PolicyID = pol.ID
+		out = ServerView{Server: sv, Region: s.Region, PolicyName: pol.Name}
+		return tx.PutServer(sv)
+	})
+	return out, err
+}
+
+func (s *Server) runPolicyNow(_ context.Context, p principal, r *http.Request) (any, error) {
+	var pol catalog.Policy
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		pol, err = tx.Policy(p.project.ID, r.PathValue("ref"))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := s.Scheduler.RunPolicy(pol, "run-now")
+	return nonNil(jobs), err
+}
+
+func (s *Server) retentionPreview(_ context.Context, p principal, r *http.Request) (any, error) {
+	var pol catalog.Policy
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		pol, err = tx.Policy(p.project.ID, r.PathValue("ref"))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.Scheduler.RetentionPlan(pol)
+}

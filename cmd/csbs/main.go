@@ -1,0 +1,137 @@
+// Command csbs is the Cloud Server Backup Service appliance: `csbs serve`
+// runs the daemon; every other command is a client of its API.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"csbs/api"
+	"csbs/config"
+	"csbs/daemon"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	app := newApp()
+	err := app.RunContext(ctx, interspersed(app, os.Args))
+	stop()
+	if err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) {
+			fmt.Fprintf(os.Stderr, "csbs: %s\n", ae.Message)
+		} else {
+			fmt.Fprintf(os.Stderr, "csbs: %v\n", err)
+		}
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) && ec.ExitCode() != 0 {
+			os.Exit(ec.ExitCode())
+		}
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:                 "csbs",
+		Usage:                "Cloud Server Backup Service appliance",
+		Version:              version,
+		EnableBashCompletion: true,
+		Suggest:              true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE` (finds the data dir and socket)", EnvVars: []string{"CSBS_CONFIG"}},
+			&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` when no config is given", Value: "./var", EnvVars: []string{"CSBS_DATA_DIR"}},
+			&cli.StringFlag{Name: "socket", Usage: "API unix `SOCKET` (default: <data-dir>/csbs.sock)", EnvVars: []string{"CSBS_SOCKET"}},
+			&cli.StringFlag{Name: "token", Usage: "API `TOKEN` (default: the admin token in <data-dir>/admin.token)", EnvVars: []string{"CSBS_TOKEN"}},
+			&cli.StringFlag{Name: "project", Aliases: []string{"p"}, Usage: "act in `PROJECT` (admin tokens; default: default)", EnvVars: []string{"CSBS_PROJECT"}},
+			&cli.StringFlag{Name: "region", Usage: "refuse to act unless the appliance serves `REGION`", EnvVars: []string{"CSBS_REGION"}},
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
+		Commands: []*cli.Command{
+			serveCommand(),
+			projectCommand(),
+			tokenCommand(),
+			serverCommand(),
+			policyCommand(),
+			backupCommand(),
+			restoreCommand(),
+			jobCommand(),
+			statusCommand(),
+			versionCommand(),
+		},
+	}
+}
+
+// loadConfig returns the config named by --config, or the defaults with
+// --data-dir applied.
+func loadConfig(c *cli.Context) (config.Config, error) {
+	cfg, err := config.Load(c.String("config"))
+	if err != nil {
+		return cfg, err
+	}
+	if c.String("config") == "" && c.IsSet("data-dir") {
+		cfg = config.Default()
+		cfg.DataDir = c.String("data-dir")
+		cfg.API.Socket = ""
+		cfg.NBD.Socket = ""
+		if err := cfg.Validate(); err != nil {
+			return cfg, err
+		}
+		cfg, err = finishDefaults(cfg)
+	}
+	return cfg, err
+}
+
+func finishDefaults(cfg config.Config) (config.Config, error) {
+	if cfg.API.Socket == "" {
+		cfg.API.Socket = filepath.Join(cfg.DataDir, "csbs.sock")
+	}
+	if cfg.NBD.Socket == "" {
+		cfg.NBD.Socket = filepath.Join(cfg.DataDir, "nbd.sock")
+	}
+	return cfg, nil
+}
+
+// client builds an API client from the global flags.
+func client(c *cli.Context) (*api.Client, error) {
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	socket := c.String("socket")
+	if socket == "" {
+		socket = cfg.API.Socket
+	}
+	token := c.String("token")
+	if token == "" {
+		path := filepath.Join(cfg.DataDir, daemon.AdminTokenFile)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("no token: set --token or CSBS_TOKEN, or run as a user who can read %s (%v)", path, errors.Unwrap(err))
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	cl := api.NewUnixClient(socket, token)
+	cl.Project = c.String("project")
+	cl.Region = c.String("region")
+	return cl, nil
+}
+
+// needArgs checks the number of positional arguments.
+func needArgs(c *cli.Context, n int, names string) error {
+	if c.NArg() != n {
+		return cli.Exit(fmt.Sprintf("usage: %s %s", c.Command.HelpName, names), 2)
+	}
+	return nil
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"csbs/api"
+	"csbs/catalog"
+)
+
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// table prints aligned columns.
+type table struct{ tw *tabwriter.Writer }
+
+func newTable(w io.Writer, headers ...string) *table {
+	t := &table{tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
+	t.row(toAny(headers)...)
+	return t
+}
+
+func toAny(s []string) []any {
+	out := make([]any, len(s))
+	for i := range s {
+		out[i] = s[i]
+	}
+	return out
+}
+
+func (t *table) row(cols ...any) {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = fmt.Sprint(c)
+	}
+	fmt.Fprintln(t.tw, strings.Join(parts, "\t"))
+}
+
+func (t *table) flush() error { return t.tw.Flush() }
+
+// show prints v as JSON with --json, else calls human.
+func show(c *cli.Context, v any, human func(w io.Writer) error) error {
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, v)
+	}
+	return human(c.App.Writer)
+}
+
+func bytesH(n int64) string {
+	if n < 0 {
+		return "-"
+	}
+	return humanize.IBytes(uint64(n))
+}
+
+func timeH(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}
+
+func pct(done, total int64) string {
+	if total <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d%%", done*100/total)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// waitJob follows a job until it ends: a progress bar (bytes, rate, ETA)
+// on a terminal, plain progress lines otherwise. It returns an error when
+// the job did not succeed.
+func waitJob(c *cli.Context, cl *api.Client, id string) (catalog.Job, error) {
+	ctx := c.Context
+	out := c.App.ErrWriter
+	var bar *progressbar.ProgressBar
+	lastLine := time.Time{}
+	for {
+		var j catalog.Job
+		q := map[string][]string{"timeout": {"1"}}
+		if err := cl.Do(ctx, "POST", "/v1/jobs/"+id+"/wait", q, nil, &j); err != nil {
+			return j, err
+		}
+		if j.Total > 0 {
+			if isTerminal(out) {
+				if bar == nil {
+					bar = progressbar.NewOptions64(j.Total,
+						progressbar.OptionSetWriter(out),
+						progressbar.OptionSetDescription(fmt.Sprintf("%s %s", j.Kind, j.ID)),
+						progressbar.OptionShowBytes(true),
+						progressbar.OptionSetPredictTime(true),
+						progressbar.OptionThrottle(200*time.Millisecond),
+						progressbar.OptionClearOnFinish())
+				}
+				_ = bar.Set64(j.Done)
+			} else if time.Since(lastLine) > 2*time.Second || j.Finished() {
+				fmt.Fprintf(out, "%s %s: %s of %s (%s)\n", j.Kind, j.ID, bytesH(j.Done), bytesH(j.Total), pct(j.Done, j.Total))
+				lastLine = time.Now()
+			}
+		}
+		if j.Finished() {
+			if bar != nil {
+				_ = bar.Finish()
+			}
+			if j.State != catalog.JobSucceeded {
+				return j, fmt.Errorf("job %s %s: %s", j.ID, j.State, j.Error)
+			}
+			return j, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return j, fmt.Errorf("stopped waiting (the job goes on; follow it with csbs job wait %s): %w", j.ID, context.Cause(ctx))
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"csbs/api"
+	"csbs/catalog"
+	"csbs/config"
+)
+
+func restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "restore",
+		Usage: "restore backups to disks",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "start",
+				Usage:     "restore disks of a backup to targets (image files or block devices)",
+				UsageText: `csbs restore start manualbk_1a2b --disk vda=/restore/web1-vda.img --wait`,
+				ArgsUsage: "BACKUP",
+				Flags: []cli.Flag{
+					&cli.StringSliceFlag{Name: "disk", Usage: "`DISK=TARGET` (repeat; absolute paths)", Required: true},
+					&cli.BoolFlag{Name: "force", Usage: "overwrite a target that holds data"},
+					&cli.BoolFlag{Name: "instant", Usage: "instant restore: export now, hydrate in the background"},
+					&cli.StringFlag{Name: "rate", Usage: "hydration `RATE` limit, e.g. 200MiB/s"},
+					&cli.BoolFlag{Name: "wait", Usage: "wait for the restore and show progress"},
+					jsonFlag,
+				},
+				Action: func(c *cli.Context) error {
+					if err := needArgs(c, 1, "BACKUP --disk vda=TARGET"); err != nil {
+						return err
+					}
+					req := api.StartRestoreRequest{Backup: c.Args().First(), Force: c.Bool("force"), Instant: c.Bool("instant")}
+					if v := c.String("rate"); v != "" {
+						r, err := config.ParseRate(v)
+						if err != nil {
+							return cli.Exit("--rate: "+err.Error(), 2)
+						}
+						req.Rate = r
+					}
+					for _, d := range c.StringSlice("disk") {
+						disk, target, ok := strings.Cut(d, "=")
+						if !ok || disk == "" || target == "" {
+							return cli.Exit(fmt.Sprintf("--disk %q: want DISK=TARGET, e.g. vda=/restore/vda.img", d), 2)
+						}
+						req.Targets = append(req.Targets, catalog.RestoreTarget{Disk: disk, Target: target})
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					var r catalog.Restore
+					if err := cl.Do(c.Context, "POST", "/v1/restores", nil, req, &r); err != nil {
+						return err
+					}
+					if c.Bool("wait") && r.JobID != "" {
+						if _, err := waitJob(c, cl, r.JobID); err != nil {
+							return err
+						}
+						if err := cl.Do(c.Context, "GET", "/v1/restores/"+r.ID, nil, nil, &r); err != nil {
+							return err
+						}
+					}
+					return show(c, r, func(w io.Writer) error { return printRestore(w, r) })
+				},
+			},
+			{
+				Name: "ls", Usage: "list restores", Flags: []cli.Flag{jsonFlag},
+				Action: func(c *cli.Context) error {
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					var rs []catalog.Restore
+					if err := cl.Do(c.Context, "GET", "/v1/restores", nil, nil, &rs); err != nil {
+						return err
+					}
+					return show(c, rs, func(w io.Writer) error {
+						t := newTable(w, "ID", "BACKUP", "KIND", "STATE", "PROGRESS", "TARGETS", "CREATED")
+						for _, r := range rs {
+							t.row(r.ID, r.BackupID, kind(r), r.State, pct(r.Done, r.Total), targets(r), timeH(r.Created))
+						}
+						return t.flush()
+					})
+				},
+			},
+			{
+				Name: "show", Usage: "show a restore", ArgsUsage: "RESTORE", Flags: []cli.Flag{jsonFlag},
+				Action: func(c *cli.Context) error {
+					if err := needArgs(c, 1, "RESTORE"); err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					var r catalog.Restore
+					if err := cl.Do(c.Context, "GET", "/v1/restores/"+c.Args().First(), nil, nil, &r); err != nil {
+						return err
+					}
+					return show(c, r, func(w io.Writer) error { return printRestore(w, r) })
+				},
+			},
+		},
+	}
+}
+
+func kind(r catalog.Restore) string {
+	if r.Instant {
+		return "instant"
+	}
+	return "normal"
+}
+
+func targets(r catalog.Restore) string {
+	var s []string
+	for _, t := range r.Targets {
+		s = append(s, t.Disk+"="+t.Target)
+	}
+	return strings.Join(s, " ")
+}
+
+func printRestore(w io.Writer, r catalog.Restore) error {
+	fmt.Fprintf(w, "id:       %s\nbackup:   %s\nkind:     %s\nstate:    %s\nprogress: %s of %s (%s)\ntargets:  %s\ncreated:  %s\n",
+		r.ID, r.BackupID, kind(r), r.State, bytesH(r.Done), bytesH(r.Total), pct(r.Done, r.Total), targets(r), timeH(r.Created))
+	if r.Error != "" {
+		fmt.Fprintf(w, "error:    %s\n", r.Error)
+	}
+	return nil
+}

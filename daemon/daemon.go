@@ -1,0 +1,299 @@
+// Package daemon assembles the appliance: it opens the store (the daemon
+// alone does; Badger's directory lock keeps a second daemon out), makes
+// sure a default project and an admin token exist, and runs the job
+// runner, the policy scheduler and the API listeners until its context
+// ends, then shuts them down in order.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"csbs/api"
+	"csbs/blockstore"
+	"csbs/catalog"
+	"csbs/config"
+	"csbs/engine"
+	"csbs/scheduler"
+)
+
+// Options are what a caller may inject (tests use a fake clock).
+type Options struct {
+	Clock   scheduler.Clock
+	Log     *slog.Logger
+	Version string
+}
+
+// Daemon is a running appliance.
+type Daemon struct {
+	cfg     config.Config
+	clock   scheduler.Clock
+	log     *slog.Logger
+	version string
+	store   *blockstore.Store
+	cat     *catalog.Catalog
+	engine  *engine.Engine
+	runner  *scheduler.Runner
+	sched   *scheduler.Scheduler
+	api     *api.Server
+	started time.Time
+}
+
+// AdminTokenFile is the admin token's file name inside the data dir.
+const AdminTokenFile = "admin.token"
+
+// New opens the store and prepares every component; Serve starts them.
+func New(cfg config.Config, opts Options) (*Daemon, error) {
+	if opts.Clock == nil {
+		opts.Clock = scheduler.RealClock{}
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
+	}
+	codec, err := blockstore.ParseCodec(cfg.Store.Compression)
+	if err != nil {
+		return nil, err
+	}
+	store, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{
+		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: int64(cfg.Store.CacheSize), Logger: opts.Log,
+	})
+	if err != nil {
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+			return nil, fmt.Errorf("store %s is in use by another csbs daemon: %w", cfg.StoreDir(), err)
+		}
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, cat: catalog.New(store.DB())}
+	if err := d.bootstrap(); err != nil {
+		store.Close()
+		return nil, err
+	}
+	d.engine = &engine.Engine{
+		Store: store, Catalog: d.cat, Now: d.clock.Now, Log: d.log,
+		AllowedDirs:    cfg.Sources.AllowedDirs,
+		ProtectedPaths: []string{cfg.DataDir, cfg.API.Socket, cfg.NBD.Socket},
+	}
+	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
+	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
+	d.api = &api.Server{
+		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine,
+		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
+		Status: d.status,
+	}
+	return d, nil
+}
+
+// bootstrap creates the default project and the admin token file on
+// first start.
+func (d *Daemon) bootstrap() error {
+	now := d.clock.Now()
+	err := d.cat.Update(func(tx *catalog.Txn) error {
+		if _, err := tx.ProjectByName(catalog.DefaultProject); errors.Is(err, catalog.ErrNotFound) {
+			_, err = tx.CreateProject(catalog.DefaultProject, now)
+			return err
+		} else {
+			return err
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("create default project: %w", err)
+	}
+	path := filepath.Join(d.cfg.DataDir, AdminTokenFile)
+	if b, err := os.ReadFile(path); err == nil {
+		secret := strings.TrimSpace(string(b))
+		valid := false
+		_ = d.cat.View(func(tx *catalog.Txn) error {
+			t, err := tx.TokenBySecret(secret)
+			valid = err == nil && t.Project == ""
+			return nil
+		})
+		if valid {
+			return os.Chmod(path, 0o600)
+		}
+		d.log.Warn("admin token file does not match the store; writing a new admin token", "file", path)
+	}
+	var secret string
+	err = d.cat.Update(func(tx *catalog.Txn) error {
+		var err error
+		_, secret, err = tx.CreateToken("", "admin", now)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create admin token: %w", err)
+	}
+	if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write admin token: %w", err)
+	}
+	d.log.Info("created admin token", "file", path)
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Serve runs until ctx ends, then shuts down: listeners stop, running
+// jobs are cancelled (nothing half-done becomes visible), the store is
+// synced and closed. ready, if not nil, is closed once the API listens.
+func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
+	d.started = d.clock.Now()
+	d.api.Started = d.started
+	if err := d.runner.Recover(); err != nil {
+		d.store.Close()
+		return err
+	}
+	if err := d.recoverRestores(); err != nil {
+		d.store.Close()
+		return err
+	}
+	listeners, err := d.listen()
+	if err != nil {
+		d.store.Close()
+		return err
+	}
+	srv := &http.Server{Handler: d.api.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
+	runCtx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
+	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
+	errc := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	d.log.Info("csbs serving", "version", d.version, "region", d.cfg.Region, "socket", d.cfg.API.Socket, "data", d.cfg.DataDir)
+	if ready != nil {
+		close(ready)
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	d.log.Info("csbs shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	stop()
+	wg.Wait()
+	os.Remove(d.cfg.API.Socket)
+	if err := d.store.Sync(); err != nil {
+		serveErr = errors.Join(serveErr, err)
+	}
+	if err := d.store.Close(); err != nil {
+		serveErr = errors.Join(serveErr, err)
+	}
+	return serveErr
+}
+
+func (d *Daemon) listen() ([]net.Listener, error) {
+	sock := d.cfg.API.Socket
+	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another daemon answers on %s", sock)
+	}
+	os.Remove(sock) // stale socket of a crashed daemon
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		return nil, err
+	}
+	// Create the socket with 0600 from the start: no window where others
+	// could connect.
+	l, err := listenUnixPrivate(sock)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	out := []net.Listener{l}
+	if addr := d.cfg.API.TCPListen; addr != "" {
+		tl, err := net.Listen("tcp", addr)
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		if d.cfg.API.TLSCert != "" {
+			cert, err := tls.LoadX509KeyPair(d.cfg.API.TLSCert, d.cfg.API.TLSKey)
+			if err != nil {
+				l.Close()
+				tl.Close()
+				return nil, fmt.Errorf("api TLS: %w", err)
+			}
+			tl = tls.NewListener(tl, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		} else {
+			d.log.Warn("API on TCP without TLS (api.insecure = true)", "addr", addr)
+		}
+		out = append(out, tl)
+	}
+	return out, nil
+}
+
+// recoverRestores marks normal restores interrupted by a stop as failed
+// (their targets were never renamed into place).
+func (d *Daemon) recoverRestores() error {
+	return d.cat.Update(func(tx *catalog.Txn) error {
+		rs, err := tx.Restores("")
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			if r.State == catalog.RestoreRunning && !r.Instant {
+				r.State = catalog.RestoreFailed
+				r.Error = "interrupted: the daemon stopped during the restore; start it again"
+				r.Ended = d.clock.Now().UTC()
+				if err := tx.PutRestore(r); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// StoreStats is the store part of the status.
+type StoreStats struct {
+	BlockSize  int   `json:"block_size"`
+	DiskBytes  int64 `json:"disk_bytes"`
+	CacheHits  int64 `json:"cache_hits"`
+	CacheMiss  int64 `json:"cache_misses"`
+	CacheBytes int64 `json:"cache_bytes"`
+}
+
+func (d *Daemon) status(_ context.Context, st *api.Status) {
+	cs := d.store.CacheStats()
+	du, _ := d.store.DiskUsage()
+	st.Store = StoreStats{BlockSize: d.store.BlockSize(), DiskBytes: du, CacheHits: int64(cs.Hits), CacheMiss: int64(cs.Misses), CacheBytes: cs.Bytes}
+}
+
+// NewLogger builds the daemon's logger from the config.
+func NewLogger(cfg config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,380 @@
+// Package engine carries out the work behind jobs: a backup of all disks
+// of a server (ingest every disk, then commit maps and the catalog record
+// in one transaction), and a normal restore of a backup's disks to
+// targets. It joins blockstore, catalog, source and restore; the
+// scheduler decides when it runs.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"csbs/blockstore"
+	"csbs/catalog"
+	"csbs/restore"
+	"csbs/source"
+)
+
+// Engine runs backups and restores.
+type Engine struct {
+	Store       *blockstore.Store
+	Catalog     *catalog.Catalog
+	Now         func() time.Time
+	Log         *slog.Logger
+	AllowedDirs []string // disk sources must lie below one of these; empty = anywhere
+	// ProtectedPaths are files a restore must never write (the store's
+	// directory, the daemon's sockets).
+	ProtectedPaths []string
+
+	mu    sync.Mutex
+	inUse map[string]int // backup id → users (restores, exports, mounts)
+}
+
+// Acquire marks a backup as in use so that retention and deletion leave
+// it alone; the returned func releases it.
+func (e *Engine) Acquire(backupID string) func() {
+	e.mu.Lock()
+	if e.inUse == nil {
+		e.inUse = map[string]int{}
+	}
+	e.inUse[backupID]++
+	e.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.mu.Lock()
+			if e.inUse[backupID]--; e.inUse[backupID] <= 0 {
+				delete(e.inUse, backupID)
+			}
+			e.mu.Unlock()
+		})
+	}
+}
+
+// InUse reports whether a backup is being read by a restore, export or mount.
+func (e *Engine) InUse(backupID string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.inUse[backupID] > 0
+}
+
+// CheckSource validates a disk source for a new server and returns its
+// size: the path must be allowed, exist and be readable.
+func (e *Engine) CheckSource(ctx context.Context, spec string) (int64, error) {
+	if !strings.Contains(spec, "://") {
+		if !filepath.IsAbs(spec) {
+			return 0, fmt.Errorf("%w: disk source %q: use an absolute path", catalog.ErrInvalid, spec)
+		}
+		if err := e.allowedPath(spec); err != nil {
+			return 0, err
+		}
+	}
+	size, err := source.Validate(ctx, spec)
+	if err != nil {
+		return 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+	}
+	return size, nil
+}
+
+func (e *Engine) allowedPath(p string) error {
+	if len(e.AllowedDirs) == 0 {
+		return nil
+	}
+	clean := filepath.Clean(p)
+	if real, err := filepath.EvalSymlinks(clean); err == nil {
+		clean = real
+	}
+	for _, d := range e.AllowedDirs {
+		if rel, err := filepath.Rel(d, clean); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: disk source %s is outside sources.allowed_dirs (%s)", catalog.ErrInvalid, p, strings.Join(e.AllowedDirs, ", "))
+}
+
+// Backup backs up every disk of the job's server and commits the backup.
+// progress receives bytes done and total over all disks.
+func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done, total int64)) (catalog.Backup, error) {
+	var (
+		project catalog.Project
+		server  catalog.Server
+		parents map[string]blockstore.MapID
+	)
+	err := e.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		if project, err = tx.Project(job.Project); err != nil {
+			return err
+		}
+		if server, err = tx.Server(job.Project, job.ServerID); err != nil {
+			return err
+		}
+		parents, err = latestMaps(tx, server)
+		return err
+	})
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	req := catalog.BackupRequest{Trigger: job.Trigger, Full: job.Full, EnableIR: job.EnableIR}
+	decision, err := catalog.DecideType(project, server, req)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	if len(server.Disks) == 0 {
+		return catalog.Backup{}, fmt.Errorf("server %s has no disks", server.Name)
+	}
+
+	// Open every source first, so that a missing disk fails before work.
+	var srcs []source.Disk
+	defer func() {
+		for _, s := range srcs {
+			s.Close()
+		}
+	}()
+	var total int64
+	for _, d := range server.Disks {
+		src, err := source.Open(ctx, d.Source)
+		if err != nil {
+			return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
+		}
+		srcs = append(srcs, src)
+		total += src.Size()
+	}
+
+	var pending []*blockstore.PendingMap
+	abort := func() {
+		for _, p := range pending {
+			if err := p.Abort(context.WithoutCancel(ctx)); err != nil {
+				e.Log.Warn("abort pending map", "map", p.Info.ID, "err", err)
+			}
+		}
+	}
+	var before int64
+	for i, d := range server.Disks {
+		opt := blockstore.IngestOptions{Progress: func(done, _ int64) {
+			if progress != nil {
+				progress(before+done, total)
+			}
+		}}
+		if !job.Full {
+			opt.Parent = parents[d.Name]
+		}
+		p, err := e.Store.Ingest(ctx, srcs[i], opt)
+		if err != nil {
+			abort()
+			return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
+		}
+		pending = append(pending, p)
+		before += srcs[i].Size()
+	}
+
+	b := catalog.Backup{
+		ID: job.BackupID, Project: project.ID, ServerID: server.ID, ServerName: server.Name,
+		Name: job.BackupName, Created: e.Now().UTC(), Status: catalog.StatusAvailable,
+		Type: decision.Type, TypeReason: decision.Reason, Trigger: job.Trigger, Full: job.Full,
+		PolicyID: job.PolicyID,
+	}
+	if b.ID == "" {
+		b.ID = catalog.NewID(catalog.KindBackup)
+	}
+	for i, d := range server.Disks {
+		st := pending[i].Info.Stats
+		b.Disks = append(b.Disks, catalog.BackupDisk{
+			Name: d.Name, MapID: pending[i].Info.ID.String(), Size: pending[i].Info.Size,
+			NewBytes: st.NewBytes, Blocks: st.DataBlocks,
+		})
+	}
+	err = e.Store.Commit(ctx, pending, func(t *badger.Txn) error {
+		return commitBackupRecord(catalog.Wrap(t), &b, decision, e.Now())
+	})
+	if err != nil {
+		abort()
+		return catalog.Backup{}, err
+	}
+	return b, nil
+}
+
+// commitBackupRecord writes the backup and the IR side effects in the
+// transaction that also makes its maps visible.
+func commitBackupRecord(tx *catalog.Txn, b *catalog.Backup, d catalog.TypeDecision, now time.Time) error {
+	if b.Name == "" {
+		name, err := tx.GeneratedBackupName(b.Project, b.ServerID, b.Trigger, b.ID)
+		if err != nil {
+			return err
+		}
+		b.Name = name
+	} else if taken, err := tx.BackupNameTaken(b.Project, b.ServerID, b.Name); err != nil {
+		return err
+	} else if taken {
+		return fmt.Errorf("%w: server %s already has a backup named %q", catalog.ErrConflict, b.ServerName, b.Name)
+	}
+	if err := tx.PutBackup(*b); err != nil {
+		return err
+	}
+	if d.EnablesIR {
+		p, err := tx.Project(b.Project)
+		if err != nil {
+			return err
+		}
+		if !p.IREnabled() {
+			p.IREnabledAt = now.UTC()
+			if err := tx.PutProject(p); err != nil {
+				return err
+			}
+		}
+	}
+	s, err := tx.Server(b.Project, b.ServerID)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil // the server was removed meanwhile; the backup stays
+	}
+	if err != nil {
+		return err
+	}
+	if b.Trigger == catalog.TriggerAuto {
+		s.HadAutoBackup = true
+	}
+	if d.MarksManualFull {
+		s.ManualFullAfterIR = true
+	}
+	for i := range s.Disks {
+		for _, bd := range b.Disks {
+			if bd.Name == s.Disks[i].Name {
+				s.Disks[i].Size = bd.Size
+			}
+		}
+	}
+	return tx.PutServer(s)
+}
+
+// latestMaps returns, per disk name, the map of the server's newest
+// available backup: the parent that lets ingest skip lookups.
+func latestMaps(tx *catalog.Txn, s catalog.Server) (map[string]blockstore.MapID, error) {
+	bs, err := tx.Backups(s.Project, catalog.BackupFilter{ServerID: s.ID})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]blockstore.MapID{}
+	for _, b := range bs { // newest first
+		if b.Status != catalog.StatusAvailable {
+			continue
+		}
+		for _, d := range b.Disks {
+			if _, ok := out[d.Name]; !ok {
+				if id, err := blockstore.ParseMapID(d.MapID); err == nil {
+					out[d.Name] = id
+				}
+			}
+		}
+		break
+	}
+	return out, nil
+}
+
+// RestoreTargets restores the listed disks of a backup to their targets
+// (normal restore). progress receives bytes done and total over all disks.
+func (e *Engine) RestoreTargets(ctx context.Context, r catalog.Restore, progress func(done, total int64)) error {
+	b, err := e.readBackup(r.Project, r.BackupID)
+	if err != nil {
+		return err
+	}
+	release := e.Acquire(b.ID)
+	defer release()
+	var total, before int64
+	vols := make([]*blockstore.Volume, len(r.Targets))
+	defer func() {
+		for _, v := range vols {
+			if v != nil {
+				v.Close()
+			}
+		}
+	}()
+	for i, t := range r.Targets {
+		if err := e.CheckTarget(t.Target); err != nil {
+			return err
+		}
+		d, ok := diskOf(b, t.Disk)
+		if !ok {
+			return fmt.Errorf("%w: backup %s has no disk %s", catalog.ErrInvalid, b.Name, t.Disk)
+		}
+		id, err := blockstore.ParseMapID(d.MapID)
+		if err != nil {
+			return err
+		}
+		if vols[i], err = e.Store.OpenVolume(id); err != nil {
+			return fmt.Errorf("backup %s disk %s: %w", b.Name, d.Name, err)
+		}
+		total += d.Size
+	}
+	for i, t := range r.Targets {
+		_, err := restore.ToTarget(ctx, vols[i], t.Target, restore.Options{
+			Force: r.Force,
+			Progress: func(done, _ int64) {
+				if progress != nil {
+					progress(before+done, total)
+				}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("backup %s disk %s: %w", b.Name, t.Disk, err)
+		}
+		before += vols[i].Size()
+	}
+	return nil
+}
+
+func (e *Engine) readBackup(project, id string) (catalog.Backup, error) {
+	var b catalog.Backup
+	err := e.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		b, err = tx.Backup(project, id)
+		return err
+	})
+	if err != nil {
+		return b, err
+	}
+	if b.Status != catalog.StatusAvailable {
+		return b, fmt.Errorf("%w: backup %s is %s", catalog.ErrConflict, b.Name, b.Status)
+	}
+	return b, nil
+}
+
+func diskOf(b catalog.Backup, name string) (catalog.BackupDisk, bool) {
+	for _, d := range b.Disks {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return catalog.BackupDisk{}, false
+}
+
+// CheckTarget refuses restore targets that would damage the appliance:
+// the store's files, the daemon's sockets, or a relative path.
+func (e *Engine) CheckTarget(target string) error {
+	if !filepath.IsAbs(target) {
+		return fmt.Errorf("%w: restore target %q: use an absolute path", catalog.ErrInvalid, target)
+	}
+	clean := filepath.Clean(target)
+	if real, err := filepath.EvalSymlinks(filepath.Dir(clean)); err == nil {
+		clean = filepath.Join(real, filepath.Base(clean))
+	}
+	for _, p := range e.ProtectedPaths {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
+		if rel, err := filepath.Rel(p, clean); err == nil && (rel == "." || (!strings.HasPrefix(rel, "..") && !filepath.IsAbs(rel))) {
+			return fmt.Errorf("%w: restore target %s is inside the appliance's own data (%s)", catalog.ErrInvalid, target, p)
+		}
+	}
+	if fi, err := os.Lstat(clean); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		return fmt.Errorf("%w: restore target %s is a socket", catalog.ErrInvalid, target)
+	}
+	return nil
+}

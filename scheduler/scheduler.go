@@ -1,0 +1,315 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"csbs/blockstore"
+	"csbs/catalog"
+)
+
+// ErrBackupInUse means a backup is being read by a restore, an NBD export
+// or a FUSE mount.
+var ErrBackupInUse = errors.New("backup is in use")
+
+// ErrProtected means a protected backup was to be deleted without force.
+var ErrProtected = errors.New("backup is protected")
+
+// InUser tells whether a backup is in use (implemented by the engine).
+type InUser interface {
+	InUse(backupID string) bool
+}
+
+// Scheduler turns policies into automatic backup jobs and prunes with
+// retention.
+type Scheduler struct {
+	cat    *catalog.Catalog
+	store  *blockstore.Store
+	runner *Runner
+	inUse  InUser
+	clock  Clock
+	log    *slog.Logger
+
+	poke    chan struct{}
+	started time.Time
+	mu      sync.Mutex // serialises retention and deletes
+}
+
+// New returns a scheduler; call Run to start it.
+func New(cat *catalog.Catalog, store *blockstore.Store, runner *Runner, inUse InUser, clock Clock, log *slog.Logger) *Scheduler {
+	return &Scheduler{cat: cat, store: store, runner: runner, inUse: inUse, clock: clock, log: log, poke: make(chan struct{}, 1)}
+}
+
+// Poke makes the scheduler re-read policies now (after a change).
+func (s *Scheduler) Poke() {
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
+}
+
+// Run schedules until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) {
+	s.started = s.clock.Now()
+	for {
+		next, err := s.tick()
+		if err != nil {
+			s.log.Error("scheduler", "err", err)
+			next = s.clock.Now().Add(time.Minute)
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(next.Sub(s.clock.Now()), 0)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.poke:
+		case <-s.clock.After(wait):
+		}
+	}
+}
+
+func fingerprint(p catalog.Policy) string {
+	return fmt.Sprintf("%v|%s|%s|%d|%s|%s", p.Enabled, strings.Join(p.Times, ","), p.Period, p.EveryN, strings.Join(p.Weekdays, ","), p.Timezone)
+}
+
+// tick fires every policy that is due and returns the earliest next run.
+func (s *Scheduler) tick() (time.Time, error) {
+	now := s.clock.Now()
+	var policies []catalog.Policy
+	err := s.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		policies, err = tx.AllPolicies()
+		return err
+	})
+	if err != nil {
+		return time.Time{}, err
+	}
+	var earliest time.Time
+	for _, p := range policies {
+		if !p.Enabled {
+			continue
+		}
+		next, err := s.tickPolicy(p, now)
+		if err != nil {
+			s.log.Error("schedule policy", "policy", p.ID, "err", err)
+			continue
+		}
+		if !next.IsZero() && (earliest.IsZero() || next.Before(earliest)) {
+			earliest = next
+		}
+	}
+	return earliest, nil
+}
+
+func (s *Scheduler) tickPolicy(p catalog.Policy, now time.Time) (time.Time, error) {
+	var st catalog.SchedState
+	if err := s.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		st, err = tx.SchedState(p.ID)
+		return err
+	}); err != nil {
+		return time.Time{}, err
+	}
+	fp := fingerprint(p)
+	if st.Fingerprint != fp {
+		// New or changed schedule: start from now (or from creation, for a
+		// policy the scheduler has never seen), never catching up old slots.
+		st.Last = now
+		if st.Fingerprint == "" && p.Created.Before(now) {
+			st.Last = p.Created
+		}
+		st.Fingerprint = fp
+		if err := s.putState(st); err != nil {
+			return time.Time{}, err
+		}
+	}
+	runs, err := NextRuns(p, st.Last, 1000)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var due []time.Time
+	for _, r := range runs {
+		if r.After(now) {
+			break
+		}
+		due = append(due, r)
+	}
+	if len(due) > 0 {
+		slot := due[len(due)-1]
+		note := ""
+		if len(due) > 1 || slot.Before(s.started) {
+			note = fmt.Sprintf("catch-up run: %d scheduled run(s) were missed while the daemon was down (latest due %s)", len(due), slot.Format(time.RFC3339))
+			slot = now // a catch-up is not subject to the window of the old slot
+		}
+		st.Last = due[len(due)-1]
+		if err := s.putState(st); err != nil {
+			return time.Time{}, err
+		}
+		if _, err := s.fire(p, slot, note); err != nil {
+			return time.Time{}, err
+		}
+	}
+	next, err := NextRuns(p, st.Last, 1)
+	if err != nil || len(next) == 0 {
+		return time.Time{}, err
+	}
+	return next[0], nil
+}
+
+func (s *Scheduler) putState(st catalog.SchedState) error {
+	return s.cat.Update(func(tx *catalog.Txn) error { return tx.PutSchedState(st) })
+}
+
+// fire queues an automatic backup job for every server bound to p.
+func (s *Scheduler) fire(p catalog.Policy, slot time.Time, note string) ([]catalog.Job, error) {
+	var servers []catalog.Server
+	if err := s.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		servers, err = tx.BoundServers(p)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	var jobs []catalog.Job
+	for _, sv := range servers {
+		j, err := s.runner.Submit(catalog.Job{
+			Project: p.Project, Kind: catalog.JobBackup, ServerID: sv.ID, PolicyID: p.ID,
+			BackupID: catalog.NewID(catalog.KindBackup), Trigger: catalog.TriggerAuto,
+			Scheduled: slot.UTC(), Note: note,
+		})
+		if err != nil && !errors.Is(err, ErrServerBusy) {
+			return jobs, err
+		}
+		jobs = append(jobs, j)
+		s.log.Info("policy run", "policy", p.Name, "server", sv.Name, "job", j.ID, "state", j.State, "note", note)
+	}
+	return jobs, nil
+}
+
+// RunPolicy queues an immediate automatic run of a policy (run-now); it
+// works for disabled policies too.
+func (s *Scheduler) RunPolicy(p catalog.Policy, why string) ([]catalog.Job, error) {
+	return s.fire(p, s.clock.Now(), why)
+}
+
+// serverBackups returns one server's backups in its project.
+func (s *Scheduler) serverBackups(project, serverID string) ([]catalog.Backup, error) {
+	var bs []catalog.Backup
+	err := s.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		bs, err = tx.Backups(project, catalog.BackupFilter{ServerID: serverID})
+		return err
+	})
+	return bs, err
+}
+
+// RetentionPlan is the dry run of a policy's retention over every bound
+// server: what it would keep and delete now.
+func (s *Scheduler) RetentionPlan(p catalog.Policy) ([]RetentionItem, error) {
+	var servers []catalog.Server
+	if err := s.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		servers, err = tx.BoundServers(p)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	out := []RetentionItem{}
+	for _, sv := range servers {
+		bs, err := s.serverBackups(p.Project, sv.ID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Retain(p, bs, s.clock.Now(), s.inUse.InUse)...)
+	}
+	return out, nil
+}
+
+// ApplyRetention prunes one server's automatic backups under its policy
+// and returns what it deleted.
+func (s *Scheduler) ApplyRetention(ctx context.Context, project, policyID, serverID string) ([]RetentionItem, error) {
+	var p catalog.Policy
+	if err := s.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		p, err = tx.Policy(project, policyID)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	bs, err := s.serverBackups(project, serverID)
+	if err != nil {
+		return nil, err
+	}
+	var deleted []RetentionItem
+	for _, it := range Retain(p, bs, s.clock.Now(), s.inUse.InUse) {
+		if it.Verdict != VerdictDelete {
+			continue
+		}
+		for _, b := range bs {
+			if b.ID != it.BackupID {
+				continue
+			}
+			if err := s.DeleteBackup(ctx, b, false); err != nil {
+				if errors.Is(err, ErrBackupInUse) {
+					continue // became busy meanwhile: next run prunes it
+				}
+				return deleted, err
+			}
+			deleted = append(deleted, it)
+			s.log.Info("retention deleted backup", "backup", b.Name, "server", b.ServerName, "policy", p.Name, "reason", it.Reason)
+		}
+	}
+	return deleted, nil
+}
+
+// DeleteBackup removes a backup's record and block maps in one
+// transaction. The space of blocks no other backup uses returns with GC.
+func (s *Scheduler) DeleteBackup(ctx context.Context, b catalog.Backup, force bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b.Protected && !force {
+		return fmt.Errorf("%w: backup %s is protected; delete it with --force", ErrProtected, b.Name)
+	}
+	if s.inUse.InUse(b.ID) {
+		return fmt.Errorf("%w: backup %s is used by a restore, an NBD export or a FUSE mount; detach or finish it first", ErrBackupInUse, b.Name)
+	}
+	var maps []blockstore.MapID
+	for _, d := range b.Disks {
+		id, err := blockstore.ParseMapID(d.MapID)
+		if err != nil {
+			return fmt.Errorf("backup %s disk %s: %w", b.Name, d.Name, err)
+		}
+		maps = append(maps, id)
+	}
+	err := s.cat.Update(func(tx *catalog.Txn) error {
+		cur, err := tx.Backup(b.Project, b.ID)
+		if err != nil {
+			return err
+		}
+		if err := tx.DeleteBackup(cur); err != nil {
+			return err
+		}
+		for _, id := range maps {
+			if err := blockstore.DeleteMapTxn(tx.Badger(), id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete backup %s: %w", b.Name, err)
+	}
+	for _, id := range maps {
+		if err := s.store.PurgeSegments(ctx, id); err != nil {
+			s.log.Warn("purge segments after delete (GC will finish it)", "map", id, "err", err)
+		}
+	}
+	return nil
+}

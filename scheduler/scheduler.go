@@ -93,9 +93,6 @@ func (s *Scheduler) tick() (time.Time, error) {
 	}
 	var earliest time.Time
 	for _, p := range policies {
-		if !p.Enabled {
-			continue
-		}
 		next, err := s.tickPolicy(p, now)
 		if err != nil {
 			s.log.Error("schedule policy", "policy", p.ID, "err", err)
@@ -129,6 +126,11 @@ func (s *Scheduler) tickPolicy(p catalog.Policy, now time.Time) (time.Time, erro
 		if err := s.putState(st); err != nil {
 			return time.Time{}, err
 		}
+	}
+	if !p.Enabled {
+		// Recorded above so that enabling it again counts as a change
+		// and does not catch up the runs missed while it was disabled.
+		return time.Time{}, nil
 	}
 	runs, err := NextRuns(p, st.Last, 1000)
 	if err != nil {

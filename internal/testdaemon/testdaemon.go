@@ -30,7 +30,13 @@ type Daemon struct {
 // Start runs a daemon in t's temp dir. mod may adjust the config.
 func Start(t testing.TB, clock scheduler.Clock, mod func(*config.Config)) *Daemon {
 	t.Helper()
-	dir := t.TempDir()
+	return StartIn(t, t.TempDir(), clock, mod)
+}
+
+// StartIn runs a daemon on the data under dir (a restart when a daemon
+// ran there before).
+func StartIn(t testing.TB, dir string, clock scheduler.Clock, mod func(*config.Config)) *Daemon {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Region = "cn-test-1"
 	cfg.AvailabilityZones = []string{"cn-test-1a", "cn-test-1b"}

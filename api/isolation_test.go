@@ -232,4 +232,3 @@ func waitIdle(t *testing.T, c *api.Client) {
 		}
 	}
 }
-

@@ -14,8 +14,13 @@ func (s *Store) HasBlock(h Hash) (bool, error) {
 	if h.IsZero() {
 		return true, nil
 	}
+	release, err := s.enter()
+	if err != nil {
+		return false, err
+	}
+	defer release()
 	var ok bool
-	err := s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn *badger.Txn) error {
 		_, err := txn.Get(blockKey(h))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
@@ -35,6 +40,11 @@ func (s *Store) HasBlock(h Hash) (bool, error) {
 // the store is a *MissingBlockError (map and index are filled in by the
 // caller that knows them).
 func (s *Store) ReadBlock(ctx context.Context, h Hash) ([]byte, error) {
+	release, err := s.enter()
+	if err != nil {
+		return nil, err
+	}
+	release()
 	if h.IsZero() {
 		return s.zero, nil
 	}
@@ -46,8 +56,13 @@ func (s *Store) ReadBlock(ctx context.Context, h Hash) ([]byte, error) {
 
 // loadBlock reads, decodes and verifies a block, bypassing the cache.
 func (s *Store) loadBlock(h Hash) ([]byte, error) {
+	release, err := s.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var out []byte
-	err := s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(blockKey(h))
 		if err != nil {
 			return err

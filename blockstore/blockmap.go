@@ -126,8 +126,13 @@ func (s *Store) segment(id MapID, seg int64) ([]Hash, error) {
 	if hs, ok := s.segCache.get(key); ok {
 		return hs, nil
 	}
+	release, err := s.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var hs []Hash
-	err := s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(segmentKey(id, seg))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return nil

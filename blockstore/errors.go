@@ -9,6 +9,9 @@ import (
 // the one it was created with.
 var ErrBlockSizeMismatch = errors.New("block size mismatch")
 
+// ErrClosed means the store was closed.
+var ErrClosed = errors.New("store is closed")
+
 // ErrMapNotFound means no committed map has the given id.
 var ErrMapNotFound = errors.New("block map not found")
 

@@ -1,6 +1,7 @@
 package blockstore
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -83,6 +84,14 @@ type Store struct {
 
 	mu      sync.Mutex
 	pending map[MapID]struct{} // maps being written; GC must keep them
+
+	// closeMu makes Close wait for reads in progress and fail later ones:
+	// Badger panics when a closed DB is read.
+	closeMu  sync.RWMutex
+	closed   bool
+	bg       sync.WaitGroup // background reads (read-ahead)
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 }
 
 // Open opens or creates the store in dir.
@@ -122,6 +131,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		gate:      newGCGate(),
 		pending:   map[MapID]struct{}{},
 	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	return s, nil
 }
 
@@ -195,8 +205,18 @@ func initMeta(db *badger.DB, opts Options) (int, error) {
 	return bs, db.Sync()
 }
 
-// Close flushes and closes the database.
+// Close stops background reads, waits for reads in progress, then flushes
+// and closes the database. Reads after Close fail with ErrClosed.
 func (s *Store) Close() error {
+	s.bgCancel()
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.closeMu.Unlock()
+	s.bg.Wait()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.dir, err)
 	}
@@ -239,6 +259,32 @@ func (s *Store) DiskUsage() (int64, error) {
 		return nil
 	})
 	return total, err
+}
+
+// enter guards a read against Close; call the returned release when done.
+func (s *Store) enter() (release func(), err error) {
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return nil, ErrClosed
+	}
+	return s.closeMu.RUnlock, nil
+}
+
+// background runs fn in a goroutine that Close waits for; it reports
+// false (and does not run fn) once the store is closing.
+func (s *Store) background(fn func(ctx context.Context)) bool {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		fn(s.bgCtx)
+	}()
+	return true
 }
 
 func blockKey(h Hash) []byte {

@@ -24,8 +24,7 @@ type Volume struct {
 	aheadTo   int64 // blocks below this index were already scheduled
 	prefetch  chan struct{}
 	closeOnce sync.Once
-	ctx       context.Context
-	cancel    context.CancelFunc
+	closedCh  chan struct{}
 }
 
 // MaxReadAhead is the largest sequential read-ahead window, in bytes.
@@ -40,11 +39,10 @@ func (s *Store) OpenVolume(id MapID) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	return &Volume{
 		s: s, info: info, bs: int64(info.BlockSize),
 		prefetch: make(chan struct{}, s.opts.Workers),
-		ctx:      ctx, cancel: cancel,
+		closedCh: make(chan struct{}),
 	}, nil
 }
 
@@ -59,7 +57,7 @@ func (v *Volume) BlockSize() int { return int(v.bs) }
 
 // Close stops read-ahead. Reads after Close still work, without it.
 func (v *Volume) Close() error {
-	v.closeOnce.Do(v.cancel)
+	v.closeOnce.Do(func() { close(v.closedCh) })
 	return nil
 }
 
@@ -156,11 +154,18 @@ func (v *Volume) readAhead(off, n int64) {
 		default:
 			return // prefetchers busy: the reader will fetch what it needs itself
 		}
-		go func(i int64) {
+		started := v.s.background(func(ctx context.Context) {
 			defer func() { <-v.prefetch }()
-			if v.ctx.Err() == nil {
-				_, _ = v.Block(v.ctx, i) // errors surface on the real read
+			select {
+			case <-v.closedCh:
+			case <-ctx.Done():
+			default:
+				_, _ = v.Block(ctx, i) // errors surface on the real read
 			}
-		}(i)
+		})
+		if !started {
+			<-v.prefetch
+			return
+		}
 	}
 }

@@ -1,0 +1,339 @@
+// Command csbsbench measures csbs against its peers on the same images in
+// the same run and prints one table of medians and ratios (see bench/run.sh).
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/zeebo/blake3"
+)
+
+type figure struct {
+	group, name, unit string
+	ours, peer        []float64
+	peerName          string
+	higherIsBetter    bool
+	target            string
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+type bench struct {
+	work, image, csbs string
+	reps              int
+	figs              []*figure
+	size              int64
+}
+
+func (b *bench) fig(group, name, unit, peer string, higher bool, target string) *figure {
+	for _, f := range b.figs {
+		if f.group == group && f.name == name {
+			return f
+		}
+	}
+	f := &figure{group: group, name: name, unit: unit, peerName: peer, higherIsBetter: higher, target: target}
+	b.figs = append(b.figs, f)
+	return f
+}
+
+func run(name string, args ...string) (time.Duration, string) {
+	start := time.Now()
+	cmd := exec.Command(name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		log.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
+	}
+	return time.Since(start), out.String()
+}
+
+func mbps(bytes int64, d time.Duration) float64 { return float64(bytes) / 1e6 / d.Seconds() }
+
+func duBytes(dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+func copyFile(dst, src string) {
+	if _, out := run("cp", "--sparse=always", src, dst); out != "" {
+		log.Print(out)
+	}
+}
+
+// mutate changes 1% of the image's 64 KiB blocks: a 4 KiB write of new
+// data in each, like scattered file-system writes.
+func mutate(path string, fraction float64, seed uint64) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	blocks := fi.Size() / (64 << 10)
+	r := rand.New(rand.NewPCG(seed, 1))
+	buf := make([]byte, 4096)
+	for range int(float64(blocks) * fraction) {
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		off := r.Int64N(blocks)*(64<<10) + r.Int64N(16)*4096
+		if _, err := f.WriteAt(buf, off); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+func main() {
+	var b bench
+	out := flag.String("out", "", "write the table as markdown here")
+	flag.StringVar(&b.work, "work", "", "work dir")
+	flag.StringVar(&b.image, "image", "", "ext4 image")
+	flag.StringVar(&b.csbs, "csbs", "csbs", "csbs binary")
+	flag.IntVar(&b.reps, "reps", 3, "runs per figure (median reported)")
+	flag.Parse()
+	fi, err := os.Stat(b.image)
+	if err != nil {
+		log.Fatal(err)
+	}
+	b.size = fi.Size()
+	changed := filepath.Join(b.work, "changed.img")
+	if _, err := os.Stat(changed); err != nil {
+		copyFile(changed, b.image)
+		mutate(changed, 0.01, 42)
+	}
+	for rep := range b.reps {
+		log.Printf("rep %d/%d", rep+1, b.reps)
+		b.ceilings()
+		b.store(changed)
+	}
+	b.print(os.Stdout)
+	if *out != "" {
+		var md bytes.Buffer
+		b.print(&md)
+		if err := os.WriteFile(*out, md.Bytes(), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+func (b *bench) ceilings() {
+	d, _ := run("sh", "-c", "cat "+b.image+" > /dev/null")
+	cat := b.fig("ceilings", "cat image (page cache)", "MB/s", "", true, "")
+	cat.ours = append(cat.ours, mbps(b.size, d))
+	d, _ = run("b3sum", "--num-threads", strconv.Itoa(runtime.NumCPU()), b.image)
+	f := b.fig("ceilings", "BLAKE3: our 64 KiB block hashing vs b3sum", "MB/s", "b3sum", true, "")
+	f.peer = append(f.peer, mbps(b.size, d))
+	f.ours = append(f.ours, hashSpeed(b.image))
+}
+
+// hashSpeed hashes the image in 64 KiB blocks on every core, as ingest does.
+func hashSpeed(path string) float64 {
+	f, err := os.Open(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	workers := runtime.NumCPU()
+	chunk := int64(1 << 20)
+	var next int64
+	var mu sync.Mutex
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, chunk)
+			for {
+				mu.Lock()
+				off := next
+				next += chunk
+				mu.Unlock()
+				n, _ := f.ReadAt(buf, off)
+				if n <= 0 {
+					return
+				}
+				for i := 0; i+65536 <= n; i += 65536 {
+					blake3.Sum256(buf[i : i+65536])
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return mbps(fi(path), time.Since(start))
+}
+
+func fi(path string) int64 {
+	s, err := os.Stat(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return s.Size()
+}
+
+// store runs one backup / incremental / restore cycle of csbs and restic
+// on the same disk file.
+func (b *bench) store(changed string) {
+	dir, err := os.MkdirTemp(b.work, "cycle-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	disk := filepath.Join(dir, "disk.img")
+
+	// csbs: a real daemon, driven by the CLI.
+	copyFile(disk, b.image)
+	cfg := filepath.Join(dir, "csbs.toml")
+	os.WriteFile(cfg, []byte("data_dir = \"csbs\"\n[log]\nlevel = \"warn\"\n"), 0o600)
+	daemon := exec.Command(b.csbs, "serve", "--config", cfg)
+	daemon.Stderr = os.Stderr
+	if err := daemon.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer func() {
+		daemon.Process.Signal(syscall.SIGTERM)
+		daemon.Wait()
+	}()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(filepath.Join(dir, "csbs", "csbs.sock")); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cli := func(args ...string) (time.Duration, string) {
+		return run(b.csbs, append([]string{"--config", cfg}, args...)...)
+	}
+	cli("server", "add", "--name", "bench", "--disk", "vda="+disk)
+	d, _ := cli("backup", "create", "bench", "--wait", "--name", "first")
+	backupOurs := mbps(b.size, d)
+	storeOurs := duBytes(filepath.Join(dir, "csbs", "store"))
+	copyFile(disk, changed)
+	d, _ = cli("backup", "create", "bench", "--wait", "--name", "second")
+	incrOurs := mbps(b.size, d)
+	storeOurs2 := duBytes(filepath.Join(dir, "csbs", "store"))
+	target := filepath.Join(dir, "restored.img")
+	d, _ = cli("restore", "start", "second", "--disk", "vda="+target, "--wait")
+	restoreOurs := mbps(b.size, d)
+	rss := vmHWM(daemon.Process.Pid)
+	if a, c := sum(target), sum(changed); a != c {
+		log.Fatalf("csbs restore differs from the image: %s %s", a, c)
+	}
+	os.Remove(target)
+
+	// restic on the same file path, repository in the same dir.
+	copyFile(disk, b.image)
+	repo := filepath.Join(dir, "restic")
+	os.Setenv("RESTIC_PASSWORD", "bench")
+	os.Setenv("RESTIC_REPOSITORY", repo)
+	run("restic", "init", "--repository-version", "2")
+	d, _ = run("restic", "backup", "--no-scan", disk)
+	backupRestic := mbps(b.size, d)
+	repoSize := duBytes(repo)
+	copyFile(disk, changed)
+	d, _ = run("restic", "backup", "--no-scan", disk)
+	incrRestic := mbps(b.size, d)
+	repoSize2 := duBytes(repo)
+	rdir := filepath.Join(dir, "restic-out")
+	d, _ = run("restic", "restore", "latest", "--target", rdir)
+	restoreRestic := mbps(b.size, d)
+	os.RemoveAll(rdir)
+
+	add := func(name, unit string, ours, peer float64, higher bool, target string) {
+		f := b.fig("store", name, unit, "restic", higher, target)
+		f.ours = append(f.ours, ours)
+		f.peer = append(f.peer, peer)
+	}
+	add("backup of new data", "MB/s", backupOurs, backupRestic, true, "≥ 2×")
+	add("incremental backup (1% changed)", "MB/s", incrOurs, incrRestic, true, "≥ 3×")
+	add("restore", "MB/s", restoreOurs, restoreRestic, true, "≥ 1.5×")
+	add("store size after first backup", "MiB", float64(storeOurs)/(1<<20), float64(repoSize)/(1<<20), false, "≤ 1.1×")
+	add("store size after both backups", "MiB", float64(storeOurs2)/(1<<20), float64(repoSize2)/(1<<20), false, "≤ 1.1×")
+	f := b.fig("store", "daemon peak RSS", "MiB", "", false, "≤ 256 MiB")
+	f.ours = append(f.ours, float64(rss)/(1<<10))
+}
+
+func sum(path string) string {
+	_, out := run("b3sum", "--no-names", path)
+	return strings.TrimSpace(out)
+}
+
+// vmHWM is a process's peak resident set in KiB.
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			v, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func (b *bench) print(w io.Writer) {
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "# csbs benchmark\n\n%s, %d CPUs, %s; image %d MiB ext4 of real files; median of %d runs; %s\n\n",
+		host, runtime.NumCPU(), runtime.Version(), b.size>>20, b.reps, time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintln(w, "| group | figure | csbs | peer | peer figure | ratio | target |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	for _, f := range b.figs {
+		ours := median(f.ours)
+		peer, ratio := "-", "-"
+		if len(f.peer) > 0 {
+			p := median(f.peer)
+			peer = fmt.Sprintf("%.1f %s", p, f.unit)
+			if p > 0 {
+				ratio = fmt.Sprintf("%.2f×", ours/p)
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %.1f %s | %s | %s | %s | %s |\n", f.group, f.name, ours, f.unit, orDash(f.peerName), peer, ratio, orDash(f.target))
+	}
+	raw, _ := json.Marshal(b.figsJSON())
+	fmt.Fprintf(w, "\n<!-- raw runs: %s -->\n", raw)
+}
+
+func (b *bench) figsJSON() map[string]any {
+	m := map[string]any{}
+	for _, f := range b.figs {
+		m[f.group+"/"+f.name] = map[string]any{"ours": f.ours, "peer": f.peer}
+	}
+	return m
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

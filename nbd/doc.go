@@ -1,0 +1,31 @@
+// Package nbd serves backups as NBD exports and reads NBD disks.
+//
+// # What comes from go-nbd and what is ours
+//
+// From github.com/pojntfx/go-nbd v0.3.2 we take its protocol package: the
+// negotiation and transmission magics, option and reply codes and header
+// layouts (see protocol.go). Its server (pkg/server) does not fit an
+// appliance: it serves one request at a time per connection, writes a
+// read's success header before calling ReadAt (so a failed read drops the
+// connection instead of answering EIO), never sets READ_ONLY, and offers
+// no FLUSH, FUA, TRIM, WRITE_ZEROES, structured replies or block status.
+// Its client drives only the kernel's /dev/nbdX, which these machines do
+// not have. So this package has its own:
+//
+//   - Server: fixed-newstyle negotiation (EXPORT_NAME, LIST, INFO, GO,
+//     STRUCTURED_REPLY, LIST/SET_META_CONTEXT with base:allocation, ABORT)
+//     and a transmission loop that reads requests in order and answers up
+//     to 32 at once, out of order by cookie, with one writer lock. Errors
+//     become NBD error replies in one place (Server.errno): damaged backup
+//     data is EIO, never bytes. Reads and block status use structured
+//     replies when negotiated. Option data over 64 KiB, writes over 32 MiB
+//     and bad magics end the connection; everything else gets an error
+//     reply and the connection goes on.
+//   - Client: a userspace client (NBD_OPT_GO, simple replies) with many
+//     requests in flight on one connection, used for NBD disk sources and
+//     by the tests.
+//
+// Devices implement small interfaces: Device (ReaderAt + Size),
+// WritableDevice (+ WriterAt + Flush), and optionally Zeroer, Trimmer and
+// Extenter (allocation for block status).
+package nbd

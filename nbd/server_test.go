@@ -1,0 +1,439 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"csbs/blockstore"
+	"csbs/internal/testdisk"
+	"csbs/source"
+)
+
+type staticExports map[string]*Export
+
+func (s staticExports) Lookup(n string) (*Export, bool) { e, ok := s[n]; return e, ok }
+func (s staticExports) Names() []string {
+	var out []string
+	for n := range s {
+		out = append(out, n)
+	}
+	return out
+}
+
+// memDevice is a writable in-memory disk.
+type memDevice struct {
+	mu      sync.Mutex
+	b       []byte
+	flushes int
+}
+
+func (m *memDevice) Size() int64 { return int64(len(m.b)) }
+func (m *memDevice) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return copy(p, m.b[off:]), nil
+}
+func (m *memDevice) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return copy(m.b[off:], p), nil
+}
+func (m *memDevice) Flush() error { m.mu.Lock(); m.flushes++; m.mu.Unlock(); return nil }
+
+// failingDevice fails reads in a range, as a corrupt backup block does.
+type failingDevice struct{ Device }
+
+func (f failingDevice) ReadAt(p []byte, off int64) (int, error) {
+	if off < 8192 && off+int64(len(p)) > 4096 {
+		return 0, &blockstore.CorruptBlockError{Block: 1, Reason: "injected"}
+	}
+	return f.Device.ReadAt(p, off)
+}
+
+func need(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s missing in CI (install it in .ci/run)", tool)
+			}
+			t.Skipf("skipping: %s not installed (apt-get install libnbd-bin qemu-utils fio)", tool)
+		}
+	}
+}
+
+type fixture struct {
+	sock, img string
+	store     *blockstore.Store
+	mem       *memDevice
+}
+
+func serve(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	img := testdisk.Ext4(t, dir, 48, 16, 3)
+	st, err := blockstore.Open(filepath.Join(dir, "store"), blockstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, _ := source.OpenFile(img)
+	p, err := st.Ingest(context.Background(), src, blockstore.IngestOptions{})
+	src.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Commit(context.Background(), []*blockstore.PendingMap{p}, nil); err != nil {
+		t.Fatal(err)
+	}
+	vol, err := st.OpenVolume(p.Info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := &memDevice{b: make([]byte, 8<<20)}
+	exports := staticExports{
+		"backup":  {Name: "backup", Device: VolumeDevice{vol}, ReadOnly: true, PreferredBlock: 65536},
+		"scratch": {Name: "scratch", Device: mem},
+		"broken":  {Name: "broken", Device: failingDevice{mem}, ReadOnly: true},
+	}
+	sock := filepath.Join(dir, "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := &Server{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 8}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		vol.Close()
+		st.Close()
+	})
+	return &fixture{sock: sock, img: img, store: st, mem: mem}
+}
+
+func (f *fixture) uri(name string) string { return "nbd+unix:///" + name + "?socket=" + f.sock }
+
+func TestRealClients(t *testing.T) {
+	need(t, "nbdinfo", "nbdcopy", "qemu-img", "qemu-io")
+	f := serve(t)
+	out, err := exec.Command("nbdinfo", "--json", f.uri("backup")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbdinfo: %v\n%s", err, out)
+	}
+	var info struct {
+		Exports []struct {
+			Size     int64 `json:"export-size"`
+			ReadOnly bool  `json:"is_read_only"`
+			Pref     int64 `json:"block_size_preferred"`
+		} `json:"exports"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("nbdinfo json: %v\n%s", err, out)
+	}
+	fi, _ := os.Stat(f.img)
+	if len(info.Exports) != 1 || info.Exports[0].Size != fi.Size() || !info.Exports[0].ReadOnly || info.Exports[0].Pref != 65536 {
+		t.Fatalf("nbdinfo: %s", out)
+	}
+	list, err := exec.Command("nbdinfo", "--list", "--json", "nbd+unix:///?socket="+f.sock).CombinedOutput()
+	if err != nil || !strings.Contains(string(list), `"backup"`) {
+		t.Fatalf("nbdinfo --list: %v %s", err, list)
+	}
+	// Block status: the image has holes, and nbdinfo --map shows them.
+	m, err := exec.Command("nbdinfo", "--map", f.uri("backup")).CombinedOutput()
+	if err != nil || !strings.Contains(string(m), "hole,zero") || !strings.Contains(string(m), "data") {
+		t.Fatalf("nbdinfo --map: %v\n%s", err, m)
+	}
+
+	copied := filepath.Join(t.TempDir(), "copy.img")
+	if out, err := exec.Command("nbdcopy", f.uri("backup"), copied).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy: %v\n%s", err, out)
+	}
+	if testdisk.SHA256(t, copied) != testdisk.SHA256(t, f.img) {
+		t.Fatal("nbdcopy of the export differs from the image")
+	}
+	if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", f.img, f.uri("backup")).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img compare: %v\n%s", err, out)
+	}
+	// Writes to a read-only export fail and change nothing.
+	out, err = exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x55 0 4096", f.uri("backup")).CombinedOutput()
+	if err == nil && !strings.Contains(string(out), "ermission") && !strings.Contains(string(out), "read-only") && !strings.Contains(string(out), "read only") {
+		t.Fatalf("write to read-only export: %s", out)
+	}
+	if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", f.img, f.uri("backup")).CombinedOutput(); err != nil {
+		t.Fatalf("after refused write: %v\n%s", err, out)
+	}
+
+	// A writable export: qemu-io writes at unaligned offsets, flushes, reads back.
+	out, err = exec.Command("qemu-io", "-f", "raw",
+		"-c", "write -P 0xab 1000 70000", "-c", "write -z 200000 5000", "-c", "flush", "-c", "read -P 0xab 1000 70000",
+		f.uri("scratch")).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "failed") || strings.Contains(string(out), "Pattern verification") {
+		t.Fatalf("qemu-io on writable export: %v\n%s", err, out)
+	}
+	if f.mem.b[999] != 0 || f.mem.b[1000] != 0xab || f.mem.b[70999] != 0xab || f.mem.b[71000] != 0 || f.mem.flushes == 0 {
+		t.Fatalf("writes landed wrong (flushes %d)", f.mem.flushes)
+	}
+
+	// A failing read is an EIO reply, and the connection goes on.
+	out, _ = exec.Command("qemu-io", "-f", "raw", "-r", "-c", "read 4096 4096", "-c", "read 65536 4096", f.uri("broken")).CombinedOutput()
+	if !strings.Contains(string(out), "Input/output error") || !strings.Contains(string(out), "read 4096/4096 bytes at offset 65536") {
+		t.Fatalf("corrupt block read: %s", out)
+	}
+}
+
+func TestFio(t *testing.T) {
+	need(t, "fio")
+	f := serve(t)
+	out, err := exec.Command("fio", "--name=rand", "--ioengine=nbd", "--uri="+f.uri("backup"), "--rw=randread", "--bs=4k",
+		"--iodepth=16", "--size=16m", "--runtime=2", "--time_based", "--output-format=json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("fio: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `"error" : 0`) {
+		t.Fatalf("fio reported errors:\n%s", out)
+	}
+}
+
+func TestOwnClient(t *testing.T) {
+	f := serve(t)
+	ctx := context.Background()
+	c, err := Dial(ctx, f.uri("backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want, _ := os.ReadFile(f.img)
+	if c.Size() != int64(len(want)) || !c.ReadOnly() {
+		t.Fatalf("size %d read-only %v", c.Size(), c.ReadOnly())
+	}
+	got := make([]byte, len(want))
+	if _, err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read whole export: %v", err)
+	}
+	var re *ErrRemote
+	if _, err := c.WriteAt([]byte("x"), 0); !errors.As(err, &re) || re.Code != errPerm {
+		t.Fatalf("write to read-only: %v", err)
+	}
+	if _, err := c.ReadAt(make([]byte, 10), c.Size()-5); !errors.Is(err, io.EOF) {
+		t.Fatalf("read across end: %v", err)
+	}
+	if _, err := Dial(ctx, f.uri("nosuch")); err == nil || !strings.Contains(err.Error(), "no export named nosuch") {
+		t.Fatalf("unknown export: %v", err)
+	}
+	// The client reads as a backup source too.
+	w, err := Dial(ctx, f.uri("scratch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteAt(bytes.Repeat([]byte{7}, 100000), 12345); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if f.mem.b[12345] != 7 || f.mem.b[112344] != 7 || f.mem.b[112345] != 0 {
+		t.Fatal("write through own client landed wrong")
+	}
+}
+
+// hostile speaks raw protocol to the server.
+func hostile(t *testing.T, sock string, script func(c net.Conn, r io.Reader)) {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	hs := make([]byte, 18)
+	if _, err := io.ReadFull(c, hs); err != nil {
+		t.Fatal(err)
+	}
+	script(c, c)
+}
+
+func option(opt uint32, data []byte) []byte {
+	be := binary.BigEndian
+	b := be.AppendUint64(nil, magicOption)
+	b = be.AppendUint32(b, opt)
+	b = be.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
+func goOption(name string) []byte {
+	be := binary.BigEndian
+	d := be.AppendUint32(nil, uint32(len(name)))
+	d = append(d, name...)
+	d = be.AppendUint16(d, 0)
+	return option(optGo, d)
+}
+
+// readUntilAck skips option replies up to the ACK or an error.
+func readUntilAck(t *testing.T, r io.Reader) uint32 {
+	t.Helper()
+	for {
+		h := make([]byte, 20)
+		if _, err := io.ReadFull(r, h); err != nil {
+			t.Fatalf("option reply: %v", err)
+		}
+		typ := binary.BigEndian.Uint32(h[12:])
+		io.CopyN(io.Discard, r, int64(binary.BigEndian.Uint32(h[16:])))
+		if typ == repAck || typ&(1<<31) != 0 {
+			return typ
+		}
+	}
+}
+
+func rawRequest(typ uint16, cookie, off uint64, length uint32) []byte {
+	be := binary.BigEndian
+	b := be.AppendUint32(nil, magicRequest)
+	b = be.AppendUint16(b, 0)
+	b = be.AppendUint16(b, typ)
+	b = be.AppendUint64(b, cookie)
+	b = be.AppendUint64(b, off)
+	return be.AppendUint32(b, length)
+}
+
+func simpleReply(t *testing.T, r io.Reader) (errno uint32, cookie uint64) {
+	t.Helper()
+	h := make([]byte, 16)
+	if _, err := io.ReadFull(r, h); err != nil {
+		t.Fatalf("reply: %v", err)
+	}
+	return binary.BigEndian.Uint32(h[4:]), binary.BigEndian.Uint64(h[8:])
+}
+
+func TestHostileClients(t *testing.T) {
+	f := serve(t)
+	be := binary.BigEndian
+	t.Run("unknown client flags", func(t *testing.T) {
+		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+			c.Write(be.AppendUint32(nil, 0xff00))
+			if _, err := r.Read(make([]byte, 1)); err == nil {
+				t.Fatal("server kept talking after bad client flags")
+			}
+		})
+	})
+	t.Run("bad option haggling", func(t *testing.T) {
+		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+			c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+			c.Write(option(77, []byte("junk")))
+			if typ := readUntilAck(t, r); typ != repErrUnsup {
+				t.Fatalf("unknown option: reply %#x", typ)
+			}
+			c.Write(option(optGo, []byte{0, 0, 0, 200, 'x'})) // name length beyond data
+			if typ := readUntilAck(t, r); typ != repErrInvalid {
+				t.Fatalf("malformed GO: %#x", typ)
+			}
+			c.Write(option(optSetMetaCtx, []byte{0, 0, 0, 0, 0, 0, 0, 0}))
+			if typ := readUntilAck(t, r); typ != repErrInvalid {
+				t.Fatalf("meta context before structured replies: %#x", typ)
+			}
+			c.Write(goOption("nosuch"))
+			if typ := readUntilAck(t, r); typ != repErrUnknown {
+				t.Fatalf("unknown export: %#x", typ)
+			}
+			// After all that, a proper GO still works.
+			c.Write(goOption("backup"))
+			if typ := readUntilAck(t, r); typ != repAck {
+				t.Fatalf("GO after errors: %#x", typ)
+			}
+			c.Write(rawRequest(cmdRead, 1, 0, 512))
+			if errno, cookie := simpleReply(t, r); errno != 0 || cookie != 1 {
+				t.Fatalf("read: errno %d cookie %d", errno, cookie)
+			}
+		})
+	})
+	t.Run("huge option", func(t *testing.T) {
+		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+			c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+			c.Write(option(optList, nil)[:12])
+			c.Write(be.AppendUint32(nil, 1<<30))
+			if typ := readUntilAck(t, r); typ != repErrTooBig {
+				t.Fatalf("huge option: %#x", typ)
+			}
+		})
+	})
+	t.Run("reads past the end, huge lengths, unknown commands", func(t *testing.T) {
+		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+			c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+			c.Write(goOption("backup"))
+			readUntilAck(t, r)
+			size := uint64(48 << 20)
+			c.Write(rawRequest(cmdRead, 1, size-10, 100))
+			if errno, _ := simpleReply(t, r); errno != errInval {
+				t.Fatalf("read past end: %d", errno)
+			}
+			c.Write(rawRequest(cmdRead, 2, 1<<62, 100))
+			if errno, _ := simpleReply(t, r); errno != errInval {
+				t.Fatalf("read at 2^62: %d", errno)
+			}
+			c.Write(rawRequest(cmdRead, 3, 0, 1<<31))
+			if errno, _ := simpleReply(t, r); errno != errOverflow {
+				t.Fatalf("2 GiB read: %d", errno)
+			}
+			c.Write(rawRequest(99, 4, 0, 0))
+			if errno, _ := simpleReply(t, r); errno != errInval {
+				t.Fatalf("unknown command: %d", errno)
+			}
+			c.Write(rawRequest(cmdBlockStatus, 5, 0, 4096))
+			if errno, _ := simpleReply(t, r); errno != errInval {
+				t.Fatalf("block status without meta context: %d", errno)
+			}
+			c.Write(rawRequest(cmdWrite, 6, 0, 4))
+			c.Write([]byte("evil"))
+			if errno, _ := simpleReply(t, r); errno != errPerm {
+				t.Fatalf("write to read-only: %d", errno)
+			}
+			c.Write(rawRequest(cmdRead, 7, 0, 4))
+			errno, cookie := simpleReply(t, r)
+			data := make([]byte, 4)
+			io.ReadFull(r, data)
+			if errno != 0 || cookie != 7 || string(data) == "evil" {
+				t.Fatalf("read after abuse: %d %d %q", errno, cookie, data)
+			}
+		})
+	})
+	t.Run("abrupt disconnects", func(t *testing.T) {
+		for i := range 20 {
+			c, err := net.Dial("unix", f.sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i%2 == 1 {
+				c.Write(be.AppendUint32(nil, clientFixed))
+				c.Write(goOption("backup"))
+				c.Write(rawRequest(cmdRead, 1, 0, 1<<20)) // leave without reading
+			}
+			c.Close()
+		}
+	})
+	t.Run("others still served", func(t *testing.T) {
+		c, err := Dial(context.Background(), f.uri("backup"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.ReadAt(make([]byte, 1<<20), 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

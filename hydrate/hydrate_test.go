@@ -1,0 +1,221 @@
+package hydrate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"csbs/blockstore"
+)
+
+type memSource struct{ b []byte }
+
+func (m memSource) Size() int64 { return int64(len(m.b)) }
+func (m memSource) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// backup stores disk in a new store and returns its volume.
+func backup(t *testing.T, disk []byte) *blockstore.Volume {
+	t.Helper()
+	s, err := blockstore.Open(filepath.Join(t.TempDir(), "store"), blockstore.Options{BlockSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	p, err := s.Ingest(context.Background(), memSource{disk}, blockstore.IngestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(context.Background(), []*blockstore.PendingMap{p}, nil); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.OpenVolume(p.Info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func disk(seed uint64, size int) []byte {
+	r := rand.New(rand.NewPCG(seed, 9))
+	b := make([]byte, size)
+	for off := 0; off < size; off += 4096 {
+		if r.IntN(3) == 0 {
+			continue // zero block
+		}
+		for i := off; i < min(off+4096, size); i++ {
+			b[i] = byte(r.Uint32())
+		}
+	}
+	return b
+}
+
+func openDevice(t *testing.T, vol *blockstore.Volume, dir string) *Device {
+	t.Helper()
+	target := filepath.Join(dir, "target.img")
+	_, statErr := os.Stat(target)
+	fresh := os.IsNotExist(statErr)
+	f, err := os.OpenFile(target, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh {
+		f.Truncate(vol.Size())
+	}
+	nblocks := (vol.Size() + 4095) / 4096
+	bm, err := OpenBitmap(filepath.Join(dir, "target.bitmap"), nblocks, 4096, vol.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := NewDevice(vol, f, bm, fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// Guest writes at unaligned offsets while hydration runs: the final target
+// is the backup with every write applied.
+func TestWritesDuringHydration(t *testing.T) {
+	size := 3<<20 + 1234
+	base := disk(1, size)
+	vol := backup(t, base)
+	dir := t.TempDir()
+	d := openDevice(t, vol, dir)
+	expect := bytes.Clone(base)
+	h := NewHydrator(d, 8<<20)
+
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 2))
+			buf := make([]byte, 20000)
+			rd := make([]byte, 20000)
+			for range 60 {
+				n := 1 + r.IntN(len(buf))
+				// Writes are serialised by mu so that expect follows their order;
+				// the hydrator runs concurrently with all of them.
+				off := r.Int64N(int64(size - n))
+				for i := range buf[:n] {
+					buf[i] = byte(r.Uint32())
+				}
+				mu.Lock()
+				if _, err := d.WriteAt(buf[:n], off); err != nil {
+					mu.Unlock()
+					t.Error(err)
+					return
+				}
+				copy(expect[off:], buf[:n])
+				mu.Unlock()
+				// Reads see the writes at once, hydrated or not.
+				mu.Lock()
+				if _, err := d.ReadAt(rd[:n], off); err != nil || !bytes.Equal(rd[:n], expect[off:off+int64(n)]) {
+					mu.Unlock()
+					t.Errorf("read after write at %d: %v", off, err)
+					return
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !d.Bitmap().Complete() {
+		t.Fatalf("hydration ended with %d of %d blocks", d.Bitmap().Count(), d.Bitmap().Blocks())
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "target.img"))
+	if !bytes.Equal(got, expect) {
+		t.Fatal("target after hydration is not backup + writes")
+	}
+}
+
+// Pause, close, reopen: hydration resumes from the bitmap and guest writes
+// made before the stop survive.
+func TestResumeAfterStop(t *testing.T) {
+	size := 2 << 20
+	base := disk(2, size)
+	vol := backup(t, base)
+	dir := t.TempDir()
+	d := openDevice(t, vol, dir)
+	expect := bytes.Clone(base)
+	write := func(d *Device, off int64, s string) {
+		if _, err := d.WriteAt([]byte(s), off); err != nil {
+			t.Fatal(err)
+		}
+		copy(expect[off:], s)
+	}
+	write(d, 5000, "hello guest")       // partial block, not hydrated
+	write(d, int64(size)-3, "end")      // last block
+	write(d, 1<<20+4095, "straddles 2") // across a block boundary
+	h := NewHydrator(d, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	h.Pause()
+	cancel()
+	if err := h.Run(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("paused run: %v", err)
+	}
+	held := d.Bitmap().Count()
+	d.Close() // a daemon stop
+
+	d2 := openDevice(t, vol, dir)
+	if d2.Bitmap().Count() != held || held < 3 {
+		t.Fatalf("bitmap after reopen: %d blocks, had %d", d2.Bitmap().Count(), held)
+	}
+	write(d2, 100, "second life")
+	if err := NewHydrator(d2, 0).Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d2.Close()
+	got, _ := os.ReadFile(filepath.Join(dir, "target.img"))
+	if !bytes.Equal(got, expect) {
+		t.Fatal("target after resume differs")
+	}
+}
+
+func TestBitmapRejectsForeignFiles(t *testing.T) {
+	good := append(encodeHeader(10, 4096, 40000), 0xff, 0x03)
+	if _, err := DecodeBitmap(good, 10, 4096, 40000); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{
+		"empty":          nil,
+		"magic":          append([]byte("XXXXXXXX"), good[8:]...),
+		"blocks":         append(encodeHeader(11, 4096, 40000), 0, 0),
+		"size":           append(encodeHeader(10, 4096, 40001), 0, 0),
+		"short":          good[:len(good)-1],
+		"long":           append(bytes.Clone(good), 0),
+		"bits past last": append(encodeHeader(10, 4096, 40000), 0xff, 0x07),
+	} {
+		if _, err := DecodeBitmap(data, 10, 4096, 40000); !errors.Is(err, ErrBadBitmap) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if popcount(good[bitmapHeader:]) != 10 {
+		t.Fatal("popcount")
+	}
+}

@@ -1,0 +1,189 @@
+package hydrate
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Hydrator copies every block the target lacks from the backup, in disk
+// order, at most Rate bytes per second.
+type Hydrator struct {
+	dev     *Device
+	limiter *rate.Limiter
+
+	mu      sync.Mutex
+	paused  bool
+	resume  chan struct{}
+	copied  atomic.Int64 // bytes copied by the hydrator
+	started time.Time
+}
+
+// syncEvery is how many hydrated blocks share one fdatasync of the target.
+const syncEvery = 64
+
+// NewHydrator returns a hydrator; rateBps <= 0 means unlimited.
+func NewHydrator(dev *Device, rateBps int64) *Hydrator {
+	h := &Hydrator{dev: dev, resume: make(chan struct{})}
+	h.SetRate(rateBps)
+	return h
+}
+
+// SetRate changes the rate limit (bytes per second, <= 0 unlimited).
+func (h *Hydrator) SetRate(bps int64) {
+	lim := rate.Inf
+	burst := 8 << 20
+	if bps > 0 {
+		lim = rate.Limit(bps)
+		burst = int(max(min(bps, 8<<20), h.dev.bs))
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.limiter == nil {
+		h.limiter = rate.NewLimiter(lim, burst)
+		return
+	}
+	h.limiter.SetLimit(lim)
+	h.limiter.SetBurst(burst)
+}
+
+// Pause stops copying after the current block.
+func (h *Hydrator) Pause() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.paused = true
+}
+
+// Resume continues after Pause.
+func (h *Hydrator) Resume() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.paused {
+		h.paused = false
+		close(h.resume)
+		h.resume = make(chan struct{})
+	}
+}
+
+// Paused reports whether the hydrator is paused.
+func (h *Hydrator) Paused() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.paused
+}
+
+// Rate is the hydrator's average copy rate so far, bytes per second.
+func (h *Hydrator) Rate() float64 {
+	h.mu.Lock()
+	start := h.started
+	h.mu.Unlock()
+	if start.IsZero() {
+		return 0
+	}
+	return float64(h.copied.Load()) / max(time.Since(start).Seconds(), 0.001)
+}
+
+// Run copies until every block is in the target or ctx ends.
+func (h *Hydrator) Run(ctx context.Context) error {
+	h.mu.Lock()
+	h.started = time.Now()
+	h.mu.Unlock()
+	d := h.dev
+	var batch []int64
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		// Data first, then the bits that vouch for it.
+		if err := d.target.Sync(); err != nil {
+			return fmt.Errorf("sync target: %w", err)
+		}
+		if err := d.bm.persistBits(batch); err != nil {
+			return err
+		}
+		batch = batch[:0]
+		return nil
+	}
+	for i := int64(0); i < d.bm.Blocks(); i++ {
+		if err := h.waitResume(ctx); err != nil {
+			return firstErr(flush(), err)
+		}
+		if d.bm.Has(i) {
+			continue
+		}
+		wrote, err := h.copyBlock(i)
+		if err != nil {
+			return firstErr(flush(), fmt.Errorf("hydrate block %d: %w", i, err))
+		}
+		batch = append(batch, i)
+		if wrote > 0 {
+			h.copied.Add(wrote)
+			if err := h.limiter.WaitN(ctx, int(min(wrote, int64(h.limiter.Burst())))); err != nil {
+				return firstErr(flush(), err)
+			}
+		}
+		if len(batch) >= syncEvery {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	return d.bm.Sync()
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+func (h *Hydrator) waitResume(ctx context.Context) error {
+	for {
+		h.mu.Lock()
+		paused, ch := h.paused, h.resume
+		h.mu.Unlock()
+		if !paused {
+			return ctx.Err()
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// copyBlock hydrates block i under its lock unless the guest wrote it
+// meanwhile, and returns the bytes written.
+func (h *Hydrator) copyBlock(i int64) (int64, error) {
+	d := h.dev
+	mu := d.lock(i)
+	mu.Lock()
+	defer mu.Unlock()
+	if d.bm.Has(i) {
+		return 0, nil
+	}
+	hash, err := d.vol.BlockHash(i)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	if !(hash.IsZero() && d.fresh) {
+		if err := d.fill(i); err != nil {
+			return 0, err
+		}
+		n = d.blockLen(i)
+	}
+	d.bm.setHave(i)
+	return n, nil
+}

@@ -165,13 +165,10 @@ type StartRestoreRequest struct {
 	Rate    int64                   `json:"rate,omitempty"`
 }
 
-func (s *Server) startRestore(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req StartRestoreRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
-	}
-	if req.Instant {
-		return nil, fmt.Errorf("%w: instant restore is not available in this version; use a normal restore", catalog.ErrInvalid)
 	}
 	b, err := s.findBackup(p, req.Backup)
 	if err != nil {
@@ -200,14 +197,20 @@ func (s *Server) startRestore(_ context.Context, p principal, r *http.Request) (
 			return nil, err
 		}
 	}
+	if req.Rate < 0 {
+		return nil, fmt.Errorf("%w: rate must not be negative", catalog.ErrInvalid)
+	}
 	rs := catalog.Restore{
-		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID,
+		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID, Instant: req.Instant,
 		Force: req.Force, Rate: req.Rate, Targets: req.Targets, State: catalog.RestoreRunning, Created: s.now(),
 	}
 	for _, d := range b.Disks {
 		if seen[d.Name] {
 			rs.Total += d.Size
 		}
+	}
+	if req.Instant {
+		return s.Serving.StartInstant(ctx, rs, b)
 	}
 	rs.JobID = catalog.NewID(catalog.KindJob)
 	if err := s.Catalog.Update(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
@@ -232,8 +235,12 @@ func (s *Server) listRestores(_ context.Context, p principal, _ *http.Request) (
 	return nonNil(out), err
 }
 
-// liveRestore fills in the progress of a running restore from its job.
+// liveRestore fills in the progress of a running restore from its job
+// or, for an instant restore, from its hydration.
 func (s *Server) liveRestore(rs catalog.Restore) catalog.Restore {
+	if rs.Instant {
+		return s.Serving.LiveRestore(rs)
+	}
 	if rs.State == catalog.RestoreRunning && rs.JobID != "" {
 		if j, err := s.Runner.Job(rs.Project, rs.JobID); err == nil && j.Total > 0 {
 			rs.Done, rs.Total = j.Done, j.Total
@@ -284,4 +291,112 @@ func (s *Server) waitJob(ctx context.Context, p principal, r *http.Request) (any
 
 func (s *Server) cancelJob(_ context.Context, p principal, r *http.Request) (any, error) {
 	return s.Runner.Cancel(p.project.ID, r.PathValue("id"))
+}
+
+// AttachRequest is the body of POST /v1/backups/{ref}/attach and detach.
+type AttachRequest struct {
+	Disk string `json:"disk,omitempty"` // default: every disk
+}
+
+func (s *Server) diskNames(b catalog.Backup, disk string) ([]string, error) {
+	if disk != "" {
+		for _, d := range b.Disks {
+			if d.Name == disk {
+				return []string{disk}, nil
+			}
+		}
+		return nil, fmt.Errorf("%w: backup %s has no disk %q", catalog.ErrInvalid, b.Name, disk)
+	}
+	var out []string
+	for _, d := range b.Disks {
+		out = append(out, d.Name)
+	}
+	return out, nil
+}
+
+func (s *Server) attachBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var req AttachRequest
+	if err := decodeOptional(r, &req); err != nil {
+		return nil, err
+	}
+	b, err := s.findBackup(p, r.PathValue("ref"))
+	if err != nil {
+		return nil, err
+	}
+	disks, err := s.diskNames(b, req.Disk)
+	if err != nil {
+		return nil, err
+	}
+	out := []ExportInfo{}
+	for _, d := range disks {
+		e, err := s.Serving.Attach(ctx, b, d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func (s *Server) detachBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var req AttachRequest
+	if err := decodeOptional(r, &req); err != nil {
+		return nil, err
+	}
+	b, err := s.findBackup(p, r.PathValue("ref"))
+	if err != nil {
+		return nil, err
+	}
+	disks, err := s.diskNames(b, req.Disk)
+	if err != nil {
+		return nil, err
+	}
+	detached := 0
+	for _, d := range disks {
+		err := s.Serving.Detach(ctx, b, d)
+		if err == nil {
+			detached++
+		} else if req.Disk != "" || !errors.Is(err, catalog.ErrNotFound) {
+			return nil, err
+		}
+	}
+	if detached == 0 {
+		return nil, fmt.Errorf("backup %s is not attached: %w", b.Name, catalog.ErrNotFound)
+	}
+	return nil, nil
+}
+
+func (s *Server) listExports(_ context.Context, p principal, _ *http.Request) (any, error) {
+	return s.Serving.Exports(p.project.ID), nil
+}
+
+func (s *Server) controlRestore(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var rs catalog.Restore
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		rs, err = tx.Restore(p.project.ID, r.PathValue("id"))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	switch action := r.PathValue("action"); action {
+	case "pause", "resume", "finish", "cancel":
+		if !rs.Instant {
+			if action == "cancel" && rs.JobID != "" {
+				if _, err := s.Runner.Cancel(p.project.ID, rs.JobID); err != nil {
+					return nil, err
+				}
+				return s.liveRestore(rs), nil
+			}
+			return nil, fmt.Errorf("%w: restore %s is a normal restore; only cancel applies (csbs job cancel %s)", catalog.ErrConflict, rs.ID, rs.JobID)
+		}
+		out, err := s.Serving.ControlRestore(ctx, rs, action)
+		if err != nil {
+			return nil, err
+		}
+		return s.liveRestore(out), nil
+	default:
+		return nil, fmt.Errorf("no restore action %q (pause, resume, finish, cancel): %w", r.PathValue("action"), catalog.ErrNotFound)
+	}
 }

@@ -40,6 +40,7 @@ type Server struct {
 	Runner    *scheduler.Runner
 	Scheduler *scheduler.Scheduler
 	Engine    *engine.Engine
+	Serving   Serving
 	Region    string
 	AZs       []string
 	Clock     scheduler.Clock
@@ -131,6 +132,10 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("GET /v1/backups/{ref}", s.showBackup)
 	route("PATCH /v1/backups/{ref}", s.updateBackup)
 	route("DELETE /v1/backups/{ref}", s.deleteBackup)
+	route("POST /v1/backups/{ref}/attach", s.attachBackup)
+	route("POST /v1/backups/{ref}/detach", s.detachBackup)
+	route("GET /v1/exports", s.listExports)
+	route("POST /v1/restores/{id}/{action}", s.controlRestore)
 	route("GET /v1/restores", s.listRestores)
 	route("POST /v1/restores", s.startRestore)
 	route("GET /v1/restores/{id}", s.showRestore)
@@ -229,6 +234,14 @@ func decode(r *http.Request, v any) error {
 		return fmt.Errorf("%w: trailing data after the JSON object", errBadBody)
 	}
 	return nil
+}
+
+// decodeOptional decodes a JSON body if there is one.
+func decodeOptional(r *http.Request, v any) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	return decode(r, v)
 }
 
 func (s *Server) now() time.Time { return s.Clock.Now().UTC() }

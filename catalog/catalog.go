@@ -567,3 +567,28 @@ func (tx *Txn) DeleteSchedState(policyID string) error { return del(tx, KindSche
 // Badger returns the underlying transaction, for writes of other packages
 // (block map headers) that must commit with catalog changes.
 func (tx *Txn) Badger() *badger.Txn { return tx.t }
+
+// --- NBD exports of attached backups ---
+
+// KindExport keys attached-backup exports, restored at daemon start.
+const KindExport = "export"
+
+// ExportRecord is an attached backup disk.
+type ExportRecord struct {
+	Name     string    `json:"name"`
+	Project  string    `json:"project"`
+	BackupID string    `json:"backup_id"`
+	Disk     string    `json:"disk"`
+	Created  time.Time `json:"created"`
+}
+
+// ExportRecords lists every attached export.
+func (tx *Txn) ExportRecords() ([]ExportRecord, error) {
+	return list[ExportRecord](tx, KindExport, nil)
+}
+
+// PutExportRecord writes an export record.
+func (tx *Txn) PutExportRecord(e ExportRecord) error { return put(tx, KindExport, e.Name, e) }
+
+// DeleteExportRecord removes an export record.
+func (tx *Txn) DeleteExportRecord(name string) error { return del(tx, KindExport, name) }

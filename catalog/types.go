@@ -225,6 +225,9 @@ type RestoreTarget struct {
 	Disk   string `json:"disk"`
 	Target string `json:"target"`
 	Export string `json:"export,omitempty"` // NBD export name of an instant restore
+	// Fresh: the target was created empty by the restore, so blocks that
+	// are zero in the backup need no write.
+	Fresh bool `json:"fresh,omitempty"`
 }
 
 // Restore is a restore of a backup's disks, normal or instant.
@@ -243,4 +246,7 @@ type Restore struct {
 	Done     int64           `json:"bytes_done"`
 	Total    int64           `json:"bytes_total"`
 	Error    string          `json:"error,omitempty"`
+	// Live figures of an instant restore (not stored).
+	RateBps    float64 `json:"rate_bytes_per_second,omitempty"`
+	ETASeconds float64 `json:"eta_seconds,omitempty"`
 }

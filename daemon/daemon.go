@@ -47,6 +47,7 @@ type Daemon struct {
 	runner  *scheduler.Runner
 	sched   *scheduler.Scheduler
 	api     *api.Server
+	serving *serving
 	started time.Time
 }
 
@@ -89,8 +90,9 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
+	d.serving = newServing(d)
 	d.api = &api.Server{
-		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine,
+		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
 		Status: d.status,
 	}
@@ -172,12 +174,32 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 		d.store.Close()
 		return err
 	}
+	nbdListeners, err := d.serving.listen()
+	if err != nil {
+		for _, l := range listeners {
+			l.Close()
+		}
+		d.store.Close()
+		return err
+	}
+	if err := d.serving.recover(); err != nil {
+		d.log.Error("recover exports and instant restores", "err", err)
+	}
 	srv := &http.Server{Handler: d.api.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	runCtx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
 	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
+	for _, l := range nbdListeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.serving.srv.Serve(runCtx, l); err != nil {
+				d.log.Error("nbd listener", "err", err)
+			}
+		}()
+	}
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
 		go func() {
@@ -186,7 +208,7 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 			}
 		}()
 	}
-	d.log.Info("csbs serving", "version", d.version, "region", d.cfg.Region, "socket", d.cfg.API.Socket, "data", d.cfg.DataDir)
+	d.log.Info("csbs serving", "version", d.version, "region", d.cfg.Region, "socket", d.cfg.API.Socket, "nbd", d.cfg.NBD.Socket, "data", d.cfg.DataDir)
 	if ready != nil {
 		close(ready)
 	}
@@ -201,7 +223,9 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	_ = srv.Shutdown(shutCtx)
 	stop()
 	wg.Wait()
+	d.serving.shutdown()
 	os.Remove(d.cfg.API.Socket)
+	os.Remove(d.cfg.NBD.Socket)
 	if err := d.store.Sync(); err != nil {
 		serveErr = errors.Join(serveErr, err)
 	}

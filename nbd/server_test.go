@@ -19,8 +19,21 @@ import (
 
 	"csbs/blockstore"
 	"csbs/internal/testdisk"
-	"csbs/source"
 )
+
+type bytesSource []byte
+
+func (b bytesSource) Size() int64 { return int64(len(b)) }
+func (b bytesSource) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
 
 type staticExports map[string]*Export
 
@@ -89,9 +102,11 @@ func serve(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, _ := source.OpenFile(img)
-	p, err := st.Ingest(context.Background(), src, blockstore.IngestOptions{})
-	src.Close()
+	raw, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.Ingest(context.Background(), bytesSource(raw), blockstore.IngestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,13 +21,13 @@ type Disk interface {
 }
 
 // Open opens the disk named by spec: a path to an image file or block
-// device. The disk is opened read-only.
+// device (opened read-only), or an NBD URI.
 func Open(ctx context.Context, spec string) (Disk, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if strings.HasPrefix(spec, "nbd://") || strings.HasPrefix(spec, "nbd+unix://") {
-		return nil, fmt.Errorf("open source %s: NBD sources are not supported yet", spec)
+		return openNBD(ctx, spec)
 	}
 	return OpenFile(spec)
 }

@@ -137,6 +137,41 @@ func backupCommand() *cli.Command {
 				},
 			},
 			{
+				Name:      "attach",
+				Usage:     "export an Enhanced backup's disks read-only over NBD",
+				UsageText: "csbs backup attach golden --disk vda\n   nbdinfo \"$(csbs export ls --json | jq -r '.[0].uri')\"",
+				ArgsUsage: "BACKUP",
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every disk)"}, jsonFlag},
+				Action: func(c *cli.Context) error {
+					if err := needArgs(c, 1, "BACKUP"); err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					var es []api.ExportInfo
+					if err := cl.Do(c.Context, "POST", "/v1/backups/"+c.Args().First()+"/attach", nil, api.AttachRequest{Disk: c.String("disk")}, &es); err != nil {
+						return err
+					}
+					return show(c, es, func(w io.Writer) error { return printExports(w, es) })
+				},
+			},
+			{
+				Name: "detach", Usage: "remove a backup's NBD exports", ArgsUsage: "BACKUP",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every attached disk)"}},
+				Action: func(c *cli.Context) error {
+					if err := needArgs(c, 1, "BACKUP"); err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					return cl.Do(c.Context, "POST", "/v1/backups/"+c.Args().First()+"/detach", nil, api.AttachRequest{Disk: c.String("disk")}, nil)
+				},
+			},
+			{
 				Name: "protect", Usage: "protect a backup from retention and plain deletion", ArgsUsage: "BACKUP",
 				Flags:  []cli.Flag{&cli.BoolFlag{Name: "off", Usage: "remove the protection"}},
 				Action: protectAction,

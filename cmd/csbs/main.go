@@ -66,6 +66,7 @@ func newApp() *cli.App {
 			policyCommand(),
 			backupCommand(),
 			restoreCommand(),
+			exportCommand(),
 			jobCommand(),
 			statusCommand(),
 			versionCommand(),

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -68,6 +69,10 @@ func restoreCommand() *cli.Command {
 					return show(c, r, func(w io.Writer) error { return printRestore(w, r) })
 				},
 			},
+			restoreAction("pause", "pause the background hydration of an instant restore"),
+			restoreAction("resume", "resume hydration"),
+			restoreAction("finish", "end a complete instant restore: detach its exports (the targets are plain disks)"),
+			restoreAction("cancel", "stop a restore (an instant restore's exports are removed; targets stay partial)"),
 			{
 				Name: "ls", Usage: "list restores", Flags: []cli.Flag{jsonFlag},
 				Action: func(c *cli.Context) error {
@@ -109,6 +114,26 @@ func restoreCommand() *cli.Command {
 	}
 }
 
+func restoreAction(action, usage string) *cli.Command {
+	return &cli.Command{
+		Name: action, Usage: usage, ArgsUsage: "RESTORE", Flags: []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 1, "RESTORE"); err != nil {
+				return err
+			}
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			var r catalog.Restore
+			if err := cl.Do(c.Context, "POST", "/v1/restores/"+c.Args().First()+"/"+action, nil, nil, &r); err != nil {
+				return err
+			}
+			return show(c, r, func(w io.Writer) error { return printRestore(w, r) })
+		},
+	}
+}
+
 func kind(r catalog.Restore) string {
 	if r.Instant {
 		return "instant"
@@ -127,6 +152,18 @@ func targets(r catalog.Restore) string {
 func printRestore(w io.Writer, r catalog.Restore) error {
 	fmt.Fprintf(w, "id:       %s\nbackup:   %s\nkind:     %s\nstate:    %s\nprogress: %s of %s (%s)\ntargets:  %s\ncreated:  %s\n",
 		r.ID, r.BackupID, kind(r), r.State, bytesH(r.Done), bytesH(r.Total), pct(r.Done, r.Total), targets(r), timeH(r.Created))
+	if r.Instant && r.RateBps > 0 {
+		fmt.Fprintf(w, "rate:     %s/s", bytesH(int64(r.RateBps)))
+		if r.ETASeconds > 0 {
+			fmt.Fprintf(w, ", ETA %s", (time.Duration(r.ETASeconds) * time.Second).String())
+		}
+		fmt.Fprintln(w)
+	}
+	for _, t := range r.Targets {
+		if t.Export != "" {
+			fmt.Fprintf(w, "export:   %s (%s; see csbs export ls)\n", t.Export, t.Disk)
+		}
+	}
 	if r.Error != "" {
 		fmt.Fprintf(w, "error:    %s\n", r.Error)
 	}

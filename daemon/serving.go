@@ -1,0 +1,618 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"csbs/api"
+	"csbs/blockstore"
+	"csbs/catalog"
+	"csbs/hydrate"
+	"csbs/nbd"
+)
+
+// serving owns the NBD exports: attached backups (read-only) and instant
+// restores (writable, hydrating). It implements api.Serving and
+// nbd.Exports.
+type serving struct {
+	d   *Daemon
+	srv *nbd.Server
+
+	mu       sync.Mutex
+	exports  map[string]*served
+	restores map[string]*instant
+}
+
+type served struct {
+	exp     *nbd.Export
+	info    api.ExportInfo
+	project string
+	closer  io.Closer
+	release func()
+}
+
+type instant struct {
+	r       catalog.Restore
+	devs    []*hydrate.Device
+	hyds    []*hydrate.Hydrator
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error
+	release func()
+}
+
+var (
+	_ api.Serving = (*serving)(nil)
+	_ nbd.Exports = (*serving)(nil)
+)
+
+func newServing(d *Daemon) *serving {
+	s := &serving{d: d, exports: map[string]*served{}, restores: map[string]*instant{}}
+	s.srv = &nbd.Server{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64}
+	return s
+}
+
+// Lookup finds an export for the NBD server.
+func (s *serving) Lookup(name string) (*nbd.Export, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.exports[name]
+	if !ok {
+		return nil, false
+	}
+	return e.exp, true
+}
+
+// Names lists export names for NBD_OPT_LIST.
+func (s *serving) Names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for n := range s.exports {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *serving) uris(name string) (string, string) {
+	sock, _ := filepath.Abs(s.d.cfg.NBD.Socket)
+	u := "nbd+unix:///" + name + "?socket=" + url.QueryEscape(sock)
+	tcp := ""
+	if addr := s.d.cfg.NBD.TCPListen; addr != "" {
+		tcp = "nbd://" + addr + "/" + name
+	}
+	return u, tcp
+}
+
+func (s *serving) add(e *served) {
+	e.info.URI, e.info.TCPURI = s.uris(e.exp.Name)
+	s.mu.Lock()
+	s.exports[e.exp.Name] = e
+	s.mu.Unlock()
+}
+
+// remove unregisters an export, drops its connections and frees it.
+func (s *serving) remove(name string) {
+	s.mu.Lock()
+	e := s.exports[name]
+	delete(s.exports, name)
+	s.mu.Unlock()
+	if e == nil {
+		return
+	}
+	s.srv.Disconnect(name)
+	if e.closer != nil {
+		e.closer.Close()
+	}
+	if e.release != nil {
+		e.release()
+	}
+}
+
+func diskMap(b catalog.Backup, disk string) (catalog.BackupDisk, blockstore.MapID, error) {
+	for _, d := range b.Disks {
+		if d.Name == disk {
+			id, err := blockstore.ParseMapID(d.MapID)
+			return d, id, err
+		}
+	}
+	return catalog.BackupDisk{}, blockstore.MapID{}, fmt.Errorf("%w: backup %s has no disk %q", catalog.ErrInvalid, b.Name, disk)
+}
+
+func enhancedOnly(b catalog.Backup) error {
+	if b.Type != catalog.TypeEnhanced {
+		return fmt.Errorf("%w: backup %s is Common, and only Enhanced backups can be served over NBD or restored instantly (%s); restore it normally with csbs restore start", catalog.ErrInvalid, b.Name, b.TypeReason)
+	}
+	if b.Status != catalog.StatusAvailable {
+		return fmt.Errorf("%w: backup %s is %s", catalog.ErrConflict, b.Name, b.Status)
+	}
+	return nil
+}
+
+// Attach exports a backup disk read-only. Attaching twice returns the
+// existing export.
+func (s *serving) Attach(ctx context.Context, b catalog.Backup, disk string) (api.ExportInfo, error) {
+	if err := enhancedOnly(b); err != nil {
+		return api.ExportInfo{}, err
+	}
+	name := b.ID + "-" + disk
+	s.mu.Lock()
+	if e, ok := s.exports[name]; ok {
+		s.mu.Unlock()
+		return s.view(e), nil
+	}
+	s.mu.Unlock()
+	if err := s.attach(b, disk, name); err != nil {
+		return api.ExportInfo{}, err
+	}
+	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+		return tx.PutExportRecord(catalog.ExportRecord{Name: name, Project: b.Project, BackupID: b.ID, Disk: disk, Created: s.d.clock.Now().UTC()})
+	})
+	if err != nil {
+		s.remove(name)
+		return api.ExportInfo{}, err
+	}
+	s.mu.Lock()
+	e := s.exports[name]
+	s.mu.Unlock()
+	return s.view(e), nil
+}
+
+func (s *serving) attach(b catalog.Backup, disk, name string) error {
+	d, id, err := diskMap(b, disk)
+	if err != nil {
+		return err
+	}
+	release := s.d.engine.Acquire(b.ID)
+	vol, err := s.d.store.OpenVolume(id)
+	if err != nil {
+		release()
+		return fmt.Errorf("backup %s disk %s: %w", b.Name, disk, err)
+	}
+	s.add(&served{
+		exp:     &nbd.Export{Name: name, Description: fmt.Sprintf("%s %s %s (read-only)", b.ServerName, b.Name, disk), Device: nbd.VolumeDevice{Volume: vol}, ReadOnly: true, PreferredBlock: uint32(s.d.store.BlockSize())},
+		info:    api.ExportInfo{Name: name, Kind: "attach", BackupID: b.ID, BackupName: b.Name, Disk: d.Name, ReadOnly: true, Size: d.Size},
+		project: b.Project, closer: vol, release: release,
+	})
+	return nil
+}
+
+// Detach removes an attached export.
+func (s *serving) Detach(ctx context.Context, b catalog.Backup, disk string) error {
+	name := b.ID + "-" + disk
+	s.mu.Lock()
+	e, ok := s.exports[name]
+	s.mu.Unlock()
+	if !ok || e.info.Kind != "attach" {
+		return fmt.Errorf("backup %s disk %s is not attached: %w", b.Name, disk, catalog.ErrNotFound)
+	}
+	s.remove(name)
+	return s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(name) })
+}
+
+func (s *serving) view(e *served) api.ExportInfo {
+	v := e.info
+	v.Connections = s.srv.Connections()[e.exp.Name]
+	return v
+}
+
+// Exports lists a project's exports.
+func (s *serving) Exports(project string) []api.ExportInfo {
+	s.mu.Lock()
+	var es []*served
+	for _, e := range s.exports {
+		if e.project == project {
+			es = append(es, e)
+		}
+	}
+	s.mu.Unlock()
+	out := []api.ExportInfo{}
+	for _, e := range es {
+		out = append(out, s.view(e))
+	}
+	slices.SortFunc(out, func(a, b api.ExportInfo) int { return compare(a.Name, b.Name) })
+	return out
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// openInstantTarget opens or creates a restore target for hydration.
+func openInstantTarget(path string, size int64, force, mayCreate bool) (*os.File, bool, error) {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && mayCreate:
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return nil, false, err
+		}
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			os.Remove(path)
+			return nil, false, err
+		}
+		return f, true, nil
+	case err != nil:
+		return nil, false, err
+	case fi.Mode()&os.ModeSymlink != 0:
+		return nil, false, fmt.Errorf("target is a symbolic link; name the file or device itself")
+	case fi.Mode().IsRegular():
+		if fi.Size() > 0 && !force && mayCreate {
+			return nil, false, fmt.Errorf("target is not empty (%d bytes; use --force to overwrite)", fi.Size())
+		}
+		f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return nil, false, err
+		}
+		if fi.Size() < size {
+			if err := f.Truncate(size); err != nil {
+				f.Close()
+				return nil, false, err
+			}
+		}
+		return f, fi.Size() == 0, nil
+	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
+		f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return nil, false, err
+		}
+		end, err := f.Seek(0, io.SeekEnd)
+		if err != nil || end < size {
+			f.Close()
+			return nil, false, fmt.Errorf("device has %d bytes, the disk needs %d", end, size)
+		}
+		if mayCreate && !force {
+			f.Close()
+			return nil, false, fmt.Errorf("instant restore onto a block device overwrites it: add --force")
+		}
+		return f, false, nil
+	}
+	return nil, false, fmt.Errorf("target is neither a file nor a block device")
+}
+
+func (s *serving) bitmapPath(rid, disk string) string {
+	return filepath.Join(s.d.cfg.DataDir, "restores", rid+"-"+disk+".bitmap")
+}
+
+// StartInstant creates the writable exports of an instant restore and
+// starts hydration. It returns at once.
+func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog.Backup) (catalog.Restore, error) {
+	if err := enhancedOnly(b); err != nil {
+		return r, err
+	}
+	if r.Rate == 0 {
+		r.Rate = int64(s.d.cfg.Restore.DefaultRate)
+	}
+	for i := range r.Targets {
+		r.Targets[i].Export = r.ID + "-" + r.Targets[i].Disk
+	}
+	inst, err := s.open(r, b, true)
+	if err != nil {
+		return r, err
+	}
+	r = inst.r
+	if err := s.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
+		s.stop(inst)
+		return r, err
+	}
+	s.run(inst)
+	return r, nil
+}
+
+// open builds the devices and exports of an instant restore (new, or
+// recovered after a restart when create is false).
+func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*instant, error) {
+	if err := os.MkdirAll(filepath.Join(s.d.cfg.DataDir, "restores"), 0o700); err != nil {
+		return nil, err
+	}
+	inst := &instant{r: r, done: make(chan struct{}), release: s.d.engine.Acquire(b.ID)}
+	fail := func(err error) (*instant, error) {
+		s.stop(inst)
+		return nil, err
+	}
+	for i, t := range r.Targets {
+		d, id, err := diskMap(b, t.Disk)
+		if err != nil {
+			return fail(err)
+		}
+		vol, err := s.d.store.OpenVolume(id)
+		if err != nil {
+			return fail(fmt.Errorf("backup %s disk %s: %w", b.Name, t.Disk, err))
+		}
+		f, fresh, err := openInstantTarget(t.Target, d.Size, r.Force, create)
+		if err != nil {
+			vol.Close()
+			return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
+		}
+		if create {
+			inst.r.Targets[i].Fresh = fresh
+		} else {
+			fresh = t.Fresh
+		}
+		bs := int64(vol.BlockSize())
+		bm, err := hydrate.OpenBitmap(s.bitmapPath(r.ID, t.Disk), (d.Size+bs-1)/bs, vol.BlockSize(), d.Size)
+		if err != nil {
+			f.Close()
+			vol.Close()
+			return fail(err)
+		}
+		dev, err := hydrate.NewDevice(vol, f, bm, fresh)
+		if err != nil {
+			bm.Close()
+			f.Close()
+			vol.Close()
+			return fail(err)
+		}
+		inst.devs = append(inst.devs, dev)
+		inst.hyds = append(inst.hyds, hydrate.NewHydrator(dev, r.Rate))
+		s.add(&served{
+			exp:     &nbd.Export{Name: t.Export, Description: fmt.Sprintf("instant restore %s of %s %s", r.ID, b.Name, t.Disk), Device: dev, PreferredBlock: uint32(bs)},
+			info:    api.ExportInfo{Name: t.Export, Kind: "instant", BackupID: b.ID, BackupName: b.Name, Disk: t.Disk, RestoreID: r.ID, Size: d.Size},
+			project: r.Project, closer: closeBoth{dev, vol},
+		})
+	}
+	if r.State == catalog.RestorePaused {
+		for _, h := range inst.hyds {
+			h.Pause()
+		}
+	}
+	s.mu.Lock()
+	s.restores[r.ID] = inst
+	s.mu.Unlock()
+	return inst, nil
+}
+
+type closeBoth struct {
+	a, b io.Closer
+}
+
+func (c closeBoth) Close() error { return errors.Join(c.a.Close(), c.b.Close()) }
+
+// run hydrates every disk in the background and marks the restore
+// complete (exports stay up until finish).
+func (s *serving) run(inst *instant) {
+	if inst.r.State == catalog.RestoreComplete {
+		close(inst.done)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	inst.cancel = cancel
+	go func() {
+		defer close(inst.done)
+		var err error
+		for _, h := range inst.hyds {
+			if err = h.Run(ctx); err != nil {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			return // stopped by cancel, finish or daemon shutdown
+		}
+		inst.err = err
+		s.setState(inst.r, func(r *catalog.Restore) {
+			r.Done = r.Total
+			if err != nil {
+				r.State, r.Error = catalog.RestoreFailed, "hydration stopped: "+err.Error()+" (the export still serves; cancel the restore to free it)"
+				return
+			}
+			r.State = catalog.RestoreComplete
+		})
+	}()
+}
+
+func (s *serving) setState(r catalog.Restore, mod func(*catalog.Restore)) (catalog.Restore, error) {
+	var out catalog.Restore
+	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+		cur, err := tx.Restore(r.Project, r.ID)
+		if err != nil {
+			return err
+		}
+		mod(&cur)
+		out = cur
+		return tx.PutRestore(cur)
+	})
+	return out, err
+}
+
+// stop ends hydration, removes the exports and closes the devices.
+func (s *serving) stop(inst *instant) {
+	if inst.cancel != nil {
+		inst.cancel()
+		<-inst.done
+	}
+	for _, t := range inst.r.Targets {
+		s.remove(t.Export)
+	}
+	s.mu.Lock()
+	delete(s.restores, inst.r.ID)
+	s.mu.Unlock()
+	if inst.release != nil {
+		inst.release()
+	}
+}
+
+// ControlRestore pauses, resumes, finishes or cancels an instant restore.
+func (s *serving) ControlRestore(ctx context.Context, r catalog.Restore, action string) (catalog.Restore, error) {
+	s.mu.Lock()
+	inst := s.restores[r.ID]
+	s.mu.Unlock()
+	if inst == nil {
+		return r, fmt.Errorf("%w: restore %s is %s; only running instant restores can be paused, resumed, finished or canceled", catalog.ErrConflict, r.ID, r.State)
+	}
+	switch action {
+	case "pause":
+		for _, h := range inst.hyds {
+			h.Pause()
+		}
+		return s.setState(r, func(x *catalog.Restore) {
+			if x.State == catalog.RestoreRunning {
+				x.State = catalog.RestorePaused
+			}
+		})
+	case "resume":
+		for _, h := range inst.hyds {
+			h.Resume()
+		}
+		return s.setState(r, func(x *catalog.Restore) {
+			if x.State == catalog.RestorePaused {
+				x.State = catalog.RestoreRunning
+			}
+		})
+	case "finish":
+		live := s.LiveRestore(r)
+		if live.State != catalog.RestoreComplete {
+			return r, fmt.Errorf("%w: restore %s has hydrated %d of %d bytes; wait until it is complete (or cancel it)", catalog.ErrConflict, r.ID, live.Done, live.Total)
+		}
+		s.stop(inst)
+		return s.setState(r, func(x *catalog.Restore) {
+			x.State, x.Ended = catalog.RestoreSucceeded, s.d.clock.Now().UTC()
+			x.Targets = r.Targets
+		})
+	case "cancel":
+		s.stop(inst)
+		for _, t := range r.Targets {
+			os.Remove(s.bitmapPath(r.ID, t.Disk))
+		}
+		return s.setState(r, func(x *catalog.Restore) {
+			x.State, x.Ended = catalog.RestoreCanceled, s.d.clock.Now().UTC()
+			x.Error = "canceled; the targets hold a partial disk"
+		})
+	}
+	return r, fmt.Errorf("%w: unknown restore action %q", catalog.ErrInvalid, action)
+}
+
+// LiveRestore fills in the progress of an instant restore.
+func (s *serving) LiveRestore(r catalog.Restore) catalog.Restore {
+	s.mu.Lock()
+	inst := s.restores[r.ID]
+	s.mu.Unlock()
+	if inst == nil || !r.Instant {
+		return r
+	}
+	var done, total int64
+	var rate float64
+	for i, dev := range inst.devs {
+		bm := dev.Bitmap()
+		total += dev.Size()
+		done += min(bm.Count()*int64(s.d.store.BlockSize()), dev.Size())
+		rate += inst.hyds[i].Rate()
+	}
+	r.Done, r.Total, r.RateBps = done, total, rate
+	if rate > 0 && done < total && r.State == catalog.RestoreRunning {
+		r.ETASeconds = float64(total-done) / rate
+	}
+	return r
+}
+
+// recover brings back attached exports and unfinished instant restores.
+func (s *serving) recover() error {
+	var exps []catalog.ExportRecord
+	var rs []catalog.Restore
+	err := s.d.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		if exps, err = tx.ExportRecords(); err != nil {
+			return err
+		}
+		rs, err = tx.Restores("")
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range exps {
+		b, err := s.backup(e.Project, e.BackupID)
+		if err == nil {
+			err = s.attach(b, e.Disk, e.Name)
+		}
+		if err != nil {
+			s.d.log.Warn("attached export not restored", "export", e.Name, "err", err)
+			_ = s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
+		}
+	}
+	for _, r := range rs {
+		if !r.Instant || (r.State != catalog.RestoreRunning && r.State != catalog.RestorePaused && r.State != catalog.RestoreComplete) {
+			continue
+		}
+		b, err := s.backup(r.Project, r.BackupID)
+		var inst *instant
+		if err == nil {
+			inst, err = s.open(r, b, false)
+		}
+		if err != nil {
+			s.d.log.Error("instant restore not resumed", "restore", r.ID, "err", err)
+			s.setState(r, func(x *catalog.Restore) {
+				x.State, x.Error = catalog.RestoreFailed, "could not resume after restart: "+err.Error()
+			})
+			continue
+		}
+		s.run(inst)
+		s.d.log.Info("instant restore resumed", "restore", r.ID, "state", r.State)
+	}
+	return nil
+}
+
+func (s *serving) backup(project, id string) (catalog.Backup, error) {
+	var b catalog.Backup
+	err := s.d.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		b, err = tx.Backup(project, id)
+		return err
+	})
+	return b, err
+}
+
+// listen opens the NBD listeners: the unix socket (0600) and, when
+// configured, TCP.
+func (s *serving) listen() ([]net.Listener, error) {
+	sock := s.d.cfg.NBD.Socket
+	os.Remove(sock)
+	l, err := listenUnixPrivate(sock)
+	if err != nil {
+		return nil, fmt.Errorf("nbd listen on %s: %w", sock, err)
+	}
+	out := []net.Listener{l}
+	if addr := s.d.cfg.NBD.TCPListen; addr != "" {
+		tl, err := net.Listen("tcp", addr)
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("nbd listen on %s: %w", addr, err)
+		}
+		out = append(out, tl)
+	}
+	return out, nil
+}
+
+// shutdown stops hydration (state stays, to resume at next start) and
+// closes every export.
+func (s *serving) shutdown() {
+	s.mu.Lock()
+	var insts []*instant
+	for _, in := range s.restores {
+		insts = append(insts, in)
+	}
+	s.mu.Unlock()
+	for _, in := range insts {
+		s.stop(in)
+	}
+	for _, n := range s.Names() {
+		s.remove(n)
+	}
+}

@@ -66,9 +66,9 @@ func (a *appliance) start() {
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
-	sock := filepath.Join(a.dir, "data", "csbs.sock")
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(sock); err == nil {
+	// Wait until the API answers (a killed daemon leaves a stale socket).
+	for i := 0; i < 400; i++ {
+		if _, _, code := a.run(nil, "status"); code == 0 {
 			return
 		}
 		time.Sleep(25 * time.Millisecond)

@@ -46,4 +46,4 @@ fi
 
 go build -o "$WORK/csbs" ./cmd/csbs
 go build -o "$WORK/csbsbench" ./bench/cmd/csbsbench
-"$WORK/csbsbench" -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-s2}" -out bench/results.md
+"$WORK/csbsbench" -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-zstd}" -out bench/results.md

@@ -106,7 +106,7 @@ func Default() Config {
 		Region:            "local-1",
 		AvailabilityZones: []string{"local-1a"},
 		DataDir:           "./var",
-		Store:             Store{BlockSize: 64 << 10, Compression: "s2", CacheSize: 64 << 20},
+		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", CacheSize: 64 << 20},
 		Scheduler:         Scheduler{MaxConcurrentJobs: 2, Window: Duration(time.Hour)},
 		Restore:           Restore{DefaultRate: 200 << 20},
 		Log:               Log{Level: "info", Format: "text"},

@@ -155,7 +155,7 @@ func main() {
 	flag.StringVar(&b.image, "image", "", "ext4 image")
 	flag.StringVar(&b.csbs, "csbs", "csbs", "csbs binary")
 	flag.IntVar(&b.reps, "reps", 3, "runs per figure (median reported)")
-	flag.StringVar(&b.codec, "codec", "s2", "csbs store compression (s2, zstd)")
+	flag.StringVar(&b.codec, "codec", "zstd", "csbs store compression (s2, zstd)")
 	flag.Parse()
 	fi, err := os.Stat(b.image)
 	if err != nil {

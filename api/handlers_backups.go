@@ -162,7 +162,7 @@ type StartRestoreRequest struct {
 	Targets []catalog.RestoreTarget `json:"targets"`
 	Force   bool                    `json:"force,omitempty"`
 	Instant bool                    `json:"instant,omitempty"`
-	Rate    int64                   `json:"rate,omitempty"`
+	Rate    int64                   `json:"rate,omitempty"` // bytes/s; 0 = config default; -1 = unlimited
 }
 
 func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request) (any, error) {
@@ -197,8 +197,8 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 			return nil, err
 		}
 	}
-	if req.Rate < 0 {
-		return nil, fmt.Errorf("%w: rate must not be negative", catalog.ErrInvalid)
+	if req.Rate < -1 {
+		return nil, fmt.Errorf("%w: rate %d: want bytes per second, 0 for the default or -1 for unlimited", catalog.ErrInvalid, req.Rate)
 	}
 	rs := catalog.Restore{
 		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID, Instant: req.Instant,

@@ -41,6 +41,7 @@ type Server struct {
 	Scheduler *scheduler.Scheduler
 	Engine    *engine.Engine
 	Serving   Serving
+	Mounts    Mounter
 	Region    string
 	AZs       []string
 	Clock     scheduler.Clock
@@ -136,6 +137,11 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("POST /v1/backups/{ref}/detach", s.detachBackup)
 	route("GET /v1/exports", s.listExports)
 	route("POST /v1/restores/{id}/{action}", s.controlRestore)
+	route("GET /v1/mounts", s.listMounts)
+	route("POST /v1/mounts", s.mount)
+	route("POST /v1/mounts/unmount", s.unmount)
+	route("POST /v1/backups/{ref}/browse", s.browse)
+	route("POST /v1/browse/unmount", s.unbrowse)
 	route("GET /v1/restores", s.listRestores)
 	route("POST /v1/restores", s.startRestore)
 	route("GET /v1/restores/{id}", s.showRestore)

@@ -30,3 +30,12 @@ type Serving interface {
 	ControlRestore(ctx context.Context, r catalog.Restore, action string) (catalog.Restore, error)
 	LiveRestore(r catalog.Restore) catalog.Restore
 }
+
+// Mounter is what the API needs from the daemon's FUSE side.
+type Mounter interface {
+	Mount(rec catalog.MountRecord) (catalog.MountRecord, error)
+	Unmount(project, path string) error
+	List(project string) []catalog.MountRecord
+	Browse(b catalog.Backup, disk, path string) (catalog.MountRecord, error)
+	Unbrowse(project, path string) error
+}

@@ -592,3 +592,33 @@ func (tx *Txn) PutExportRecord(e ExportRecord) error { return put(tx, KindExport
 
 // DeleteExportRecord removes an export record.
 func (tx *Txn) DeleteExportRecord(name string) error { return del(tx, KindExport, name) }
+
+// --- FUSE and browse mounts ---
+
+// KindMount keys mounts, so that a restarted daemon cleans and restores them.
+const KindMount = "mount"
+
+// MountRecord is a FUSE mount (narrowed to a project, server or backup) or
+// a browse mount (a backup disk loop-mounted read-only).
+type MountRecord struct {
+	Path     string `json:"path"`
+	Project  string `json:"project"`
+	Server   string `json:"server_id,omitempty"`
+	Backup   string `json:"backup_id,omitempty"`
+	Disk     string `json:"disk,omitempty"`
+	Browse   bool   `json:"browse,omitempty"`
+	Internal string `json:"internal,omitempty"` // FUSE mount behind a browse mount
+}
+
+// MountRecords lists every recorded mount.
+func (tx *Txn) MountRecords() ([]MountRecord, error) { return list[MountRecord](tx, KindMount, nil) }
+
+// PutMountRecord records a mount.
+func (tx *Txn) PutMountRecord(m MountRecord) error {
+	return put(tx, KindMount, strings.ReplaceAll(m.Path, "/", "|"), m)
+}
+
+// DeleteMountRecord forgets a mount.
+func (tx *Txn) DeleteMountRecord(path string) error {
+	return del(tx, KindMount, strings.ReplaceAll(path, "/", "|"))
+}

@@ -48,6 +48,7 @@ type Daemon struct {
 	sched   *scheduler.Scheduler
 	api     *api.Server
 	serving *serving
+	mounts  *mounts
 	started time.Time
 }
 
@@ -91,8 +92,9 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
 	d.serving = newServing(d)
+	d.mounts = newMounts(d)
 	d.api = &api.Server{
-		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving,
+		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
 		Status: d.status,
 	}
@@ -185,6 +187,7 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	if err := d.serving.recover(); err != nil {
 		d.log.Error("recover exports and instant restores", "err", err)
 	}
+	d.mounts.recover()
 	srv := &http.Server{Handler: d.api.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	runCtx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -223,6 +226,7 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	_ = srv.Shutdown(shutCtx)
 	stop()
 	wg.Wait()
+	d.mounts.shutdown()
 	d.serving.shutdown()
 	os.Remove(d.cfg.API.Socket)
 	os.Remove(d.cfg.NBD.Socket)

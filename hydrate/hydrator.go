@@ -23,8 +23,14 @@ type Hydrator struct {
 	started time.Time
 }
 
-// syncEvery is how many hydrated blocks share one fdatasync of the target.
-const syncEvery = 64
+// syncEvery is how many hydrated blocks share one fdatasync of the target
+// (64 MiB at 64 KiB blocks), and syncInterval the longest time between two.
+const (
+	syncEvery    = 1024
+	syncInterval = time.Second
+	lookahead    = 32 // blocks fetched (decompressed, verified) ahead of the copy
+	fetchWorkers = 2
+)
 
 // NewHydrator returns a hydrator; rateBps <= 0 means unlimited.
 func NewHydrator(dev *Device, rateBps int64) *Hydrator {
@@ -93,6 +99,29 @@ func (h *Hydrator) Run(ctx context.Context) error {
 	h.started = time.Now()
 	h.mu.Unlock()
 	d := h.dev
+	// Fetch blocks ahead on several cores; copyBlock then finds them in
+	// the store's block cache (or waits for the fetch in flight).
+	ahead := make(chan int64, lookahead)
+	fctx, stopFetch := context.WithCancel(ctx)
+	var fetchers sync.WaitGroup
+	for range fetchWorkers {
+		fetchers.Add(1)
+		go func() {
+			defer fetchers.Done()
+			for i := range ahead {
+				if fctx.Err() == nil && !d.bm.Has(i) {
+					_, _ = d.vol.Block(fctx, i) // errors surface in copyBlock
+				}
+			}
+		}()
+	}
+	defer func() {
+		stopFetch()
+		close(ahead)
+		fetchers.Wait()
+	}()
+	nextAhead := int64(0)
+	lastSync := time.Now()
 	var batch []int64
 	flush := func() error {
 		if len(batch) == 0 {
@@ -106,6 +135,7 @@ func (h *Hydrator) Run(ctx context.Context) error {
 			return err
 		}
 		batch = batch[:0]
+		lastSync = time.Now()
 		return nil
 	}
 	for i := int64(0); i < d.bm.Blocks(); i++ {
@@ -114,6 +144,18 @@ func (h *Hydrator) Run(ctx context.Context) error {
 		}
 		if d.bm.Has(i) {
 			continue
+		}
+		for ; nextAhead < min(i+lookahead, d.bm.Blocks()); nextAhead++ {
+			if nextAhead <= i || d.bm.Has(nextAhead) {
+				continue
+			}
+			if hash, err := d.vol.BlockHash(nextAhead); err != nil || (hash.IsZero() && d.fresh) {
+				continue
+			}
+			select {
+			case ahead <- nextAhead:
+			default: // fetchers busy; the copy fetches it itself
+			}
 		}
 		wrote, err := h.copyBlock(i)
 		if err != nil {
@@ -126,7 +168,7 @@ func (h *Hydrator) Run(ctx context.Context) error {
 				return firstErr(flush(), err)
 			}
 		}
-		if len(batch) >= syncEvery {
+		if len(batch) >= syncEvery || time.Since(lastSync) > syncInterval {
 			if err := flush(); err != nil {
 				return err
 			}

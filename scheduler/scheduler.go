@@ -15,10 +15,10 @@ import (
 
 // ErrBackupInUse means a backup is being read by a restore, an NBD export
 // or a FUSE mount.
-var ErrBackupInUse = errors.New("backup is in use")
+var ErrBackupInUse = errors.New("in use")
 
 // ErrProtected means a protected backup was to be deleted without force.
-var ErrProtected = errors.New("backup is protected")
+var ErrProtected = errors.New("protected")
 
 // InUser tells whether a backup is in use (implemented by the engine).
 type InUser interface {
@@ -277,10 +277,10 @@ func (s *Scheduler) DeleteBackup(ctx context.Context, b catalog.Backup, force bo
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if b.Protected && !force {
-		return fmt.Errorf("%w: backup %s is protected; delete it with --force", ErrProtected, b.Name)
+		return fmt.Errorf("backup %s is %w; delete it with --force", b.Name, ErrProtected)
 	}
 	if s.inUse.InUse(b.ID) {
-		return fmt.Errorf("%w: backup %s is used by a restore, an NBD export or a FUSE mount; detach or finish it first", ErrBackupInUse, b.Name)
+		return fmt.Errorf("backup %s is %w by a restore, an NBD export or a FUSE mount; detach, unmount or finish it first", b.Name, ErrBackupInUse)
 	}
 	var maps []blockstore.MapID
 	for _, d := range b.Disks {

@@ -171,6 +171,8 @@ func backupCommand() *cli.Command {
 					return cl.Do(c.Context, "POST", "/v1/backups/"+c.Args().First()+"/detach", nil, api.AttachRequest{Disk: c.String("disk")}, nil)
 				},
 			},
+			browseCommands()[0],
+			browseCommands()[1],
 			{
 				Name: "protect", Usage: "protect a backup from retention and plain deletion", ArgsUsage: "BACKUP",
 				Flags:  []cli.Flag{&cli.BoolFlag{Name: "off", Usage: "remove the protection"}},

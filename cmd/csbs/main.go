@@ -67,6 +67,8 @@ func newApp() *cli.App {
 			backupCommand(),
 			restoreCommand(),
 			exportCommand(),
+			mountCommand(),
+			umountCommand(),
 			jobCommand(),
 			statusCommand(),
 			versionCommand(),

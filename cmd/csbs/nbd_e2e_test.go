@@ -83,7 +83,7 @@ func TestNBDSourceAttachAndCommonRefused(t *testing.T) {
 		t.Fatalf("qemu-img compare: %v %s", err, out)
 	}
 	// An attached backup cannot be deleted; detach frees it.
-	a.fails(nil, "used by a restore, an NBD export or a FUSE mount", "backup", "rm", b.Name)
+	a.fails(nil, "is in use by a restore, an NBD export or a FUSE mount", "backup", "rm", b.Name)
 	a.ok("backup", "detach", b.Name)
 	a.okJSON(&es, "export", "ls")
 	if len(es) != 0 {

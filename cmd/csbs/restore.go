@@ -27,7 +27,7 @@ func restoreCommand() *cli.Command {
 					&cli.StringSliceFlag{Name: "disk", Usage: "`DISK=TARGET` (repeat; absolute paths)", Required: true},
 					&cli.BoolFlag{Name: "force", Usage: "overwrite a target that holds data"},
 					&cli.BoolFlag{Name: "instant", Usage: "instant restore: export now, hydrate in the background"},
-					&cli.StringFlag{Name: "rate", Usage: "hydration `RATE` limit, e.g. 200MiB/s"},
+					&cli.StringFlag{Name: "rate", Usage: "hydration `RATE` limit, e.g. 200MiB/s; 0 = unlimited (default: restore.default_rate)"},
 					&cli.BoolFlag{Name: "wait", Usage: "wait for the restore and show progress"},
 					jsonFlag,
 				},
@@ -42,6 +42,9 @@ func restoreCommand() *cli.Command {
 							return cli.Exit("--rate: "+err.Error(), 2)
 						}
 						req.Rate = r
+						if r == 0 {
+							req.Rate = -1 // unlimited
+						}
 					}
 					for _, d := range c.StringSlice("disk") {
 						disk, target, ok := strings.Cut(d, "=")

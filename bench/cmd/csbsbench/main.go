@@ -171,6 +171,7 @@ func main() {
 		log.Printf("rep %d/%d", rep+1, b.reps)
 		b.ceilings()
 		b.store(changed)
+		b.nbdFigures()
 	}
 	b.print(os.Stdout)
 	if *out != "" {

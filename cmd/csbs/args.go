@@ -38,7 +38,7 @@ func interspersed(app *cli.App, args []string) []string {
 			break
 		}
 	}
-	var fl, pos []string
+	var fl, pos, global []string
 	for len(rest) > 0 {
 		a := rest[0]
 		if a == "--" {
@@ -46,6 +46,14 @@ func interspersed(app *cli.App, args []string) []string {
 			break
 		}
 		if strings.HasPrefix(a, "-") && len(a) > 1 {
+			// A global flag given after the command (csbs token create
+			// --project P) goes before the command, where urfave/cli wants it.
+			if !hasFlag(flags, a) && hasFlag(app.Flags, a) {
+				n := min(flagArity(app.Flags, a), len(rest))
+				global = append(global, rest[:n]...)
+				rest = rest[n:]
+				continue
+			}
 			n := min(flagArity(flags, a), len(rest))
 			fl = append(fl, rest[:n]...)
 			rest = rest[n:]
@@ -53,6 +61,9 @@ func interspersed(app *cli.App, args []string) []string {
 		}
 		pos = append(pos, a)
 		rest = rest[1:]
+	}
+	if len(global) > 0 {
+		out = append([]string{out[0]}, append(global, out[1:]...)...)
 	}
 	out = append(out, fl...)
 	if len(pos) > 0 && pos[0] != "--" {
@@ -64,6 +75,18 @@ func interspersed(app *cli.App, args []string) []string {
 		}
 	}
 	return append(out, pos...)
+}
+
+func hasFlag(flags []cli.Flag, arg string) bool {
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func findCommand(cmds []*cli.Command, name string) *cli.Command {

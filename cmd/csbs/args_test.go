@@ -1,0 +1,27 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestInterspersedArgs(t *testing.T) {
+	app := newApp()
+	cases := []struct{ in, want string }{
+		{"csbs backup create web1 --full --wait", "csbs backup create --full --wait web1"},
+		{"csbs backup create web1 --name golden --wait", "csbs backup create --name golden --wait web1"},
+		{"csbs token create --project p2", "csbs --project p2 token create"},
+		{"csbs --json-less server ls", "csbs --json-less server ls"},
+		{"csbs policy bind daily web1", "csbs policy bind daily web1"},
+		{"csbs restore start golden --disk vda=/x --instant", "csbs restore start --disk vda=/x --instant golden"},
+		{"csbs backup show web1 --project p2 --json", "csbs --project p2 backup show --json web1"},
+		{"csbs mount /mnt/x --server web1", "csbs mount --server web1 /mnt/x"},
+		{"csbs backup ls -- -odd", "csbs backup ls -- -odd"},
+	}
+	for _, tc := range cases {
+		got := strings.Join(interspersed(app, strings.Fields(tc.in)), " ")
+		if got != tc.want {
+			t.Errorf("%q:\n got  %q\n want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -50,6 +50,8 @@ type Server struct {
 	Started   time.Time
 	// Status fills in the daemon-wide parts of GET /v1/status.
 	Status func(ctx context.Context, st *Status)
+	// StoreStats answers GET /v1/store/stats.
+	StoreStats func(ctx context.Context, project string, admin bool) (StoreStats, error)
 }
 
 // Error is an API error with a stable code.
@@ -137,6 +139,9 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("POST /v1/backups/{ref}/detach", s.detachBackup)
 	route("GET /v1/exports", s.listExports)
 	route("POST /v1/restores/{id}/{action}", s.controlRestore)
+	route("POST /v1/gc", s.maintenance(catalog.JobGC))
+	route("POST /v1/scrub", s.maintenance(catalog.JobScrub))
+	route("GET /v1/store/stats", s.storeStats)
 	route("GET /v1/mounts", s.listMounts)
 	route("POST /v1/mounts", s.mount)
 	route("POST /v1/mounts/unmount", s.unmount)

@@ -29,10 +29,6 @@ type SparseSource interface {
 
 // IngestOptions tune one Ingest.
 type IngestOptions struct {
-	// Parent is the map of the same disk's previous backup, if any. A block
-	// whose hash equals the parent's block at the same index is known to be
-	// stored and skips the existence lookup.
-	Parent MapID
 	// Progress, if set, is called from one goroutine with the bytes of the
 	// disk processed so far and the disk size.
 	Progress func(done, total int64)
@@ -280,13 +276,10 @@ func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) [
 		}
 		h := HashBlock(b)
 		it.hashes[j] = h
-		// Register before the lookup: from here GC will not sweep h.
+		// Register before the lookup: from here GC will not sweep h. (No
+		// shortcut through the previous backup's map: that backup may be
+		// deleted and swept meanwhile; the lookup is an in-memory LSM check.)
 		ig.ref.hold(h)
-		if !ig.opt.Parent.IsZero() {
-			if ph, err := ig.s.BlockHash(ig.opt.Parent, it.first+int64(j)); err == nil && ph == h {
-				continue
-			}
-		}
 		ok, err := ig.s.HasBlock(h)
 		if err != nil {
 			it.err = err

@@ -84,6 +84,7 @@ type Store struct {
 
 	mu      sync.Mutex
 	pending map[MapID]struct{} // maps being written; GC must keep them
+	gcMu    sync.Mutex         // one GC or scrub at a time
 
 	// closeMu makes Close wait for reads in progress and fail later ones:
 	// Badger panics when a closed DB is read.

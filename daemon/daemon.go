@@ -96,7 +96,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.api = &api.Server{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
-		Status: d.status,
+		Status: d.status, StoreStats: d.storeStats,
 	}
 	return d, nil
 }
@@ -194,6 +194,9 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
 	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
+	wg.Add(2)
+	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobGC, time.Duration(d.cfg.GC.Every)) }()
+	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobScrub, time.Duration(d.cfg.Scrub.Every)) }()
 	for _, l := range nbdListeners {
 		wg.Add(1)
 		go func() {

@@ -17,6 +17,10 @@ func (e executor) Execute(ctx context.Context, j catalog.Job, progress func(done
 		return e.backup(ctx, j, progress)
 	case catalog.JobRestore:
 		return j, e.restore(ctx, j, progress)
+	case catalog.JobGC:
+		return e.gc(ctx, j)
+	case catalog.JobScrub:
+		return e.scrub(ctx, j, progress)
 	}
 	return j, fmt.Errorf("job kind %q cannot run", j.Kind)
 }

@@ -107,17 +107,13 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 	var (
 		project catalog.Project
 		server  catalog.Server
-		parents map[string]blockstore.MapID
 	)
 	err := e.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
 		if project, err = tx.Project(job.Project); err != nil {
 			return err
 		}
-		if server, err = tx.Server(job.Project, job.ServerID); err != nil {
-			return err
-		}
-		parents, err = latestMaps(tx, server)
+		server, err = tx.Server(job.Project, job.ServerID)
 		return err
 	})
 	if err != nil {
@@ -164,9 +160,6 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 				progress(before+done, total)
 			}
 		}}
-		if !job.Full {
-			opt.Parent = parents[d.Name]
-		}
 		p, err := e.Store.Ingest(ctx, srcs[i], opt)
 		if err != nil {
 			abort()
@@ -252,30 +245,6 @@ func commitBackupRecord(tx *catalog.Txn, b *catalog.Backup, d catalog.TypeDecisi
 		}
 	}
 	return tx.PutServer(s)
-}
-
-// latestMaps returns, per disk name, the map of the server's newest
-// available backup: the parent that lets ingest skip lookups.
-func latestMaps(tx *catalog.Txn, s catalog.Server) (map[string]blockstore.MapID, error) {
-	bs, err := tx.Backups(s.Project, catalog.BackupFilter{ServerID: s.ID})
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]blockstore.MapID{}
-	for _, b := range bs { // newest first
-		if b.Status != catalog.StatusAvailable {
-			continue
-		}
-		for _, d := range b.Disks {
-			if _, ok := out[d.Name]; !ok {
-				if id, err := blockstore.ParseMapID(d.MapID); err == nil {
-					out[d.Name] = id
-				}
-			}
-		}
-		break
-	}
-	return out, nil
 }
 
 // RestoreTargets restores the listed disks of a backup to their targets

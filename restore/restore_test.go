@@ -35,7 +35,7 @@ func backup(t *testing.T, s *blockstore.Store, path string, parent blockstore.Ma
 		t.Fatal(err)
 	}
 	defer src.Close()
-	p, err := s.Ingest(context.Background(), src, blockstore.IngestOptions{Parent: parent})
+	p, err := s.Ingest(context.Background(), src, blockstore.IngestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,139 @@
+package blockstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// ScrubReport lists what a scrub found.
+type ScrubReport struct {
+	Blocks int64 `json:"blocks_checked"`
+	Bytes  int64 `json:"stored_bytes_checked"`
+	// Damaged blocks failed verification and were removed, so that the
+	// next backup holding the same content stores it again (repair).
+	Damaged []Hash `json:"damaged_blocks"`
+	// DamagedMaps refer to a block that is damaged or missing.
+	DamagedMaps []MapID       `json:"damaged_maps"`
+	Duration    time.Duration `json:"duration"`
+}
+
+// Scrub re-reads and re-hashes every stored block (bypassing the cache),
+// removes the damaged ones, and reports every committed map that refers
+// to a damaged or missing block. progress gets blocks done and total.
+func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (ScrubReport, error) {
+	start := time.Now()
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	var rep ScrubReport
+	blocks, sizes, err := s.listBlocks(ctx)
+	if err != nil {
+		return rep, err
+	}
+	present := make(map[Hash]struct{}, len(blocks))
+	for i, h := range blocks {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		rep.Blocks++
+		rep.Bytes += sizes[h]
+		if err := s.VerifyBlock(h); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return rep, err
+			}
+			rep.Damaged = append(rep.Damaged, h)
+			continue
+		}
+		present[h] = struct{}{}
+		if progress != nil && i%256 == 0 {
+			progress(int64(i), int64(len(blocks)))
+		}
+	}
+	if len(rep.Damaged) > 0 {
+		wb := s.db.NewWriteBatch()
+		for _, h := range rep.Damaged {
+			if err := wb.Delete(blockKey(h)); err != nil {
+				wb.Cancel()
+				return rep, err
+			}
+			s.cache.drop(h)
+		}
+		if err := wb.Flush(); err != nil {
+			return rep, fmt.Errorf("remove damaged blocks: %w", err)
+		}
+	}
+	maps, err := s.ListMaps()
+	if err != nil {
+		return rep, err
+	}
+	for _, m := range maps {
+		damaged := false
+		err := s.db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: append([]byte(prefixSegment), m.ID[:]...), PrefetchValues: true})
+			defer it.Close()
+			for it.Rewind(); it.Valid() && !damaged; it.Next() {
+				err := it.Item().Value(func(v []byte) error {
+					hs, err := DecodeSegment(v)
+					if err != nil {
+						damaged = true
+						return nil
+					}
+					for _, h := range hs {
+						if _, ok := present[h]; !ok && !h.IsZero() {
+							damaged = true
+							break
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					damaged = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return rep, err
+		}
+		if damaged {
+			rep.DamagedMaps = append(rep.DamagedMaps, m.ID)
+		}
+	}
+	if progress != nil {
+		progress(int64(len(blocks)), int64(len(blocks)))
+	}
+	rep.Duration = time.Since(start)
+	return rep, nil
+}
+
+// Stats describe the whole store.
+type Stats struct {
+	BlockSize   int   `json:"block_size"`
+	Blocks      int64 `json:"blocks"`
+	RawBytes    int64 `json:"unique_bytes"` // blocks × block size
+	StoredBytes int64 `json:"stored_bytes"` // after compression
+	DiskBytes   int64 `json:"disk_bytes"`   // Badger's files
+	Maps        int   `json:"maps"`
+}
+
+// Stats counts blocks and bytes.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	blocks, sizes, err := s.listBlocks(ctx)
+	if err != nil {
+		return Stats{}, err
+	}
+	st := Stats{BlockSize: s.blockSize, Blocks: int64(len(blocks)), RawBytes: int64(len(blocks)) * int64(s.blockSize)}
+	for _, n := range sizes {
+		st.StoredBytes += n
+	}
+	maps, err := s.ListMaps()
+	if err != nil {
+		return st, err
+	}
+	st.Maps = len(maps)
+	st.DiskBytes, _ = s.DiskUsage()
+	return st, nil
+}

@@ -1,0 +1,132 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"csbs/api"
+	"csbs/blockstore"
+	"csbs/catalog"
+)
+
+// gc runs garbage collection as a job.
+func (e executor) gc(ctx context.Context, j catalog.Job) (catalog.Job, error) {
+	st, err := e.d.store.GC(ctx)
+	if err != nil {
+		return j, err
+	}
+	b, _ := json.Marshal(st)
+	j.Note = fmt.Sprintf("freed %d blocks (%d bytes stored); disk %d -> %d bytes; %s", st.FreedBlocks, st.FreedBytes, st.DiskBefore, st.DiskAfter, b)
+	return j, nil
+}
+
+// scrub verifies every block as a job and marks the backups that use a
+// damaged or missing block (and clears the mark of repaired ones).
+func (e executor) scrub(ctx context.Context, j catalog.Job, progress func(done, total int64)) (catalog.Job, error) {
+	bs := int64(e.d.store.BlockSize())
+	rep, err := e.d.store.Scrub(ctx, func(done, total int64) { progress(done*bs, total*bs) })
+	if err != nil {
+		return j, err
+	}
+	bad := map[string]bool{}
+	for _, id := range rep.DamagedMaps {
+		bad[id.String()] = true
+	}
+	var damaged []string
+	err = e.d.cat.Update(func(tx *catalog.Txn) error {
+		all, err := tx.AllBackups()
+		if err != nil {
+			return err
+		}
+		for _, b := range all {
+			now := false
+			for _, d := range b.Disks {
+				now = now || bad[d.MapID]
+			}
+			if now {
+				damaged = append(damaged, b.Name)
+			}
+			if now != b.Damaged {
+				b.Damaged = now
+				if err := tx.PutBackup(b); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return j, err
+	}
+	j.Note = fmt.Sprintf("checked %d blocks; %d damaged (removed: a later backup of the same data repairs them); damaged backups: %v", rep.Blocks, len(rep.Damaged), damaged)
+	if len(rep.Damaged) > 0 {
+		e.d.log.Error("scrub found damaged blocks", "blocks", len(rep.Damaged), "backups", damaged)
+	}
+	return j, nil
+}
+
+// storeStats answers csbs store stats: the whole store, and per project
+// the logical bytes of its backups and the bytes its backups added.
+func (d *Daemon) storeStats(ctx context.Context, project string, admin bool) (api.StoreStats, error) {
+	st, err := d.store.Stats(ctx)
+	if err != nil {
+		return api.StoreStats{}, err
+	}
+	out := api.StoreStats{Stats: st, Projects: []api.ProjectStats{}}
+	var referenced int64
+	err = d.cat.View(func(tx *catalog.Txn) error {
+		ps, err := tx.Projects()
+		if err != nil {
+			return err
+		}
+		for _, p := range ps {
+			if !admin && p.ID != project {
+				continue
+			}
+			bs, err := tx.Backups(p.ID, catalog.BackupFilter{})
+			if err != nil {
+				return err
+			}
+			ps := api.ProjectStats{Project: p.Name, Backups: len(bs)}
+			for _, b := range bs {
+				for _, disk := range b.Disks {
+					ps.LogicalBytes += disk.Size
+					ps.DataBytes += disk.Blocks * int64(st.BlockSize)
+					ps.AddedBytes += disk.NewBytes
+				}
+			}
+			referenced += ps.DataBytes
+			out.Projects = append(out.Projects, ps)
+		}
+		return nil
+	})
+	if st.RawBytes > 0 && admin {
+		out.DedupeRatio = float64(referenced) / float64(st.RawBytes)
+	}
+	if st.StoredBytes > 0 {
+		out.CompressionRatio = float64(st.RawBytes) / float64(st.StoredBytes)
+	}
+	if !admin {
+		out.Stats = blockstore.Stats{BlockSize: st.BlockSize} // store-wide figures are the admin's
+	}
+	return out, err
+}
+
+// periodic submits gc or scrub jobs every interval until ctx ends.
+func (d *Daemon) periodic(ctx context.Context, kind string, every time.Duration) {
+	if every <= 0 {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.clock.After(every):
+		}
+		if _, err := d.runner.Submit(catalog.Job{Kind: kind, Note: "scheduled"}); err != nil {
+			d.log.Warn("scheduled maintenance", "kind", kind, "err", err)
+		}
+	}
+}

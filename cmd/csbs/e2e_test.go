@@ -244,6 +244,37 @@ func TestEndToEndBackupRestore(t *testing.T) {
 	if len(list) != 1 || list[0].ID != b1.ID {
 		t.Fatalf("after rm: %+v", list)
 	}
+
+	// GC frees what only deleted backups used; store stats and scrub agree.
+	var before, after struct {
+		Blocks   int64 `json:"blocks"`
+		Projects []struct {
+			Backups int `json:"backups"`
+		} `json:"projects"`
+	}
+	a.okJSON(&before, "store", "stats")
+	a.ok("server", "rm", "web1")
+	a.ok("backup", "rm", b1.Name)
+	var gc struct {
+		State string `json:"state"`
+		Note  string `json:"note"`
+	}
+	a.okJSON(&gc, "gc")
+	if gc.State != "succeeded" || !strings.Contains(gc.Note, "freed") {
+		t.Fatalf("gc: %+v", gc)
+	}
+	a.okJSON(&after, "store", "stats")
+	if before.Blocks == 0 || after.Blocks != 0 || after.Projects[0].Backups != 0 {
+		t.Fatalf("store stats before %+v after %+v", before, after)
+	}
+	var scrub struct {
+		State string `json:"state"`
+		Note  string `json:"note"`
+	}
+	a.okJSON(&scrub, "scrub")
+	if scrub.State != "succeeded" || !strings.Contains(scrub.Note, "0 damaged") {
+		t.Fatalf("scrub: %+v", scrub)
+	}
 }
 
 func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {

@@ -2,7 +2,7 @@ GO ?= go
 BIN := csbs
 PKGS := ./...
 
-.PHONY: build run test test-short bench fuzz vet clean install
+.PHONY: build run test test-short test-crash bench fuzz vet clean install
 
 build:
 	$(GO) build -o $(BIN) ./cmd/csbs
@@ -22,6 +22,12 @@ test: vet
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
+
+# The crash matrix in full: SIGKILL of the real daemon at 20 seeded random
+# points per scenario (backup, restore, hydration with guest writes, GC,
+# retention). `make test` runs it with 5 unless CSBS_CRASH_KILLS says more.
+test-crash:
+	CSBS_CRASH_KILLS=20 $(GO) test -race -count=1 -timeout 30m -run 'Crash|Killed' -v ./cmd/csbs/ ./blockstore/
 
 # Benchmarks against peers (restic, qemu-nbd, ...): installs them, builds a
 # realistic ext4 image under a temp dir, prints one table, writes

@@ -144,6 +144,9 @@ type ingest struct {
 
 func (ig *ingest) run(ctx context.Context) (IngestStats, error) {
 	ig.stats.LogicalBytes = ig.size
+	if err := ig.s.checkSpace(0); err != nil {
+		return IngestStats{}, fmt.Errorf("ingest: %w", err)
+	}
 	nblocks := blocksFor(ig.size, int(ig.bs))
 	perItem := max(1, int(itemBytes/ig.bs))
 	workers := ig.s.opts.Workers
@@ -379,6 +382,11 @@ func (ig *ingest) write(it *ingestItem) error {
 func (ig *ingest) flushSegment() error {
 	if len(ig.seg) == 0 {
 		return nil
+	}
+	// At most one segment of new data (64 MiB at 64 KiB blocks) is written
+	// between two checks; the reserve covers it.
+	if err := ig.s.checkSpace(0); err != nil {
+		return err
 	}
 	allZero := true
 	for i := range ig.seg {

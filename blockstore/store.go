@@ -55,6 +55,9 @@ type Options struct {
 	ReadOnly bool
 	// Logger receives Badger's warnings and errors; default discards.
 	Logger *slog.Logger
+	// MinFree is the free space ingest never eats into (see space.go);
+	// default DefaultMinFree.
+	MinFree int64
 }
 
 func (o Options) withDefaults() Options {
@@ -66,6 +69,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MinFree == 0 {
+		o.MinFree = DefaultMinFree
 	}
 	return o
 }
@@ -144,7 +150,8 @@ func validBlockSize(bs int) error {
 }
 
 // badgerOptions sizes Badger for a ≤256 MiB resident daemon: two 32 MiB
-// memtables, a 32 MiB block cache, 256 MiB value-log files. Blocks and map
+// memtables, a 32 MiB block cache, 128 MiB value-log files (small files
+// keep the free-space reserve of space.go small). Blocks and map
 // segments (KiBs each) go to the value log, keeping the LSM tree small
 // enough that existence checks at ingest stay in memory.
 func badgerOptions(dir string, opts Options) badger.Options {
@@ -152,13 +159,13 @@ func badgerOptions(dir string, opts Options) badger.Options {
 		WithLogger(badgerLogger{opts.Logger}).
 		WithReadOnly(opts.ReadOnly).
 		WithSyncWrites(false).
-		WithMemTableSize(32 << 20).
+		WithMemTableSize(memTableSize).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(3).
 		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(32 << 20).
 		WithIndexCacheSize(16 << 20).
-		WithValueLogFileSize(256 << 20).
+		WithValueLogFileSize(valueLogFileSize).
 		WithValueThreshold(1 << 10).
 		WithNumCompactors(2).
 		WithCompression(options.None).

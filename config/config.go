@@ -45,6 +45,7 @@ type Store struct {
 	BlockSize   Size   `toml:"block_size"`  // only used when the store is created
 	Compression string `toml:"compression"` // s2 | zstd | none
 	CacheSize   Size   `toml:"cache_size"`  // decompressed block cache
+	MinFree     Size   `toml:"min_free"`    // free space backups never eat into
 }
 
 // API configures the daemon's API listeners.
@@ -106,7 +107,7 @@ func Default() Config {
 		Region:            "local-1",
 		AvailabilityZones: []string{"local-1a"},
 		DataDir:           "./var",
-		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", CacheSize: 64 << 20},
+		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", CacheSize: 64 << 20, MinFree: 384 << 20},
 		Scheduler:         Scheduler{MaxConcurrentJobs: 2, Window: Duration(time.Hour)},
 		Restore:           Restore{DefaultRate: 200 << 20},
 		Log:               Log{Level: "info", Format: "text"},
@@ -206,6 +207,9 @@ func (c *Config) Validate() error {
 	case "s2", "zstd", "none":
 	default:
 		return fmt.Errorf("store.compression %q: want s2, zstd or none", c.Store.Compression)
+	}
+	if c.Store.MinFree < 320<<20 {
+		return fmt.Errorf("store.min_free %d: at least 320MiB (Badger's mapped files need it)", c.Store.MinFree)
 	}
 	if c.Store.CacheSize < 1<<20 {
 		return fmt.Errorf("store.cache_size %d: at least 1MiB", c.Store.CacheSize)

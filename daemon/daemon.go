@@ -25,6 +25,7 @@ import (
 	"csbs/catalog"
 	"csbs/config"
 	"csbs/engine"
+	"csbs/restore"
 	"csbs/scheduler"
 )
 
@@ -72,6 +73,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	store, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{
 		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: int64(cfg.Store.CacheSize), Logger: opts.Log,
+		MinFree: int64(cfg.Store.MinFree),
 	})
 	if err != nil {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
@@ -236,8 +238,16 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	if err := d.store.Sync(); err != nil {
 		serveErr = errors.Join(serveErr, err)
 	}
-	if err := d.store.Close(); err != nil {
+	// Badger's Close flushes memtables and retries forever when it cannot
+	// write (a vanished or full file system). Every commit is synced
+	// already, so after a bounded wait the daemon exits without it.
+	closed := make(chan error, 1)
+	go func() { closed <- d.store.Close() }()
+	select {
+	case err := <-closed:
 		serveErr = errors.Join(serveErr, err)
+	case <-time.After(30 * time.Second):
+		serveErr = errors.Join(serveErr, fmt.Errorf("store %s did not close within 30s (cannot write?); exiting anyway: committed backups are synced", d.cfg.StoreDir()))
 	}
 	return serveErr
 }
@@ -291,6 +301,11 @@ func (d *Daemon) recoverRestores() error {
 		}
 		for _, r := range rs {
 			if r.State == catalog.RestoreRunning && !r.Instant {
+				for _, t := range r.Targets {
+					if n, err := restore.CleanPartials(t.Target); err == nil && n > 0 {
+						d.log.Info("removed the partial file of an interrupted restore", "target", t.Target)
+					}
+				}
 				r.State = catalog.RestoreFailed
 				r.Error = "interrupted: the daemon stopped during the restore; start it again"
 				r.Ended = d.clock.Now().UTC()

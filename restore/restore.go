@@ -307,3 +307,19 @@ func verify(ctx context.Context, vol Volume, f *os.File) error {
 }
 
 func isZero(b []byte) bool { return blockstore.IsZeroBlock(b) }
+
+// CleanPartials removes the temporary files a killed restore to target
+// left in the target's directory, and returns how many it removed.
+func CleanPartials(target string) (int, error) {
+	matches, err := filepath.Glob(filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".csbs-partial-*"))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range matches {
+		if err := os.Remove(m); err == nil {
+			n++
+		}
+	}
+	return n, nil
+}

@@ -47,7 +47,11 @@ func startAppliance(t *testing.T, extraConfig string) *appliance {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "csbs.toml")
-	conf := "region = \"cn-test-1\"\navailability_zones = [\"cn-test-1a\", \"cn-test-1b\"]\ndata_dir = \"data\"\n" + extraConfig
+	conf := "region = \"cn-test-1\"\navailability_zones = [\"cn-test-1a\", \"cn-test-1b\"]\n"
+	if !strings.Contains(extraConfig, "data_dir") {
+		conf += "data_dir = \"data\"\n"
+	}
+	conf += extraConfig
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -88,9 +92,12 @@ func (a *appliance) stop() {
 		if err != nil && !a.t.Failed() {
 			a.t.Errorf("daemon exit: %v\n%s", err, a.logs)
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(30 * time.Second):
+		_ = a.cmd.Process.Signal(syscall.SIGQUIT) // goroutine dump into the log
+		time.Sleep(time.Second)
 		_ = a.cmd.Process.Kill()
-		a.t.Errorf("daemon did not stop on SIGTERM")
+		<-done
+		a.t.Errorf("daemon did not stop on SIGTERM; log:\n%s", a.logs)
 	}
 	a.cmd = nil
 }

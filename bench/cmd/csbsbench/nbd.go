@@ -193,4 +193,8 @@ func (b *bench) nbdFigures() {
 	hf := b.fig("nbd", "hydration (instant restore, unlimited)", "MB/s", "cp", true, "≥ 0.7×")
 	hf.ours = append(hf.ours, hyd)
 	hf.peer = append(hf.peer, mbps(b.size, d))
+
+	if os.Geteuid() == 0 {
+		b.fuseFigures(a, dir)
+	}
 }

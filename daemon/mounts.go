@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -22,6 +23,48 @@ import (
 type fuseTree struct {
 	d                       *Daemon
 	project, server, backup string // ids/names; "" = no filter
+
+	// The kernel releases a file handle asynchronously after a loop
+	// device or a reader closes it; the mount's owner closes what is left
+	// once the mount is gone, so that the backup is free at once.
+	mu     sync.Mutex
+	nextID int
+	open   map[int]func()
+}
+
+// track registers a closer and returns one that runs it at most once.
+func (t *fuseTree) track(closeFn func()) func() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open == nil {
+		t.open = map[int]func(){}
+	}
+	id := t.nextID
+	t.nextID++
+	var once sync.Once
+	wrapped := func() {
+		once.Do(func() {
+			t.mu.Lock()
+			delete(t.open, id)
+			t.mu.Unlock()
+			closeFn()
+		})
+	}
+	t.open[id] = wrapped
+	return wrapped
+}
+
+// closeAll closes every handle still open; called after unmount.
+func (t *fuseTree) closeAll() {
+	t.mu.Lock()
+	var fns []func()
+	for _, fn := range t.open {
+		fns = append(fns, fn)
+	}
+	t.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 var _ fusefs.Tree = (*fuseTree)(nil)
@@ -114,7 +157,7 @@ func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Volume, func
 			release()
 			return nil, nil, err
 		}
-		return vol, func() { vol.Close(); release() }, nil
+		return vol, t.track(func() { vol.Close(); release() }), nil
 	}
 	return nil, nil, catalog.ErrNotFound
 }
@@ -128,8 +171,39 @@ type mounts struct {
 }
 
 type mounted struct {
-	rec catalog.MountRecord
-	m   *fusefs.Mount
+	rec  catalog.MountRecord
+	m    *fusefs.Mount
+	tree *fuseTree
+}
+
+// unmount unmounts the FUSE file system, retrying while the kernel still
+// holds a handle that is being released, then frees what is left open.
+func (e *mounted) unmount(wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := e.m.Unmount()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.tree.closeAll()
+	return nil
+}
+
+// detachLoop detaches a loop device and waits until the kernel has let
+// go of its backing file (losetup -d only marks it for autoclear).
+func detachLoop(loop string) {
+	exec.Command("losetup", "-d", loop).Run()
+	backing := filepath.Join("/sys/block", filepath.Base(loop), "loop", "backing_file")
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(backing); err != nil {
+			return
+		}
+	}
 }
 
 type browsed struct {
@@ -189,7 +263,7 @@ func (ms *mounts) mount(rec catalog.MountRecord) error {
 		return fmt.Errorf("mount %s: %w", rec.Path, err)
 	}
 	ms.mu.Lock()
-	ms.m[rec.Path] = &mounted{rec: rec, m: m}
+	ms.m[rec.Path] = &mounted{rec: rec, m: m, tree: tree}
 	ms.mu.Unlock()
 	return nil
 }
@@ -206,7 +280,7 @@ func (ms *mounts) Unmount(project, path string) error {
 	if !ok {
 		return fmt.Errorf("%s is not a csbs mount: %w", path, catalog.ErrNotFound)
 	}
-	if err := e.m.Unmount(); err != nil {
+	if err := e.unmount(0); err != nil {
 		return fmt.Errorf("%w: unmount %s: %v (is a file open there?)", catalog.ErrConflict, path, err)
 	}
 	ms.mu.Lock()
@@ -266,10 +340,12 @@ func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup) error {
 	if err := os.MkdirAll(rec.Internal, 0o700); err != nil {
 		return err
 	}
-	m, err := fusefs.MountTree(rec.Internal, &fuseTree{d: ms.d, project: b.Project, backup: b.ID}, "browse")
+	tree := &fuseTree{d: ms.d, project: b.Project, backup: b.ID}
+	m, err := fusefs.MountTree(rec.Internal, tree, "browse")
 	if err != nil {
 		return fmt.Errorf("mount backup image: %w", err)
 	}
+	inner := &mounted{rec: rec, m: m, tree: tree}
 	var projectName string
 	_ = ms.d.cat.View(func(tx *catalog.Txn) error {
 		p, err := tx.Project(b.Project)
@@ -279,7 +355,7 @@ func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup) error {
 	img := filepath.Join(rec.Internal, projectName, b.ServerName, b.Name, rec.Disk+".img")
 	out, err := exec.Command("losetup", "--find", "--show", "--read-only", "--partscan", img).CombinedOutput()
 	if err != nil {
-		m.Unmount()
+		inner.unmount(5 * time.Second)
 		return fmt.Errorf("loop device for %s: %v: %s", img, err, strings.TrimSpace(string(out)))
 	}
 	loop := strings.TrimSpace(string(out))
@@ -293,7 +369,7 @@ func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup) error {
 			if o, err := exec.Command("mount", "-o", opts, dev, rec.Path).CombinedOutput(); err == nil {
 				ms.mu.Lock()
 				ms.br[rec.Path] = &browsed{rec: rec, loop: loop, fuse: rec.Internal}
-				ms.m["\x00"+rec.Internal] = &mounted{rec: rec, m: m}
+				ms.m["\x00"+rec.Internal] = inner
 				ms.mu.Unlock()
 				return nil
 			} else {
@@ -301,8 +377,8 @@ func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup) error {
 			}
 		}
 	}
-	exec.Command("losetup", "-d", loop).Run()
-	m.Unmount()
+	detachLoop(loop)
+	inner.unmount(5 * time.Second)
 	return fmt.Errorf("%w: no mountable file system found on disk %s of backup %s; tried %s", catalog.ErrInvalid, rec.Disk, b.Name, strings.Join(tried, "; "))
 }
 
@@ -321,14 +397,18 @@ func (ms *mounts) Unbrowse(project, path string) error {
 	if out, err := exec.Command("umount", path).CombinedOutput(); err != nil {
 		return fmt.Errorf("%w: unmount %s: %s", catalog.ErrConflict, path, strings.TrimSpace(string(out)))
 	}
-	exec.Command("losetup", "-d", b.loop).Run()
+	detachLoop(b.loop)
 	ms.mu.Lock()
 	inner := ms.m["\x00"+b.fuse]
 	delete(ms.m, "\x00"+b.fuse)
 	delete(ms.br, path)
 	ms.mu.Unlock()
 	if inner != nil {
-		inner.m.Unmount()
+		if err := inner.unmount(5 * time.Second); err != nil {
+			ms.d.log.Warn("unmount browse image; forcing a lazy unmount", "path", b.fuse, "err", err)
+			syscallUnmountLazy(b.fuse)
+			inner.tree.closeAll()
+		}
 	}
 	os.Remove(b.fuse)
 	return ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
@@ -382,7 +462,7 @@ func (ms *mounts) shutdown() {
 	ms.mu.Unlock()
 	for _, b := range brs {
 		exec.Command("umount", "-l", b.rec.Path).Run()
-		exec.Command("losetup", "-d", b.loop).Run()
+		detachLoop(b.loop)
 	}
 	ms.mu.Lock()
 	all := ms.m
@@ -390,9 +470,10 @@ func (ms *mounts) shutdown() {
 	ms.br = map[string]*browsed{}
 	ms.mu.Unlock()
 	for _, e := range all {
-		if err := e.m.Unmount(); err != nil {
+		if err := e.unmount(time.Second); err != nil {
 			ms.d.log.Warn("unmount at shutdown; forcing a lazy unmount", "path", e.rec.Path, "err", err)
 			syscallUnmountLazy(e.rec.Path)
+			e.tree.closeAll()
 		}
 	}
 }

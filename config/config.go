@@ -61,6 +61,9 @@ type API struct {
 type NBD struct {
 	Socket    string `toml:"socket"`     // default <data_dir>/nbd.sock
 	TCPListen string `toml:"tcp_listen"` // optional, e.g. 127.0.0.1:10809
+	// AllowRemote permits a tcp_listen address other than loopback: NBD
+	// has no authentication here beyond the export names' secret part.
+	AllowRemote bool `toml:"allow_remote"`
 }
 
 // FUSE configures the daemon's own mount of all backups.
@@ -226,8 +229,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.NBD.TCPListen != "" {
-		if _, _, err := net.SplitHostPort(c.NBD.TCPListen); err != nil {
+		host, _, err := net.SplitHostPort(c.NBD.TCPListen)
+		if err != nil {
 			return fmt.Errorf("nbd.tcp_listen %q: %w", c.NBD.TCPListen, err)
+		}
+		if !isLoopback(host) && !c.NBD.AllowRemote {
+			return fmt.Errorf("nbd.tcp_listen %q is not a loopback address: NBD has no TLS here, so anyone on the network who learns an export name can read (and, for an instant restore, write) the disk; set nbd.allow_remote = true to accept that (e.g. on a private storage network)", c.NBD.TCPListen)
 		}
 	}
 	if n := c.Scheduler.MaxConcurrentJobs; n < 1 || n > 64 {
@@ -333,3 +340,12 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText writes the duration in Go syntax.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// isLoopback reports whether host names only this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

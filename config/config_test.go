@@ -67,6 +67,8 @@ func TestStrictErrors(t *testing.T) {
 		{"dup AZ", "availability_zones = [\"a\", \"a\"]\n", `"a" listed twice`},
 		{"bad region", "region = \"a/b\"\n", `region "a/b"`},
 		{"tcp without tls", "[api]\ntcp_listen = \"127.0.0.1:9000\"\n", "needs api.tls_cert"},
+		{"remote nbd", "[nbd]\ntcp_listen = \"0.0.0.0:10809\"\n", "not a loopback address"},
+		{"remote nbd by name", "[nbd]\ntcp_listen = \"backup.example:10809\"\n", "nbd.allow_remote = true"},
 		{"bad window", "[scheduler]\nwindow = \"10s\"\n", "scheduler.window 10s"},
 		{"bad duration", "[scheduler]\nwindow = \"soon\"\n", `duration "soon"`},
 		{"bad jobs", "[scheduler]\nmax_concurrent_jobs = 0\n", "max_concurrent_jobs 0"},
@@ -81,6 +83,25 @@ func TestStrictErrors(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestNBDListenAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		toml string
+		ok   bool
+	}{
+		{"[nbd]\ntcp_listen = \"127.0.0.1:10809\"\n", true},
+		{"[nbd]\ntcp_listen = \"[::1]:10809\"\n", true},
+		{"[nbd]\ntcp_listen = \"localhost:10809\"\n", true},
+		{"[nbd]\ntcp_listen = \":10809\"\n", false},
+		{"[nbd]\ntcp_listen = \"10.0.0.5:10809\"\n", false},
+		{"[nbd]\ntcp_listen = \"10.0.0.5:10809\"\nallow_remote = true\n", true},
+	} {
+		c := Default()
+		if err := Parse([]byte(tc.toml), &c); (err == nil) != tc.ok {
+			t.Errorf("%q: err %v, want ok=%v", tc.toml, err, tc.ok)
+		}
 	}
 }
 

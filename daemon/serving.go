@@ -2,6 +2,10 @@ package daemon
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +31,10 @@ import (
 type serving struct {
 	d   *Daemon
 	srv *nbd.Server
+
+	// nameKey makes export names unguessable when NBD is on TCP (nil:
+	// unix socket only, where the socket's mode is the access control).
+	nameKey []byte
 
 	mu       sync.Mutex
 	exports  map[string]*served
@@ -60,6 +68,46 @@ func newServing(d *Daemon) *serving {
 	s := &serving{d: d, exports: map[string]*served{}, restores: map[string]*instant{}}
 	s.srv = &nbd.Server{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64}
 	return s
+}
+
+// nbdNameKeyFile holds the key that derives export names' secret part.
+const nbdNameKeyFile = "nbd-names.key"
+
+// enableSecretNames is called when NBD listens on TCP, where anyone who
+// reaches the port could otherwise open an export by guessing its name:
+// names get a secret part (stable across restarts, so that clients can
+// reconnect) and NBD_OPT_LIST is refused.
+func (s *serving) enableSecretNames() error {
+	path := filepath.Join(s.d.cfg.DataDir, nbdNameKeyFile)
+	key, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return fmt.Errorf("nbd name key: %w", err)
+		}
+		err = writeFileAtomic(path, key, 0o600)
+	}
+	if err != nil {
+		return fmt.Errorf("nbd name key %s: %w", path, err)
+	}
+	if len(key) < 16 {
+		return fmt.Errorf("nbd name key %s is too short; remove it to make a new one", path)
+	}
+	s.nameKey = key
+	s.srv.AllowList = false
+	return nil
+}
+
+// exportName is the NBD name of (object, disk): "<id>-<disk>", followed
+// by a secret part when NBD is reachable over TCP.
+func (s *serving) exportName(id, disk string) string {
+	name := id + "-" + disk
+	if s.nameKey == nil {
+		return name
+	}
+	mac := hmac.New(sha256.New, s.nameKey)
+	mac.Write([]byte(name))
+	return name + "-" + hex.EncodeToString(mac.Sum(nil)[:12])
 }
 
 // Lookup finds an export for the NBD server.
@@ -146,7 +194,7 @@ func (s *serving) Attach(ctx context.Context, b catalog.Backup, disk string) (ap
 	if err := enhancedOnly(b); err != nil {
 		return api.ExportInfo{}, err
 	}
-	name := b.ID + "-" + disk
+	name := s.exportName(b.ID, disk)
 	s.mu.Lock()
 	if e, ok := s.exports[name]; ok {
 		s.mu.Unlock()
@@ -190,7 +238,7 @@ func (s *serving) attach(b catalog.Backup, disk, name string) error {
 
 // Detach removes an attached export.
 func (s *serving) Detach(ctx context.Context, b catalog.Backup, disk string) error {
-	name := b.ID + "-" + disk
+	name := s.exportName(b.ID, disk)
 	s.mu.Lock()
 	e, ok := s.exports[name]
 	s.mu.Unlock()
@@ -302,7 +350,7 @@ func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog
 		r.Rate = int64(s.d.cfg.Restore.DefaultRate)
 	}
 	for i := range r.Targets {
-		r.Targets[i].Export = r.ID + "-" + r.Targets[i].Disk
+		r.Targets[i].Export = s.exportName(r.ID, r.Targets[i].Disk)
 	}
 	inst, err := s.open(r, b, true)
 	if err != nil {
@@ -539,6 +587,17 @@ func (s *serving) recover() error {
 	}
 	for _, e := range exps {
 		b, err := s.backup(e.Project, e.BackupID)
+		if name := s.exportName(e.BackupID, e.Disk); err == nil && name != e.Name {
+			// nbd.tcp_listen changed: the name's secret part comes or goes.
+			old := e.Name
+			e.Name = name
+			err = s.d.cat.Update(func(tx *catalog.Txn) error {
+				if err := tx.DeleteExportRecord(old); err != nil {
+					return err
+				}
+				return tx.PutExportRecord(e)
+			})
+		}
 		if err == nil {
 			err = s.attach(b, e.Disk, e.Name)
 		}
@@ -582,6 +641,11 @@ func (s *serving) backup(project, id string) (catalog.Backup, error) {
 // listen opens the NBD listeners: the unix socket (0600) and, when
 // configured, TCP.
 func (s *serving) listen() ([]net.Listener, error) {
+	if s.d.cfg.NBD.TCPListen != "" {
+		if err := s.enableSecretNames(); err != nil {
+			return nil, err
+		}
+	}
 	sock := s.d.cfg.NBD.Socket
 	os.Remove(sock)
 	l, err := listenUnixPrivate(sock)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,5 +199,55 @@ func TestInstantRestoreSurvivesKill(t *testing.T) {
 	a.okJSON(&es, "export", "ls")
 	if len(es) != 0 {
 		t.Fatalf("exports after finish: %+v", es)
+	}
+}
+
+// TestNBDOverTCPNeedsTheSecretName serves NBD on loopback TCP: export
+// names then carry a secret part, the bare name opens nothing, listing is
+// refused, and the name stays the same across a restart.
+func TestNBDOverTCPNeedsTheSecretName(t *testing.T) {
+	needTools(t, "nbdinfo")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	a := startAppliance(t, "[nbd]\ntcp_listen = \""+addr+"\"\n")
+	img := testdisk.Sparse(t, a.dir, 4<<20, 77, 0)
+	a.ok("server", "add", "--name", "vm1", "--disk", "vda="+img)
+	var b idName
+	a.okJSON(&b, "backup", "create", "vm1", "--full", "--enable-instant-restore", "--wait")
+	var es []struct {
+		exportJSON
+		TCPURI string `json:"tcp_uri"`
+	}
+	a.okJSON(&es, "backup", "attach", b.Name)
+	bare := b.ID + "-vda"
+	if len(es) != 1 || !strings.HasPrefix(es[0].Name, bare+"-") || len(es[0].Name) < len(bare)+20 || es[0].TCPURI != "nbd://"+addr+"/"+es[0].Name {
+		t.Fatalf("attach over TCP: %+v", es)
+	}
+	size := func(uri string) (string, error) {
+		out, err := exec.Command("nbdinfo", "--size", uri).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	if got, err := size(es[0].TCPURI); err != nil || got != jsonNumber(4<<20) {
+		t.Fatalf("nbdinfo with the secret name: %v %s", err, got)
+	}
+	if got, err := size("nbd://" + addr + "/" + bare); err == nil {
+		t.Fatalf("the bare export name opened the export: %s", got)
+	}
+	if out, err := exec.Command("nbdinfo", "--list", "nbd://"+addr).CombinedOutput(); err == nil && strings.Contains(string(out), bare) {
+		t.Fatalf("nbdinfo --list shows the export over TCP: %s", out)
+	}
+	name := es[0].Name
+	a.stop()
+	a.start()
+	a.okJSON(&es, "export", "ls")
+	if len(es) != 1 || es[0].Name != name {
+		t.Fatalf("export name after restart: %+v, want %s", es, name)
+	}
+	if got, err := size(es[0].TCPURI); err != nil || got != jsonNumber(4<<20) {
+		t.Fatalf("nbdinfo after restart: %v %s", err, got)
 	}
 }

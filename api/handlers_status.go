@@ -2,11 +2,18 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"slices"
 	"time"
+
+	"csbs/catalog"
+	"csbs/scheduler"
 )
 
-// Status is the answer of GET /v1/status.
+// Status is the answer of GET /v1/status: one screen for an operator.
+// Everything is the caller's project's, except Store's disk figures and
+// the last GC and scrub, which only the admin sees.
 type Status struct {
 	Version           string    `json:"version"`
 	Region            string    `json:"region"`
@@ -17,19 +24,148 @@ type Status struct {
 	UptimeSeconds     int64     `json:"uptime_seconds"`
 	JobsQueued        int       `json:"jobs_queued"`
 	JobsRunning       int       `json:"jobs_running"`
-	Store             any       `json:"store,omitempty"`
+
+	Store      StoreStatus           `json:"store"`
+	ActiveJobs []catalog.Job         `json:"active_jobs"`
+	Exports    []ExportInfo          `json:"exports"`
+	Mounts     []catalog.MountRecord `json:"mounts"`
+	NextRuns   []NextRun             `json:"next_runs"`
+	LastGC     *catalog.Job          `json:"last_gc,omitempty"`
+	LastScrub  *catalog.Job          `json:"last_scrub,omitempty"`
+	Warnings   []string              `json:"warnings"`
 }
 
+// StoreStatus is the store part of the status.
+type StoreStatus struct {
+	BlockSize      int   `json:"block_size"`
+	Backups        int   `json:"backups"`         // the project's
+	DamagedBackups int   `json:"damaged_backups"` // the project's, marked by scrub
+	LogicalBytes   int64 `json:"logical_bytes"`   // sum of its backups' disk sizes
+	AddedBytes     int64 `json:"added_bytes"`     // what its backups added to the store
+	// Store-wide, admin only.
+	DiskBytes     int64   `json:"disk_bytes,omitempty"`
+	FreeBytes     int64   `json:"free_bytes,omitempty"`
+	MinFreeBytes  int64   `json:"min_free_bytes,omitempty"`
+	CacheHitRatio float64 `json:"cache_hit_ratio,omitempty"`
+}
+
+// NextRun is the next scheduled run of an enabled policy.
+type NextRun struct {
+	Policy  string    `json:"policy"`
+	Time    time.Time `json:"time"`
+	Servers []string  `json:"servers"`
+}
+
+// failedJobWindow is how far back failed jobs become warnings.
+const failedJobWindow = 24 * time.Hour
+
 func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any, error) {
-	q, r := s.Runner.Active()
+	now := s.Clock.Now()
 	st := Status{
 		Version: s.Version, Region: s.Region, AvailabilityZones: s.AZs,
 		Project: p.project.Name, Admin: p.admin, Started: s.Started.UTC(),
-		UptimeSeconds: int64(s.Clock.Now().Sub(s.Started).Seconds()),
-		JobsQueued:    q, JobsRunning: r,
+		UptimeSeconds: int64(now.Sub(s.Started).Seconds()),
+		ActiveJobs:    []catalog.Job{}, Exports: []ExportInfo{}, Mounts: []catalog.MountRecord{},
+		NextRuns: []NextRun{}, Warnings: []string{},
+	}
+	jobs, err := s.Runner.Jobs(p.project.ID)
+	if err != nil {
+		return nil, err
+	}
+	failed := 0
+	for _, j := range jobs {
+		switch {
+		case j.State == catalog.JobRunning:
+			st.JobsRunning++
+			st.ActiveJobs = append(st.ActiveJobs, j)
+		case j.State == catalog.JobQueued:
+			st.JobsQueued++
+			st.ActiveJobs = append(st.ActiveJobs, j)
+		case j.State == catalog.JobFailed && now.Sub(j.Ended) < failedJobWindow:
+			failed++
+		}
+	}
+	if failed > 0 {
+		st.Warnings = append(st.Warnings, fmt.Sprintf("%d job(s) failed in the last 24 h (csbs job ls)", failed))
+	}
+	if s.Serving != nil {
+		st.Exports = s.Serving.Exports(p.project.ID)
+	}
+	if s.Mounts != nil {
+		st.Mounts = s.Mounts.List(p.project.ID)
+	}
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
+		bs, err := tx.Backups(p.project.ID, catalog.BackupFilter{})
+		if err != nil {
+			return err
+		}
+		var damaged, broken []string
+		for _, b := range bs {
+			st.Store.Backups++
+			if b.Damaged {
+				damaged = append(damaged, b.Name)
+			}
+			if b.Status == catalog.StatusError {
+				broken = append(broken, b.Name)
+			}
+			for _, d := range b.Disks {
+				st.Store.LogicalBytes += d.Size
+				st.Store.AddedBytes += d.NewBytes
+			}
+		}
+		st.Store.DamagedBackups = len(damaged)
+		if len(damaged) > 0 {
+			st.Warnings = append(st.Warnings, fmt.Sprintf("damaged backups (a block failed verification; the next backup of the same data repairs it): %v", damaged))
+		}
+		if len(broken) > 0 {
+			st.Warnings = append(st.Warnings, fmt.Sprintf("backups in error state: %v", broken))
+		}
+		pols, err := tx.Policies(p.project.ID)
+		if err != nil {
+			return err
+		}
+		for _, pol := range pols {
+			if !pol.Enabled {
+				continue
+			}
+			runs, err := scheduler.NextRuns(pol, now, 1)
+			if err != nil || len(runs) == 0 {
+				continue
+			}
+			nr := NextRun{Policy: pol.Name, Time: runs[0], Servers: []string{}}
+			if ss, err := tx.BoundServers(pol); err == nil {
+				for _, sv := range ss {
+					nr.Servers = append(nr.Servers, sv.Name)
+				}
+			}
+			st.NextRuns = append(st.NextRuns, nr)
+		}
+		slices.SortFunc(st.NextRuns, func(a, b NextRun) int { return a.Time.Compare(b.Time) })
+		if !p.admin {
+			return nil
+		}
+		all, err := tx.Jobs("")
+		if err != nil {
+			return err
+		}
+		for _, j := range all { // newest first
+			if !j.Finished() {
+				continue
+			}
+			if j.Kind == catalog.JobGC && st.LastGC == nil {
+				st.LastGC = &j
+			}
+			if j.Kind == catalog.JobScrub && st.LastScrub == nil {
+				st.LastScrub = &j
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if s.Status != nil {
-		s.Status(ctx, &st)
+		s.Status(ctx, p.admin, &st)
 	}
 	return st, nil
 }

@@ -49,7 +49,7 @@ type Server struct {
 	Version   string
 	Started   time.Time
 	// Status fills in the daemon-wide parts of GET /v1/status.
-	Status func(ctx context.Context, st *Status)
+	Status func(ctx context.Context, admin bool, st *Status)
 	// StoreStats answers GET /v1/store/stats.
 	StoreStats func(ctx context.Context, project string, admin bool) (StoreStats, error)
 }

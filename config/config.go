@@ -237,6 +237,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("nbd.tcp_listen %q is not a loopback address: NBD has no TLS here, so anyone on the network who learns an export name can read (and, for an instant restore, write) the disk; set nbd.allow_remote = true to accept that (e.g. on a private storage network)", c.NBD.TCPListen)
 		}
 	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			return fmt.Errorf("metrics.listen %q: %w (want host:port, e.g. 127.0.0.1:9464)", c.Metrics.Listen, err)
+		}
+	}
 	if n := c.Scheduler.MaxConcurrentJobs; n < 1 || n > 64 {
 		return fmt.Errorf("scheduler.max_concurrent_jobs %d: want 1..64", n)
 	}

@@ -69,6 +69,7 @@ func TestStrictErrors(t *testing.T) {
 		{"tcp without tls", "[api]\ntcp_listen = \"127.0.0.1:9000\"\n", "needs api.tls_cert"},
 		{"remote nbd", "[nbd]\ntcp_listen = \"0.0.0.0:10809\"\n", "not a loopback address"},
 		{"remote nbd by name", "[nbd]\ntcp_listen = \"backup.example:10809\"\n", "nbd.allow_remote = true"},
+		{"bad metrics listen", "[metrics]\nlisten = \"9464\"\n", "metrics.listen \"9464\""},
 		{"bad window", "[scheduler]\nwindow = \"10s\"\n", "scheduler.window 10s"},
 		{"bad duration", "[scheduler]\nwindow = \"soon\"\n", `duration "soon"`},
 		{"bad jobs", "[scheduler]\nmax_concurrent_jobs = 0\n", "max_concurrent_jobs 0"},

@@ -25,6 +25,7 @@ import (
 	"csbs/catalog"
 	"csbs/config"
 	"csbs/engine"
+	"csbs/metrics"
 	"csbs/restore"
 	"csbs/scheduler"
 )
@@ -50,6 +51,7 @@ type Daemon struct {
 	api     *api.Server
 	serving *serving
 	mounts  *mounts
+	metrics *metrics.Metrics
 	started time.Time
 }
 
@@ -93,6 +95,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
+	d.metrics = metrics.New(d, opts.Version)
 	d.serving = newServing(d)
 	d.mounts = newMounts(d)
 	d.api = &api.Server{
@@ -186,6 +189,14 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 		d.store.Close()
 		return err
 	}
+	metricsListener, err := d.listenMetrics()
+	if err != nil {
+		for _, l := range append(listeners, nbdListeners...) {
+			l.Close()
+		}
+		d.store.Close()
+		return err
+	}
 	if err := d.serving.recover(); err != nil {
 		d.log.Error("recover exports and instant restores", "err", err)
 	}
@@ -205,6 +216,15 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 			defer wg.Done()
 			if err := d.serving.srv.Serve(runCtx, l); err != nil {
 				d.log.Error("nbd listener", "err", err)
+			}
+		}()
+	}
+	var msrv *http.Server
+	if metricsListener != nil {
+		msrv = d.metricsServer()
+		go func() {
+			if err := msrv.Serve(metricsListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("metrics listener", "err", err)
 			}
 		}()
 	}
@@ -229,6 +249,9 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutCtx)
+	if msrv != nil {
+		_ = msrv.Shutdown(shutCtx)
+	}
 	stop()
 	wg.Wait()
 	d.mounts.shutdown()
@@ -318,19 +341,26 @@ func (d *Daemon) recoverRestores() error {
 	})
 }
 
-// StoreStats is the store part of the status.
-type StoreStats struct {
-	BlockSize  int   `json:"block_size"`
-	DiskBytes  int64 `json:"disk_bytes"`
-	CacheHits  int64 `json:"cache_hits"`
-	CacheMiss  int64 `json:"cache_misses"`
-	CacheBytes int64 `json:"cache_bytes"`
-}
-
-func (d *Daemon) status(_ context.Context, st *api.Status) {
+// status fills in the store-wide parts of the status.
+func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
+	st.Store.BlockSize = d.store.BlockSize()
+	free, err := d.store.FreeBytes()
+	minFree := int64(d.cfg.Store.MinFree)
+	switch {
+	case err != nil:
+		st.Warnings = append(st.Warnings, "cannot read the store's free space: "+err.Error())
+	case free < 2*minFree:
+		st.Warnings = append(st.Warnings, fmt.Sprintf("the store's disk is nearly full: %d MiB free, backups stop at %d MiB; run csbs gc, delete backups or grow the disk", free>>20, minFree>>20))
+	}
+	if !admin {
+		return
+	}
+	st.Store.DiskBytes, _ = d.store.DiskUsage()
+	st.Store.FreeBytes, st.Store.MinFreeBytes = free, minFree
 	cs := d.store.CacheStats()
-	du, _ := d.store.DiskUsage()
-	st.Store = StoreStats{BlockSize: d.store.BlockSize(), DiskBytes: du, CacheHits: int64(cs.Hits), CacheMiss: int64(cs.Misses), CacheBytes: cs.Bytes}
+	if n := cs.Hits + cs.Misses; n > 0 {
+		st.Store.CacheHitRatio = float64(cs.Hits) / float64(n)
+	}
 }
 
 // NewLogger builds the daemon's logger from the config.

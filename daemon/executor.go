@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"csbs/catalog"
 )
@@ -12,6 +13,25 @@ import (
 type executor struct{ d *Daemon }
 
 func (e executor) Execute(ctx context.Context, j catalog.Job, progress func(done, total int64)) (catalog.Job, error) {
+	started := e.d.clock.Now()
+	if !j.Scheduled.IsZero() {
+		e.d.metrics.SchedulerLag.Observe(max(started.Sub(j.Scheduled).Seconds(), 0))
+	}
+	var total atomic.Int64
+	out, err := e.execute(ctx, j, func(done, t int64) { total.Store(t); progress(done, t) })
+	var b *catalog.Backup
+	if j.Kind == catalog.JobBackup && err == nil {
+		_ = e.d.cat.View(func(tx *catalog.Txn) error {
+			x, err := tx.Backup(out.Project, out.BackupID)
+			b = &x
+			return err
+		})
+	}
+	e.d.observeJob(out, err, started, total.Load(), b)
+	return out, err
+}
+
+func (e executor) execute(ctx context.Context, j catalog.Job, progress func(done, total int64)) (catalog.Job, error) {
 	switch j.Kind {
 	case catalog.JobBackup:
 		return e.backup(ctx, j, progress)

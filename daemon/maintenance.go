@@ -17,6 +17,8 @@ func (e executor) gc(ctx context.Context, j catalog.Job) (catalog.Job, error) {
 	if err != nil {
 		return j, err
 	}
+	e.d.metrics.GCFreedBytes.Add(float64(st.FreedBytes))
+	e.d.metrics.GCLastSuccess.Set(float64(e.d.clock.Now().Unix()))
 	b, _ := json.Marshal(st)
 	j.Note = fmt.Sprintf("freed %d blocks (%d bytes stored); disk %d -> %d bytes; %s", st.FreedBlocks, st.FreedBytes, st.DiskBefore, st.DiskAfter, b)
 	return j, nil
@@ -30,6 +32,8 @@ func (e executor) scrub(ctx context.Context, j catalog.Job, progress func(done, 
 	if err != nil {
 		return j, err
 	}
+	e.d.metrics.ScrubDamaged.Set(float64(len(rep.Damaged)))
+	e.d.metrics.ScrubLastSuccess.Set(float64(e.d.clock.Now().Unix()))
 	bad := map[string]bool{}
 	for _, id := range rep.DamagedMaps {
 		bad[id.String()] = true

@@ -157,9 +157,22 @@ func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Volume, func
 			release()
 			return nil, nil, err
 		}
-		return vol, t.track(func() { vol.Close(); release() }), nil
+		return countingVolume{Volume: vol, d: t.d}, t.track(func() { vol.Close(); release() }), nil
 	}
 	return nil, nil, catalog.ErrNotFound
+}
+
+// countingVolume counts FUSE reads for the metrics.
+type countingVolume struct {
+	fusefs.Volume
+	d *Daemon
+}
+
+func (v countingVolume) ReadAt(p []byte, off int64) (int, error) {
+	n, err := v.Volume.ReadAt(p, off)
+	v.d.metrics.FUSEReads.Inc()
+	v.d.metrics.FUSEReadBytes.Add(float64(n))
+	return n, err
 }
 
 // mounts keeps the daemon's FUSE mounts and browse (loop) mounts.

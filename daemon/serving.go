@@ -410,7 +410,9 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 			return fail(err)
 		}
 		inst.devs = append(inst.devs, dev)
-		inst.hyds = append(inst.hyds, hydrate.NewHydrator(dev, r.Rate))
+		h := hydrate.NewHydrator(dev, r.Rate)
+		h.OnCopied = func(n int64) { s.d.metrics.HydrationBytes.Add(float64(n)) }
+		inst.hyds = append(inst.hyds, h)
 		s.add(&served{
 			exp:     &nbd.Export{Name: t.Export, Description: fmt.Sprintf("instant restore %s of %s %s", r.ID, b.Name, t.Disk), Device: dev, PreferredBlock: uint32(bs)},
 			info:    api.ExportInfo{Name: t.Export, Kind: "instant", BackupID: b.ID, BackupName: b.Name, Disk: t.Disk, RestoreID: r.ID, Size: d.Size},

@@ -21,6 +21,10 @@ type Hydrator struct {
 	resume  chan struct{}
 	copied  atomic.Int64 // bytes copied by the hydrator
 	started time.Time
+
+	// OnCopied, when set before Run, is told about every copied extent
+	// (metrics).
+	OnCopied func(n int64)
 }
 
 // syncEvery is how many hydrated blocks share one fdatasync of the target
@@ -164,6 +168,9 @@ func (h *Hydrator) Run(ctx context.Context) error {
 		batch = append(batch, i)
 		if wrote > 0 {
 			h.copied.Add(wrote)
+			if h.OnCopied != nil {
+				h.OnCopied(wrote)
+			}
 			if err := h.limiter.WaitN(ctx, int(min(wrote, int64(h.limiter.Burst())))); err != nil {
 				return firstErr(flush(), err)
 			}

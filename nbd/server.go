@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -85,6 +86,9 @@ type Server struct {
 	AllowList bool
 	// MaxConnsPerExport bounds concurrent connections to one export.
 	MaxConnsPerExport int
+
+	reads, readBytes, readErrors atomic.Int64
+	writtenBytes, writeErrors    atomic.Int64
 
 	mu    sync.Mutex
 	conns map[net.Conn]string // open connections and their export
@@ -164,6 +168,20 @@ func (s *Server) Disconnect(export string) {
 		if e == export {
 			c.Close()
 		}
+	}
+}
+
+// Stats are the server's counters since it was made.
+type Stats struct {
+	Reads, ReadBytes, ReadErrors int64
+	WrittenBytes, WriteErrors    int64
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Reads: s.reads.Load(), ReadBytes: s.readBytes.Load(), ReadErrors: s.readErrors.Load(),
+		WrittenBytes: s.writtenBytes.Load(), WriteErrors: s.writeErrors.Load(),
 	}
 }
 
@@ -529,9 +547,12 @@ func (s *Server) execute(exp *Export, st session, r request) (uint32, []byte, st
 		}
 		buf := make([]byte, r.length)
 		n, err := exp.Device.ReadAt(buf, int64(r.off))
+		s.reads.Add(1)
 		if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+			s.readErrors.Add(1)
 			return s.errno(exp, "read", r, err)
 		}
+		s.readBytes.Add(int64(len(buf)))
 		return 0, buf, ""
 	case cmdWrite, cmdWriteZeroes, cmdTrim:
 		w, writable := exp.Device.(WritableDevice)
@@ -556,7 +577,11 @@ func (s *Server) execute(exp *Export, st session, r request) (uint32, []byte, st
 			err = w.Flush()
 		}
 		if err != nil {
+			s.writeErrors.Add(1)
 			return s.errno(exp, "write", r, err)
+		}
+		if r.typ == cmdWrite {
+			s.writtenBytes.Add(int64(len(r.data)))
 		}
 		return 0, nil, ""
 	case cmdFlush:

@@ -1,0 +1,112 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"csbs/catalog"
+	"csbs/metrics"
+)
+
+var _ metrics.Source = (*Daemon)(nil)
+
+// MetricsSnapshot reads the figures that live in the catalog, the store
+// and the NBD server.
+func (d *Daemon) MetricsSnapshot(ctx context.Context) metrics.Snapshot {
+	s := metrics.Snapshot{Jobs: map[[2]string]int{}, Backups: map[string]int{}}
+	err := d.cat.View(func(tx *catalog.Txn) error {
+		js, err := tx.Jobs("")
+		if err != nil {
+			return err
+		}
+		for _, j := range js {
+			s.Jobs[[2]string{j.Kind, j.State}]++
+		}
+		bs, err := tx.AllBackups()
+		if err != nil {
+			return err
+		}
+		for _, b := range bs {
+			s.Backups[b.Status]++
+			if b.Damaged {
+				s.DamagedBackups++
+			}
+			for _, disk := range b.Disks {
+				s.StoreLogicalBytes += disk.Size
+				s.StoreDataBytes += disk.Blocks * int64(d.store.BlockSize())
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		d.log.Warn("metrics: read the catalog", "err", err)
+	}
+	s.StoreDiskBytes, _ = d.store.DiskUsage()
+	s.StoreFreeBytes, _ = d.store.FreeBytes()
+	cs := d.store.CacheStats()
+	s.CacheHits, s.CacheMisses = int64(cs.Hits), int64(cs.Misses)
+	for _, n := range d.serving.srv.Connections() {
+		s.NBDConnections += n
+	}
+	ns := d.serving.srv.Stats()
+	s.NBDReadBytes, s.NBDWrittenBytes, s.NBDReadRequests = ns.ReadBytes, ns.WrittenBytes, ns.Reads
+	s.NBDReadErrors, s.NBDWriteErrors = ns.ReadErrors, ns.WriteErrors
+	return s
+}
+
+// observeJob records a finished job in the metrics.
+func (d *Daemon) observeJob(j catalog.Job, err error, started time.Time, total int64, b *catalog.Backup) {
+	state := catalog.JobSucceeded
+	switch {
+	case errors.Is(err, context.Canceled):
+		state = catalog.JobCanceled
+	case err != nil:
+		state = catalog.JobFailed
+	}
+	d.metrics.JobsFinished.WithLabelValues(j.Kind, state).Inc()
+	if err != nil {
+		return
+	}
+	took := d.clock.Now().Sub(started).Seconds()
+	switch j.Kind {
+	case catalog.JobBackup:
+		if b == nil {
+			return
+		}
+		var read, stored int64
+		for _, disk := range b.Disks {
+			read += disk.Blocks * int64(d.store.BlockSize())
+			stored += disk.NewBytes
+		}
+		d.metrics.BackupReadBytes.Add(float64(read))
+		d.metrics.BackupStoredBytes.Add(float64(stored))
+		d.metrics.BackupDuration.WithLabelValues(b.Trigger).Observe(took)
+	case catalog.JobRestore:
+		d.metrics.RestoreBytes.Add(float64(total))
+		d.metrics.RestoreDuration.Observe(took)
+	}
+}
+
+// listenMetrics opens the Prometheus listener when configured.
+func (d *Daemon) listenMetrics() (net.Listener, error) {
+	addr := d.cfg.Metrics.Listen
+	if addr == "" {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen on %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// metricsServer serves /metrics (and nothing else).
+func (d *Daemon) metricsServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metrics.Handler())
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}

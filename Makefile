@@ -1,15 +1,17 @@
 GO ?= go
-BIN := csbs
+BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench fuzz vet clean install
+.PHONY: build run test test-short test-crash bench fuzz vet clean install install-files
+
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 build:
-	$(GO) build -o $(BIN) ./cmd/csbs
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/csbs
 
 # Runs the appliance on its embedded default configuration (data in ./var).
 run: build
-	./$(BIN) serve
+	$(BIN) serve
 
 vet:
 	$(GO) vet $(PKGS)
@@ -45,6 +47,29 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBitmap$$' -fuzztime $(FUZZTIME) ./hydrate/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./api/
 	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./nbd/
+
+# Installs the binary, the systemd unit, shell completions, the README and
+# (unless one exists) /etc/csbs/csbs.toml with data in /var/lib/csbs.
+# DESTDIR stages the tree for packaging.
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: build install-files
+
+install-files:
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/csbs
+	install -D -m 0644 contrib/csbs.service $(DESTDIR)/etc/systemd/system/csbs.service
+	sed -i 's|/usr/local/|$(PREFIX)/|g' $(DESTDIR)/etc/systemd/system/csbs.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/csbs/README.md
+	install -D -m 0644 config.example.toml $(DESTDIR)$(PREFIX)/share/doc/csbs/config.example.toml
+	mkdir -p $(DESTDIR)/usr/share/bash-completion/completions $(DESTDIR)/usr/share/zsh/vendor-completions
+	$(BIN) completion bash > $(DESTDIR)/usr/share/bash-completion/completions/csbs
+	$(BIN) completion zsh > $(DESTDIR)/usr/share/zsh/vendor-completions/_csbs
+	install -d -m 0700 $(DESTDIR)/var/lib/csbs
+	@if [ -e $(DESTDIR)/etc/csbs/csbs.toml ]; then echo "keeping $(DESTDIR)/etc/csbs/csbs.toml"; else \
+		install -d -m 0755 $(DESTDIR)/etc/csbs && \
+		sed 's|^data_dir = .*|data_dir = "/var/lib/csbs"|' config.example.toml > $(DESTDIR)/etc/csbs/csbs.toml && \
+		chmod 0644 $(DESTDIR)/etc/csbs/csbs.toml && echo "wrote $(DESTDIR)/etc/csbs/csbs.toml"; fi
+	@echo "now: systemctl daemon-reload && systemctl enable --now csbs"
 
 clean:
 	rm -f $(BIN)

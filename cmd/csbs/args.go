@@ -11,8 +11,8 @@ import (
 // --full --wait` parse: urfave/cli v2, like Go's flag package, stops at
 // the first positional argument. A "--" ends flag parsing as usual.
 func interspersed(app *cli.App, args []string) []string {
-	if len(args) < 2 {
-		return args
+	if len(args) < 2 || args[len(args)-1] == "--generate-bash-completion" {
+		return args // shell completion: urfave/cli reads the line as typed
 	}
 	out := []string{args[0]}
 	rest := args[1:]

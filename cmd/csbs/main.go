@@ -75,6 +75,7 @@ func newApp() *cli.App {
 			storeCommand(),
 			statusCommand(),
 			versionCommand(),
+			completionCommand(),
 		},
 	}
 }

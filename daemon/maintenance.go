@@ -2,9 +2,10 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/dustin/go-humanize"
 
 	"csbs/api"
 	"csbs/blockstore"
@@ -19,8 +20,9 @@ func (e executor) gc(ctx context.Context, j catalog.Job) (catalog.Job, error) {
 	}
 	e.d.metrics.GCFreedBytes.Add(float64(st.FreedBytes))
 	e.d.metrics.GCLastSuccess.Set(float64(e.d.clock.Now().Unix()))
-	b, _ := json.Marshal(st)
-	j.Note = fmt.Sprintf("freed %d blocks (%d bytes stored); disk %d -> %d bytes; %s", st.FreedBlocks, st.FreedBytes, st.DiskBefore, st.DiskAfter, b)
+	j.Note = fmt.Sprintf("freed %d of %d blocks (%s stored); disk %s -> %s; %d kept for backups in progress, %d orphan segments deleted, %d value-log files rewritten; took %s",
+		st.FreedBlocks, st.Candidates, humanize.IBytes(uint64(st.FreedBytes)), humanize.IBytes(uint64(max(st.DiskBefore, 0))), humanize.IBytes(uint64(max(st.DiskAfter, 0))),
+		st.KeptInFlight, st.OrphanSegments, st.VlogRewrites, st.Duration.Round(time.Millisecond))
 	return j, nil
 }
 

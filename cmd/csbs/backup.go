@@ -139,9 +139,9 @@ func backupCommand() *cli.Command {
 			{
 				Name:      "attach",
 				Usage:     "export an Enhanced backup's disks read-only over NBD",
-				UsageText: "csbs backup attach golden --disk vda\n   nbdinfo \"$(csbs export ls --json | jq -r '.[0].uri')\"",
+				UsageText: "csbs backup attach golden --disk vda\n   nbdinfo \"$(csbs backup attach golden --disk vda --quiet)\"",
 				ArgsUsage: "BACKUP",
-				Flags:     []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every disk)"}, jsonFlag},
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every disk)"}, quietFlag("print only the NBD URIs, one per line"), jsonFlag},
 				Action: func(c *cli.Context) error {
 					if err := needArgs(c, 1, "BACKUP"); err != nil {
 						return err
@@ -153,6 +153,12 @@ func backupCommand() *cli.Command {
 					var es []api.ExportInfo
 					if err := cl.Do(c.Context, "POST", "/v1/backups/"+c.Args().First()+"/attach", nil, api.AttachRequest{Disk: c.String("disk")}, &es); err != nil {
 						return err
+					}
+					if c.Bool("quiet") {
+						for _, e := range es {
+							fmt.Fprintln(c.App.Writer, e.URI)
+						}
+						return nil
 					}
 					return show(c, es, func(w io.Writer) error { return printExports(w, es) })
 				},

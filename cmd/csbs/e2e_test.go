@@ -320,7 +320,7 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{`weekday "someday"`, []string{"policy", "create", "--name", "p2", "--time", "02:00", "--weekdays", "mon,someday"}},
 		{"max_backups 100000", []string{"policy", "update", "daily", "--max-backups", "100000"}},
 		{"no such file", []string{"server", "add", "--name", "web2", "--disk", "vda=/no/such/disk.img"}},
-		{"absolute path", []string{"server", "add", "--name", "web2", "--disk", "vda=disk.img"}},
+		{"no such file", []string{"server", "add", "--name", "web2", "--disk", "vda=relative-missing.img"}},
 		{`availability zone "cn-test-9z"`, []string{"server", "add", "--name", "web2", "--az", "cn-test-9z", "--disk", "vda=" + img}},
 		{`disk name "VDA"`, []string{"server", "add", "--name", "web2", "--disk", "VDA=" + img}},
 		{`server name "../evil"`, []string{"server", "add", "--name", "../evil", "--disk", "vda=" + img}},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,6 +21,11 @@ import (
 )
 
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+
+// quietFlag prints only what a script needs from a command.
+func quietFlag(usage string) cli.Flag {
+	return &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: usage}
+}
 
 // printJSON writes v as indented JSON.
 func printJSON(w io.Writer, v any) error {
@@ -89,6 +95,18 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// absLocal makes a local path absolute, since the daemon runs in another
+// directory; URIs (nbd://...) pass unchanged.
+func absLocal(p string) string {
+	if strings.Contains(p, "://") {
+		return p
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }
 
 func isTerminal(w io.Writer) bool {

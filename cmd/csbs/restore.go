@@ -24,11 +24,12 @@ func restoreCommand() *cli.Command {
 				UsageText: `csbs restore start manualbk_1a2b --disk vda=/restore/web1-vda.img --wait`,
 				ArgsUsage: "BACKUP",
 				Flags: []cli.Flag{
-					&cli.StringSliceFlag{Name: "disk", Usage: "`DISK=TARGET` (repeat; absolute paths)", Required: true},
+					&cli.StringSliceFlag{Name: "disk", Usage: "`DISK=TARGET` (repeat; a relative path is taken from the current directory)", Required: true},
 					&cli.BoolFlag{Name: "force", Usage: "overwrite a target that holds data"},
 					&cli.BoolFlag{Name: "instant", Usage: "instant restore: export now, hydrate in the background"},
 					&cli.StringFlag{Name: "rate", Usage: "hydration `RATE` limit, e.g. 200MiB/s; 0 = unlimited (default: restore.default_rate)"},
-					&cli.BoolFlag{Name: "wait", Usage: "wait for the restore and show progress"},
+					&cli.BoolFlag{Name: "wait", Usage: "wait for the restore and show progress (normal restores)"},
+					quietFlag("print only the restore id"),
 					jsonFlag,
 				},
 				Action: func(c *cli.Context) error {
@@ -51,7 +52,7 @@ func restoreCommand() *cli.Command {
 						if !ok || disk == "" || target == "" {
 							return cli.Exit(fmt.Sprintf("--disk %q: want DISK=TARGET, e.g. vda=/restore/vda.img", d), 2)
 						}
-						req.Targets = append(req.Targets, catalog.RestoreTarget{Disk: disk, Target: target})
+						req.Targets = append(req.Targets, catalog.RestoreTarget{Disk: disk, Target: absLocal(target)})
 					}
 					cl, err := client(c)
 					if err != nil {
@@ -68,6 +69,10 @@ func restoreCommand() *cli.Command {
 						if err := cl.Do(c.Context, "GET", "/v1/restores/"+r.ID, nil, nil, &r); err != nil {
 							return err
 						}
+					}
+					if c.Bool("quiet") {
+						_, err := fmt.Fprintln(c.App.Writer, r.ID)
+						return err
 					}
 					return show(c, r, func(w io.Writer) error { return printRestore(w, r) })
 				},
@@ -118,8 +123,12 @@ func restoreCommand() *cli.Command {
 }
 
 func restoreAction(action, usage string) *cli.Command {
+	flags := []cli.Flag{jsonFlag}
+	if action == "finish" {
+		flags = append(flags, &cli.BoolFlag{Name: "wait", Usage: "wait until hydration is complete, then finish"})
+	}
 	return &cli.Command{
-		Name: action, Usage: usage, ArgsUsage: "RESTORE", Flags: []cli.Flag{jsonFlag},
+		Name: action, Usage: usage, ArgsUsage: "RESTORE", Flags: flags,
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 1, "RESTORE"); err != nil {
 				return err
@@ -128,12 +137,45 @@ func restoreAction(action, usage string) *cli.Command {
 			if err != nil {
 				return err
 			}
+			if c.Bool("wait") {
+				if err := waitHydrated(c, cl, c.Args().First()); err != nil {
+					return err
+				}
+			}
 			var r catalog.Restore
 			if err := cl.Do(c.Context, "POST", "/v1/restores/"+c.Args().First()+"/"+action, nil, nil, &r); err != nil {
 				return err
 			}
 			return show(c, r, func(w io.Writer) error { return printRestore(w, r) })
 		},
+	}
+}
+
+// waitHydrated polls an instant restore until hydration is complete,
+// showing progress on stderr.
+func waitHydrated(c *cli.Context, cl *api.Client, id string) error {
+	last := time.Time{}
+	for {
+		var r catalog.Restore
+		if err := cl.Do(c.Context, "GET", "/v1/restores/"+id, nil, nil, &r); err != nil {
+			return err
+		}
+		switch r.State {
+		case catalog.RestoreComplete:
+			return nil
+		case catalog.RestoreRunning, catalog.RestorePaused:
+		default:
+			return fmt.Errorf("restore %s is %s: %s", r.ID, r.State, r.Error)
+		}
+		if time.Since(last) > 2*time.Second {
+			fmt.Fprintf(c.App.ErrWriter, "restore %s: %s, hydrated %s of %s (%s)\n", r.ID, r.State, bytesH(r.Done), bytesH(r.Total), pct(r.Done, r.Total))
+			last = time.Now()
+		}
+		select {
+		case <-c.Context.Done():
+			return fmt.Errorf("stopped waiting (hydration goes on): %w", c.Context.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
 

@@ -37,7 +37,7 @@ func serverCommand() *cli.Command {
 						if !ok || name == "" || src == "" {
 							return cli.Exit(fmt.Sprintf("--disk %q: want NAME=SOURCE, e.g. vda=/images/web1.img", d), 2)
 						}
-						req.Disks = append(req.Disks, catalog.Disk{Name: name, Source: src})
+						req.Disks = append(req.Disks, catalog.Disk{Name: name, Source: absLocal(src)})
 					}
 					cl, err := client(c)
 					if err != nil {

@@ -19,6 +19,7 @@ func tokenCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for the token", Value: "token"},
 					&cli.BoolFlag{Name: "admin", Usage: "create an admin token"},
+					quietFlag("print only the secret"),
 					jsonFlag,
 				},
 				Action: func(c *cli.Context) error {
@@ -28,6 +29,10 @@ func tokenCommand() *cli.Command {
 					}
 					var t api.TokenView
 					if err := cl.Do(c.Context, "POST", "/v1/tokens", nil, api.CreateTokenRequest{Name: c.String("name"), Admin: c.Bool("admin")}, &t); err != nil {
+						return err
+					}
+					if c.Bool("quiet") {
+						_, err := fmt.Fprintln(c.App.Writer, t.Secret)
 						return err
 					}
 					return show(c, t, func(w io.Writer) error {

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 )
 
 func TestInterspersedArgs(t *testing.T) {
@@ -24,4 +26,25 @@ func TestInterspersedArgs(t *testing.T) {
 			t.Errorf("%q:\n got  %q\n want %q", tc.in, got, tc.want)
 		}
 	}
+}
+
+// TestEveryCommandHasAnExample keeps --help useful: every command that
+// runs something shows at least one example invocation.
+func TestEveryCommandHasAnExample(t *testing.T) {
+	var walk func(prefix string, cs []*cli.Command)
+	walk = func(prefix string, cs []*cli.Command) {
+		for _, c := range cs {
+			if c.Name == "help" {
+				continue
+			}
+			if len(c.Subcommands) > 0 {
+				walk(prefix+" "+c.Name, c.Subcommands)
+				continue
+			}
+			if !strings.Contains(c.UsageText, "csbs ") {
+				t.Errorf("%s %s: no example in --help", prefix, c.Name)
+			}
+		}
+	}
+	walk("csbs", newApp().Commands)
 }

@@ -43,7 +43,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "csbs",
 		Usage:                "Cloud Server Backup Service appliance",
 		Version:              version,
@@ -78,6 +78,8 @@ func newApp() *cli.App {
 			completionCommand(),
 		},
 	}
+	addExamples(app.Commands, "")
+	return app
 }
 
 // loadConfig returns the config named by --config, or the defaults with

@@ -62,8 +62,8 @@ func addExamples(cmds []*cli.Command, prefix string) {
 	walk = func(cmds []*cli.Command, prefix string) {
 		for _, c := range cmds {
 			path := strings.TrimSpace(prefix + " " + c.Name)
-			if c.UsageText == "" {
-				c.UsageText = ex[path]
+			if c.UsageText == "" && ex[path] != "" {
+				c.UsageText = strings.TrimSpace("csbs "+path+" [options] "+c.ArgsUsage) + "\n\n   example:\n   " + ex[path]
 			}
 			walk(c.Subcommands, path)
 		}

@@ -38,15 +38,18 @@ bench: build
 	bash bench/run.sh
 
 # Fuzz every target for FUZZTIME each (the regular test run replays the
-# seed corpora).
+# seeds in the code and the corpora in */testdata/fuzz). Minimizing a new
+# input is capped at FUZZMINIMIZE: Go's default of 60 s spent whole runs
+# shrinking the 5 KiB example config instead of fuzzing.
 FUZZTIME ?= 60s
+FUZZMINIMIZE ?= 5s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config/
-	$(GO) test -run '^$$' -fuzz '^FuzzNames$$' -fuzztime $(FUZZTIME) ./catalog/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSegment$$' -fuzztime $(FUZZTIME) ./blockstore/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBitmap$$' -fuzztime $(FUZZTIME) ./hydrate/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./api/
-	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./nbd/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./config/
+	$(GO) test -run '^$$' -fuzz '^FuzzNames$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./catalog/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSegment$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./blockstore/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBitmap$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./hydrate/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./api/
+	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./nbd/
 
 # Installs the binary, the systemd unit, shell completions, the README and
 # (unless one exists) /etc/csbs/csbs.toml with data in /var/lib/csbs.

@@ -7,6 +7,7 @@ package config
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -82,10 +83,76 @@ type Restore struct {
 	DefaultRate Rate `toml:"default_rate"` // hydration rate limit; 0 = unlimited
 }
 
-// Periodic is a maintenance job's schedule: an interval such as "24h",
-// or empty for never.
+// Periodic is a maintenance job's schedule: daily at a wall-clock time
+// ("03:00" in Timezone), or an interval from the daemon's start ("24h"),
+// or neither for by hand only. A wall time survives daemon restarts; an
+// interval restarts with the daemon.
 type Periodic struct {
-	Every Duration `toml:"every"`
+	Every    Duration `toml:"every"`
+	Schedule string   `toml:"schedule"` // daily "HH:MM"
+	Timezone string   `toml:"timezone"` // IANA name for Schedule; default UTC
+}
+
+// Next returns when the job runs next after now, and false when it never
+// runs on its own. A wall time that does not exist on a day (skipped by a
+// DST change) runs at the same offset after the skip, as time.Date
+// normalizes it; one that occurs twice (DST end) runs once, at the
+// second occurrence. The returned time is always after now. Periodic must
+// have passed Validate.
+func (p Periodic) Next(now time.Time) (time.Time, bool) {
+	if p.Every > 0 {
+		return now.Add(time.Duration(p.Every)), true
+	}
+	if p.Schedule == "" {
+		return time.Time{}, false
+	}
+	hour, minute, err := parseClock(p.Schedule)
+	if err != nil {
+		return time.Time{}, false
+	}
+	loc, err := time.LoadLocation(cmp.Or(p.Timezone, "UTC"))
+	if err != nil {
+		return time.Time{}, false
+	}
+	local := now.In(loc)
+	for day := 0; ; day++ {
+		t := time.Date(local.Year(), local.Month(), local.Day()+day, hour, minute, 0, 0, loc)
+		if t.After(now) {
+			return t, true
+		}
+	}
+}
+
+// parseClock reads "HH:MM" (24-hour).
+func parseClock(s string) (hour, minute int, err error) {
+	t, err := time.Parse("15:04", s)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%q is not a wall time HH:MM (24-hour)", s)
+	}
+	return t.Hour(), t.Minute(), nil
+}
+
+func (p Periodic) validate(name string) error {
+	if d := time.Duration(p.Every); d != 0 && d < time.Minute {
+		return fmt.Errorf("%s.every %s: at least 1m (or empty for never)", name, d)
+	}
+	if p.Every != 0 && p.Schedule != "" {
+		return fmt.Errorf("%s: every and schedule both set; choose one", name)
+	}
+	if p.Schedule != "" {
+		if _, _, err := parseClock(p.Schedule); err != nil {
+			return fmt.Errorf("%s.schedule: %w", name, err)
+		}
+	}
+	if p.Timezone != "" {
+		if p.Schedule == "" {
+			return fmt.Errorf("%s.timezone is only used with %s.schedule", name, name)
+		}
+		if _, err := time.LoadLocation(p.Timezone); err != nil {
+			return fmt.Errorf("%s.timezone %q: unknown time zone", name, p.Timezone)
+		}
+	}
+	return nil
 }
 
 // Metrics configures the Prometheus listener.
@@ -251,10 +318,11 @@ func (c *Config) Validate() error {
 	if c.Restore.DefaultRate < 0 {
 		return fmt.Errorf("restore.default_rate must not be negative")
 	}
-	for name, p := range map[string]Periodic{"gc.every": c.GC, "scrub.every": c.Scrub} {
-		if d := time.Duration(p.Every); d != 0 && d < time.Minute {
-			return fmt.Errorf("%s %s: at least 1m (or empty for never)", name, d)
-		}
+	if err := c.GC.validate("gc"); err != nil {
+		return err
+	}
+	if err := c.Scrub.validate("scrub"); err != nil {
+		return err
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

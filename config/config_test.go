@@ -75,6 +75,12 @@ func TestStrictErrors(t *testing.T) {
 		{"bad jobs", "[scheduler]\nmax_concurrent_jobs = 0\n", "max_concurrent_jobs 0"},
 		{"bad level", "[log]\nlevel = \"loud\"\n", `log.level "loud"`},
 		{"relative allowed dir", "[sources]\nallowed_dirs = [\"images\"]\n", "not an absolute path"},
+		{"gc every too short", "[gc]\nevery = \"10s\"\n", "gc.every 10s: at least 1m"},
+		{"gc schedule not a time", "[gc]\nschedule = \"3am\"\n", `gc.schedule: "3am" is not a wall time HH:MM`},
+		{"gc schedule out of range", "[gc]\nschedule = \"24:30\"\n", `gc.schedule: "24:30"`},
+		{"gc both", "[gc]\nschedule = \"03:00\"\nevery = \"24h\"\n", "gc: every and schedule both set"},
+		{"scrub bad zone", "[scrub]\nschedule = \"03:00\"\ntimezone = \"Mars/Olympus\"\n", `scrub.timezone "Mars/Olympus": unknown time zone`},
+		{"zone without schedule", "[scrub]\ntimezone = \"UTC\"\n", "scrub.timezone is only used with scrub.schedule"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -127,5 +133,52 @@ func TestLoadDefaultsAndPaths(t *testing.T) {
 	}
 	if _, err := Load("/no/such/file.toml"); err == nil || !strings.Contains(err.Error(), "/no/such/file.toml") {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func TestPeriodicNext(t *testing.T) {
+	utc := func(s string) time.Time {
+		v, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	cases := []struct {
+		name string
+		p    Periodic
+		now  string
+		want string // RFC 3339; empty: never
+	}{
+		{"off", Periodic{}, "2026-11-25T10:00:00Z", ""},
+		{"interval", Periodic{Every: Duration(6 * time.Hour)}, "2026-11-25T10:00:00Z", "2026-11-25T16:00:00Z"},
+		{"later today", Periodic{Schedule: "03:00"}, "2026-11-25T01:00:00Z", "2026-11-25T03:00:00Z"},
+		{"passed today", Periodic{Schedule: "03:00"}, "2026-11-25T04:00:00Z", "2026-11-26T03:00:00Z"},
+		{"exactly now runs tomorrow", Periodic{Schedule: "03:00"}, "2026-11-25T03:00:00Z", "2026-11-26T03:00:00Z"},
+		{"month end", Periodic{Schedule: "00:30"}, "2026-11-30T23:00:00Z", "2026-12-01T00:30:00Z"},
+		{"time zone", Periodic{Schedule: "03:00", Timezone: "Asia/Shanghai"}, "2026-11-25T10:00:00Z", "2026-11-25T19:00:00Z"},
+		// Europe/Berlin skips 02:00-03:00 on 2026-03-29: 02:30 becomes 03:30 CEST.
+		{"DST skip", Periodic{Schedule: "02:30", Timezone: "Europe/Berlin"}, "2026-03-28T23:00:00Z", "2026-03-29T01:30:00Z"},
+		// 2026-10-25 repeats 02:00-03:00 in Berlin: it runs once, at the
+		// second 02:30 (CET), and next on the following day.
+		{"DST repeat", Periodic{Schedule: "02:30", Timezone: "Europe/Berlin"}, "2026-10-24T23:00:00Z", "2026-10-25T01:30:00Z"},
+		{"day after DST repeat", Periodic{Schedule: "02:30", Timezone: "Europe/Berlin"}, "2026-10-25T01:30:00Z", "2026-10-26T01:30:00Z"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.p.validate("gc"); err != nil {
+				t.Fatalf("validate: %v", err)
+			}
+			got, ok := tc.p.Next(utc(tc.now))
+			if tc.want == "" {
+				if ok {
+					t.Fatalf("Next = %s, want never", got)
+				}
+				return
+			}
+			if !ok || !got.Equal(utc(tc.want)) {
+				t.Fatalf("Next(%s) = %s %v, want %s", tc.now, got.UTC().Format(time.RFC3339), ok, tc.want)
+			}
+		})
 	}
 }

@@ -208,8 +208,8 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
 	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
 	wg.Add(2)
-	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobGC, time.Duration(d.cfg.GC.Every)) }()
-	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobScrub, time.Duration(d.cfg.Scrub.Every)) }()
+	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobGC, d.cfg.GC) }()
+	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobScrub, d.cfg.Scrub) }()
 	for _, l := range nbdListeners {
 		wg.Add(1)
 		go func() {

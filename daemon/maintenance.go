@@ -10,6 +10,7 @@ import (
 	"csbs/api"
 	"csbs/blockstore"
 	"csbs/catalog"
+	"csbs/config"
 )
 
 // gc runs garbage collection as a job.
@@ -120,19 +121,37 @@ func (d *Daemon) storeStats(ctx context.Context, project string, admin bool) (ap
 	return out, err
 }
 
-// periodic submits gc or scrub jobs every interval until ctx ends.
-func (d *Daemon) periodic(ctx context.Context, kind string, every time.Duration) {
-	if every <= 0 {
-		return
-	}
+// periodic submits gc or scrub jobs on the configured schedule until ctx
+// ends.
+func (d *Daemon) periodic(ctx context.Context, kind string, p config.Periodic) {
 	for {
+		next, ok := p.Next(d.clock.Now())
+		if !ok {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.clock.After(every):
+		case <-d.clock.After(next.Sub(d.clock.Now())):
 		}
-		if _, err := d.runner.Submit(catalog.Job{Kind: kind, Note: "scheduled"}); err != nil {
+		if err := d.submitMaintenance(kind); err != nil {
 			d.log.Warn("scheduled maintenance", "kind", kind, "err", err)
 		}
 	}
+}
+
+// submitMaintenance queues a scheduled gc or scrub in the default project,
+// where the admin's `csbs job ls` shows it beside the ones run by hand.
+func (d *Daemon) submitMaintenance(kind string) error {
+	var project string
+	err := d.cat.View(func(tx *catalog.Txn) error {
+		p, err := tx.ProjectByName(catalog.DefaultProject)
+		project = p.ID
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("find the default project for a scheduled %s: %w", kind, err)
+	}
+	_, err = d.runner.Submit(catalog.Job{Project: project, Kind: kind, Note: "scheduled"})
+	return err
 }

@@ -238,3 +238,84 @@ func findBackup(c *api.Client, ref string) (api.BackupView, error) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestMaintenanceOnSchedule: gc runs daily at its wall time and scrub at
+// its interval, on the daemon's clock, as jobs the admin sees in job ls.
+func TestMaintenanceOnSchedule(t *testing.T) {
+	start := time.Date(2026, 6, 1, 1, 0, 0, 0, time.UTC)
+	clock := scheduler.NewFakeClock(start)
+	d := testdaemon.Start(t, clock, func(c *config.Config) {
+		c.GC = config.Periodic{Schedule: "05:00", Timezone: "Asia/Shanghai"} // 21:00 UTC
+		c.Scrub = config.Periodic{Every: config.Duration(6 * time.Hour)}
+	})
+	c := d.Admin
+	// Both maintenance loops and the policy scheduler sleep on the clock
+	// before time moves, so no deadline is computed from a later time.
+	waitWaiters(t, clock, 3)
+
+	maintenance := func() (gc, scrub []catalog.Job) {
+		for _, j := range call[[]catalog.Job](t, c, "GET", "/v1/jobs", nil) {
+			switch j.Kind {
+			case catalog.JobGC:
+				gc = append(gc, j)
+			case catalog.JobScrub:
+				scrub = append(scrub, j)
+			}
+		}
+		return gc, scrub
+	}
+	steps := []struct {
+		at        time.Time
+		gc, scrub int
+	}{
+		{time.Date(2026, 6, 1, 6, 59, 0, 0, time.UTC), 0, 0},
+		{time.Date(2026, 6, 1, 7, 0, 0, 0, time.UTC), 0, 1},
+		{time.Date(2026, 6, 1, 20, 59, 0, 0, time.UTC), 0, 3},
+		{time.Date(2026, 6, 1, 21, 0, 0, 0, time.UTC), 1, 3},
+		{time.Date(2026, 6, 2, 21, 0, 0, 0, time.UTC), 2, 7},
+	}
+	for _, st := range steps {
+		// Move in small steps so that each loop re-arms before the next
+		// deadline passes, as real time would.
+		for clock.Now().Before(st.at) {
+			next := clock.Now().Add(time.Hour)
+			if next.After(st.at) {
+				next = st.at
+			}
+			clock.Set(next)
+			waitWaiters(t, clock, 3)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			gc, scrub := maintenance()
+			if len(gc) == st.gc && len(scrub) == st.scrub {
+				done := true
+				for _, j := range append(gc, scrub...) {
+					done = done && j.Finished()
+					if j.Finished() && j.State != catalog.JobSucceeded {
+						t.Fatalf("%s job %s: %s %s", j.Kind, j.ID, j.State, j.Error)
+					}
+				}
+				if done {
+					break
+				}
+			}
+			if len(gc) > st.gc || len(scrub) > st.scrub || time.Now().After(deadline) {
+				t.Fatalf("at %s: %d gc and %d scrub jobs, want %d and %d", st.at, len(gc), len(scrub), st.gc, st.scrub)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// waitWaiters waits (in real time) until at least n timers wait on clock.
+func waitWaiters(t *testing.T, clock *scheduler.FakeClock, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for clock.Waiters() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d timers wait on the clock, want %d", clock.Waiters(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

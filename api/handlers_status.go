@@ -13,7 +13,7 @@ import (
 
 // Status is the answer of GET /v1/status: one screen for an operator.
 // Everything is the caller's project's, except Store's disk figures and
-// the last GC and scrub, which only the admin sees.
+// the last and next GC and scrub, which only the admin sees.
 type Status struct {
 	Version           string    `json:"version"`
 	Region            string    `json:"region"`
@@ -32,6 +32,8 @@ type Status struct {
 	NextRuns   []NextRun             `json:"next_runs"`
 	LastGC     *catalog.Job          `json:"last_gc,omitempty"`
 	LastScrub  *catalog.Job          `json:"last_scrub,omitempty"`
+	NextGC     *time.Time            `json:"next_gc,omitempty"`    // admin; absent: by hand only
+	NextScrub  *time.Time            `json:"next_scrub,omitempty"` // admin; absent: by hand only
 	Warnings   []string              `json:"warnings"`
 }
 

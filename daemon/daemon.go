@@ -53,6 +53,11 @@ type Daemon struct {
 	mounts  *mounts
 	metrics *metrics.Metrics
 	started time.Time
+
+	nextMu sync.Mutex
+	// nextMaintenance is when each scheduled maintenance kind (gc, scrub)
+	// runs next, for status.
+	nextMaintenance map[string]time.Time
 }
 
 // AdminTokenFile is the admin token's file name inside the data dir.
@@ -360,6 +365,14 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	cs := d.store.CacheStats()
 	if n := cs.Hits + cs.Misses; n > 0 {
 		st.Store.CacheHitRatio = float64(cs.Hits) / float64(n)
+	}
+	d.nextMu.Lock()
+	defer d.nextMu.Unlock()
+	if t, ok := d.nextMaintenance[catalog.JobGC]; ok {
+		st.NextGC = &t
+	}
+	if t, ok := d.nextMaintenance[catalog.JobScrub]; ok {
+		st.NextScrub = &t
 	}
 }
 

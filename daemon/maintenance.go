@@ -124,11 +124,13 @@ func (d *Daemon) storeStats(ctx context.Context, project string, admin bool) (ap
 // periodic submits gc or scrub jobs on the configured schedule until ctx
 // ends.
 func (d *Daemon) periodic(ctx context.Context, kind string, p config.Periodic) {
+	defer d.setNextMaintenance(kind, time.Time{})
 	for {
 		next, ok := p.Next(d.clock.Now())
 		if !ok {
 			return
 		}
+		d.setNextMaintenance(kind, next)
 		select {
 		case <-ctx.Done():
 			return
@@ -138,6 +140,20 @@ func (d *Daemon) periodic(ctx context.Context, kind string, p config.Periodic) {
 			d.log.Warn("scheduled maintenance", "kind", kind, "err", err)
 		}
 	}
+}
+
+// setNextMaintenance records when kind runs next; a zero time: never.
+func (d *Daemon) setNextMaintenance(kind string, next time.Time) {
+	d.nextMu.Lock()
+	defer d.nextMu.Unlock()
+	if next.IsZero() {
+		delete(d.nextMaintenance, kind)
+		return
+	}
+	if d.nextMaintenance == nil {
+		d.nextMaintenance = map[string]time.Time{}
+	}
+	d.nextMaintenance[kind] = next.UTC()
 }
 
 // submitMaintenance queues a scheduled gc or scrub in the default project,

@@ -252,6 +252,11 @@ func TestMaintenanceOnSchedule(t *testing.T) {
 	// Both maintenance loops and the policy scheduler sleep on the clock
 	// before time moves, so no deadline is computed from a later time.
 	waitWaiters(t, clock, 3)
+	st := call[api.Status](t, c, "GET", "/v1/status", nil)
+	if st.NextGC == nil || !st.NextGC.Equal(time.Date(2026, 6, 1, 21, 0, 0, 0, time.UTC)) ||
+		st.NextScrub == nil || !st.NextScrub.Equal(time.Date(2026, 6, 1, 7, 0, 0, 0, time.UTC)) {
+		t.Fatalf("status: next gc %v, next scrub %v; want 21:00 and 07:00 UTC", st.NextGC, st.NextScrub)
+	}
 
 	maintenance := func() (gc, scrub []catalog.Job) {
 		for _, j := range call[[]catalog.Job](t, c, "GET", "/v1/jobs", nil) {

@@ -81,18 +81,23 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 		}
 		fmt.Fprintf(w, "%s%s  policy %s (%s)\n", label, timeH(r.Time), r.Policy, orDash(strings.Join(r.Servers, ", ")))
 	}
-	for _, last := range []struct {
+	for _, m := range []struct {
 		name string
-		j    *catalog.Job
-	}{{"last gc:  ", st.LastGC}, {"scrub:    ", st.LastScrub}} {
+		last *catalog.Job
+		next *time.Time
+	}{{"gc:       ", st.LastGC, st.NextGC}, {"scrub:    ", st.LastScrub, st.NextScrub}} {
 		if !st.Admin {
 			break
 		}
-		if last.j == nil {
-			fmt.Fprintf(w, "%snever\n", last.name)
+		next := "by hand only"
+		if m.next != nil {
+			next = timeH(*m.next)
+		}
+		if m.last == nil {
+			fmt.Fprintf(w, "%slast never; next %s\n", m.name, next)
 			continue
 		}
-		fmt.Fprintf(w, "%s%s %s %s\n", last.name, timeH(last.j.Ended), last.j.State, last.j.Note+last.j.Error)
+		fmt.Fprintf(w, "%slast %s %s %s; next %s\n", m.name, timeH(m.last.Ended), m.last.State, m.last.Note+m.last.Error, next)
 	}
 	if len(st.Warnings) == 0 {
 		fmt.Fprintln(w, "\n"+paint("32", "no warnings"))

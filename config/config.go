@@ -7,7 +7,6 @@ package config
 import (
 	"bufio"
 	"bytes"
-	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -93,44 +92,9 @@ type Periodic struct {
 	Timezone string   `toml:"timezone"` // IANA name for Schedule; default UTC
 }
 
-// Next returns when the job runs next after now, and false when it never
-// runs on its own. A wall time that does not exist on a day (skipped by a
-// DST change) runs at the same offset after the skip, as time.Date
-// normalizes it; one that occurs twice (DST end) runs once, at the
-// second occurrence. The returned time is always after now. Periodic must
-// have passed Validate.
-func (p Periodic) Next(now time.Time) (time.Time, bool) {
-	if p.Every > 0 {
-		return now.Add(time.Duration(p.Every)), true
-	}
-	if p.Schedule == "" {
-		return time.Time{}, false
-	}
-	hour, minute, err := parseClock(p.Schedule)
-	if err != nil {
-		return time.Time{}, false
-	}
-	loc, err := time.LoadLocation(cmp.Or(p.Timezone, "UTC"))
-	if err != nil {
-		return time.Time{}, false
-	}
-	local := now.In(loc)
-	for day := 0; ; day++ {
-		t := time.Date(local.Year(), local.Month(), local.Day()+day, hour, minute, 0, 0, loc)
-		if t.After(now) {
-			return t, true
-		}
-	}
-}
-
-// parseClock reads "HH:MM" (24-hour).
-func parseClock(s string) (hour, minute int, err error) {
-	t, err := time.Parse("15:04", s)
-	if err != nil {
-		return 0, 0, fmt.Errorf("%q is not a wall time HH:MM (24-hour)", s)
-	}
-	return t.Hour(), t.Minute(), nil
-}
+// wallTimeRE is a 24-hour "HH:MM", the form policies' execution times
+// take too.
+var wallTimeRE = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
 
 func (p Periodic) validate(name string) error {
 	if d := time.Duration(p.Every); d != 0 && d < time.Minute {
@@ -139,10 +103,8 @@ func (p Periodic) validate(name string) error {
 	if p.Every != 0 && p.Schedule != "" {
 		return fmt.Errorf("%s: every and schedule both set; choose one", name)
 	}
-	if p.Schedule != "" {
-		if _, _, err := parseClock(p.Schedule); err != nil {
-			return fmt.Errorf("%s.schedule: %w", name, err)
-		}
+	if p.Schedule != "" && !wallTimeRE.MatchString(p.Schedule) {
+		return fmt.Errorf("%s.schedule: %q is not a wall time HH:MM (24-hour, 00:00 to 23:59)", name, p.Schedule)
 	}
 	if p.Timezone != "" {
 		if p.Schedule == "" {

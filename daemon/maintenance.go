@@ -11,6 +11,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/config"
+	"csbs/scheduler"
 )
 
 // gc runs garbage collection as a job.
@@ -126,7 +127,7 @@ func (d *Daemon) storeStats(ctx context.Context, project string, admin bool) (ap
 func (d *Daemon) periodic(ctx context.Context, kind string, p config.Periodic) {
 	defer d.setNextMaintenance(kind, time.Time{})
 	for {
-		next, ok := p.Next(d.clock.Now())
+		next, ok := scheduler.NextMaintenance(p, d.clock.Now())
 		if !ok {
 			return
 		}

@@ -6,8 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // realData returns up to size bytes of real files (/usr/share, then
@@ -159,6 +162,92 @@ func BenchmarkVolumeRandom4K(b *testing.B) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkGC measures a collection over a 4 KiB-block store holding
+// 16384 live and 16384 garbage blocks.
+func BenchmarkGC(b *testing.B) {
+	const blocks = 16384
+	for b.Loop() {
+		b.StopTimer()
+		s, err := Open(b.TempDir(), Options{BlockSize: 4096, Codec: CodecRaw})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var ids []MapID
+		for seed := range uint64(2) {
+			data := make([]byte, blocks*4096)
+			r := rand.New(rand.NewPCG(seed, 99))
+			for i := range data {
+				data[i] = byte(r.Uint32())
+			}
+			p, err := s.Ingest(context.Background(), memSource{data}, IngestOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Commit(context.Background(), []*PendingMap{p}, nil); err != nil {
+				b.Fatal(err)
+			}
+			ids = append(ids, p.Info.ID)
+		}
+		if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(txn, ids[0]) }); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		st, err := s.GC(context.Background())
+		b.StopTimer()
+		if err != nil || st.FreedBlocks != blocks {
+			b.Fatalf("gc: %+v %v", st, err)
+		}
+		s.Close()
+		b.StartTimer()
+	}
+}
+
+// BenchmarkMarkSetMemory reports the heap GC's mark set keeps per live
+// block (heap-B/block), against a set of whole hashes.
+func BenchmarkMarkSetMemory(b *testing.B) {
+	const n = 1 << 20
+	hashes := make([]Hash, n)
+	for i := range hashes {
+		hashes[i] = HashBlock([]byte{byte(i), byte(i >> 8), byte(i >> 16)})
+	}
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	for _, tc := range []struct {
+		name string
+		fill func() any
+	}{
+		{"prefix16", func() any {
+			m := make(markSet, n)
+			for _, h := range hashes {
+				m.add(h)
+			}
+			return m
+		}},
+		{"whole-hash", func() any {
+			m := make(map[Hash]struct{}, n)
+			for _, h := range hashes {
+				m[h] = struct{}{}
+			}
+			return m
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var per float64
+			for b.Loop() {
+				before := heap()
+				set := tc.fill()
+				per = float64(heap()-before) / n
+				runtime.KeepAlive(set)
+			}
+			b.ReportMetric(per, "heap-B/block")
 		})
 	}
 }

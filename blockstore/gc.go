@@ -71,18 +71,28 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		s.gate.mu.Unlock()
 	}()
 
-	candidates, sizes, err := s.listBlocks(ctx)
+	// Candidates are the blocks of this snapshot, taken before marking;
+	// iterating it later instead of listing it now keeps GC's memory to
+	// the mark set.
+	snapshot := s.db.NewTransaction(false)
+	defer snapshot.Discard()
+	// Sizing the mark set for every stored block up front (keys only, from
+	// memory) spares the garbage of growing it.
+	stored, err := countKeys(ctx, snapshot, prefixBlock)
 	if err != nil {
 		return st, err
 	}
-	st.Candidates = int64(len(candidates))
-	marked, orphans, err := s.mark(ctx)
+	marked, orphans, err := s.mark(ctx, stored)
 	if err != nil {
 		return st, err
 	}
 	st.Marked = int64(len(marked))
 
-	var batch []Hash
+	type candidate struct {
+		h    Hash
+		size int64
+	}
+	var batch []candidate
 	sweep := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -91,44 +101,56 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		defer s.gate.mu.Unlock()
 		wb := s.db.NewWriteBatch()
 		defer wb.Cancel()
-		var swept []Hash
-		for _, h := range batch {
-			if s.gate.protectedLocked(h) {
+		var swept []candidate
+		for _, c := range batch {
+			if s.gate.protectedLocked(c.h) {
 				st.KeptInFlight++
 				continue
 			}
-			if err := wb.Delete(blockKey(h)); err != nil {
+			if err := wb.Delete(blockKey(c.h)); err != nil {
 				return err
 			}
-			swept = append(swept, h)
+			swept = append(swept, c)
 		}
 		if err := wb.Flush(); err != nil {
 			return err
 		}
-		for _, h := range swept {
-			s.cache.drop(h)
+		for _, c := range swept {
+			s.cache.drop(c.h)
 			st.FreedBlocks++
-			st.FreedBytes += sizes[h]
+			st.FreedBytes += c.size
 		}
 		batch = batch[:0]
 		return nil
 	}
-	for _, h := range candidates {
-		if _, live := marked[h]; live {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return st, err
-		}
-		batch = append(batch, h)
-		if len(batch) == sweepBatch {
-			if err := sweep(); err != nil {
-				return st, fmt.Errorf("gc sweep: %w", err)
+	err = func() error {
+		it := snapshot.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			st.Candidates++
+			var h Hash
+			copy(h[:], it.Item().Key()[len(prefixBlock):])
+			if marked.has(h) {
+				continue
+			}
+			batch = append(batch, candidate{h, it.Item().ValueSize()})
+			if len(batch) == sweepBatch {
+				if err := sweep(); err != nil {
+					return fmt.Errorf("gc sweep: %w", err)
+				}
 			}
 		}
-	}
-	if err := sweep(); err != nil {
-		return st, fmt.Errorf("gc sweep: %w", err)
+		if err := sweep(); err != nil {
+			return fmt.Errorf("gc sweep: %w", err)
+		}
+		return nil
+	}()
+	snapshot.Discard() // before value-log GC, which must not keep its versions
+	if err != nil {
+		return st, err
 	}
 	for _, id := range orphans {
 		s.mu.Lock()
@@ -180,10 +202,39 @@ func (s *Store) listBlocks(ctx context.Context) ([]Hash, map[Hash]int64, error) 
 	return out, sizes, err
 }
 
+// countKeys counts the keys under prefix in txn's snapshot.
+func countKeys(ctx context.Context, txn *badger.Txn, prefix string) (int, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+	defer it.Close()
+	n := 0
+	for it.Rewind(); it.Valid(); it.Next() {
+		if n%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return 0, err
+			}
+		}
+		n++
+	}
+	return n, nil
+}
+
+// markSet holds the live blocks by the first 16 bytes of their hash: half
+// the memory of whole hashes. Two blocks sharing a prefix (a 2^-128
+// chance per pair) only make GC keep a garbage block, never sweep a live
+// one.
+type markSet map[[16]byte]struct{}
+
+func (m markSet) add(h Hash) { m[[16]byte(h[:16])] = struct{}{} }
+
+func (m markSet) has(h Hash) bool {
+	_, ok := m[[16]byte(h[:16])]
+	return ok
+}
+
 // mark returns every hash named by a committed or pending map, and the
 // ids of maps that have segments but no header.
-func (s *Store) mark(ctx context.Context) (map[Hash]struct{}, []MapID, error) {
-	marked := map[Hash]struct{}{}
+func (s *Store) mark(ctx context.Context, sizeHint int) (markSet, []MapID, error) {
+	marked := make(markSet, sizeHint)
 	var orphans []MapID
 	err := s.db.View(func(txn *badger.Txn) error {
 		live := map[MapID]bool{}
@@ -223,7 +274,7 @@ func (s *Store) mark(ctx context.Context) (map[Hash]struct{}, []MapID, error) {
 				}
 				for _, h := range hs {
 					if !h.IsZero() {
-						marked[h] = struct{}{}
+						marked.add(h)
 					}
 				}
 				return nil

@@ -181,27 +181,6 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	return st, nil
 }
 
-// listBlocks returns every stored block hash with its stored size.
-func (s *Store) listBlocks(ctx context.Context) ([]Hash, map[Hash]int64, error) {
-	var out []Hash
-	sizes := map[Hash]int64{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			var h Hash
-			copy(h[:], it.Item().Key()[len(prefixBlock):])
-			out = append(out, h)
-			sizes[h] = it.Item().ValueSize()
-		}
-		return nil
-	})
-	return out, sizes, err
-}
-
 // countKeys counts the keys under prefix in txn's snapshot.
 func countKeys(ctx context.Context, txn *badger.Txn, prefix string) (int, error) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})

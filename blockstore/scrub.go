@@ -29,28 +29,41 @@ func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (Sc
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
 	var rep ScrubReport
-	blocks, sizes, err := s.listBlocks(ctx)
+	snapshot := s.db.NewTransaction(false)
+	defer snapshot.Discard()
+	total, err := countKeys(ctx, snapshot, prefixBlock)
 	if err != nil {
 		return rep, err
 	}
-	present := make(map[Hash]struct{}, len(blocks))
-	for i, h := range blocks {
-		if err := ctx.Err(); err != nil {
-			return rep, err
-		}
-		rep.Blocks++
-		rep.Bytes += sizes[h]
-		if err := s.VerifyBlock(h); err != nil {
-			if errors.Is(err, ErrClosed) {
-				return rep, err
+	present := make(map[Hash]struct{}, total)
+	err = func() error {
+		it := snapshot.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			rep.Damaged = append(rep.Damaged, h)
-			continue
+			var h Hash
+			copy(h[:], it.Item().Key()[len(prefixBlock):])
+			rep.Blocks++
+			rep.Bytes += it.Item().ValueSize()
+			if err := s.VerifyBlock(h); err != nil {
+				if errors.Is(err, ErrClosed) {
+					return err
+				}
+				rep.Damaged = append(rep.Damaged, h)
+				continue
+			}
+			present[h] = struct{}{}
+			if progress != nil && rep.Blocks%256 == 0 {
+				progress(rep.Blocks, int64(total))
+			}
 		}
-		present[h] = struct{}{}
-		if progress != nil && i%256 == 0 {
-			progress(int64(i), int64(len(blocks)))
-		}
+		return nil
+	}()
+	snapshot.Discard()
+	if err != nil {
+		return rep, err
 	}
 	if len(rep.Damaged) > 0 {
 		wb := s.db.NewWriteBatch()
@@ -103,7 +116,7 @@ func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (Sc
 		}
 	}
 	if progress != nil {
-		progress(int64(len(blocks)), int64(len(blocks)))
+		progress(rep.Blocks, rep.Blocks)
 	}
 	rep.Duration = time.Since(start)
 	return rep, nil
@@ -121,14 +134,25 @@ type Stats struct {
 
 // Stats counts blocks and bytes.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
-	blocks, sizes, err := s.listBlocks(ctx)
+	st := Stats{BlockSize: s.blockSize}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if st.Blocks%4096 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			st.Blocks++
+			st.StoredBytes += it.Item().ValueSize()
+		}
+		return nil
+	})
 	if err != nil {
-		return Stats{}, err
+		return st, fmt.Errorf("count stored blocks: %w", err)
 	}
-	st := Stats{BlockSize: s.blockSize, Blocks: int64(len(blocks)), RawBytes: int64(len(blocks)) * int64(s.blockSize)}
-	for _, n := range sizes {
-		st.StoredBytes += n
-	}
+	st.RawBytes = st.Blocks * int64(s.blockSize)
 	maps, err := s.ListMaps()
 	if err != nil {
 		return st, err

@@ -78,7 +78,7 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	defer snapshot.Discard()
 	// Sizing the mark set for every stored block up front (keys only, from
 	// memory) spares the garbage of growing it.
-	stored, err := countKeys(ctx, snapshot, prefixBlock)
+	stored, err := countBlocks(ctx, snapshot)
 	if err != nil {
 		return st, err
 	}
@@ -123,31 +123,25 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		batch = batch[:0]
 		return nil
 	}
-	err = func() error {
-		it := snapshot.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			st.Candidates++
-			var h Hash
-			copy(h[:], it.Item().Key()[len(prefixBlock):])
-			if marked.has(h) {
-				continue
-			}
-			batch = append(batch, candidate{h, it.Item().ValueSize()})
-			if len(batch) == sweepBatch {
-				if err := sweep(); err != nil {
-					return fmt.Errorf("gc sweep: %w", err)
-				}
-			}
+	err = eachBlock(ctx, snapshot, func(h Hash, size int64) error {
+		st.Candidates++
+		if marked.has(h) {
+			return nil
+		}
+		batch = append(batch, candidate{h, size})
+		if len(batch) < sweepBatch {
+			return nil
 		}
 		if err := sweep(); err != nil {
 			return fmt.Errorf("gc sweep: %w", err)
 		}
 		return nil
-	}()
+	})
+	if err == nil {
+		if err = sweep(); err != nil {
+			err = fmt.Errorf("gc sweep: %w", err)
+		}
+	}
 	snapshot.Discard() // before value-log GC, which must not keep its versions
 	if err != nil {
 		return st, err
@@ -181,20 +175,32 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	return st, nil
 }
 
-// countKeys counts the keys under prefix in txn's snapshot.
-func countKeys(ctx context.Context, txn *badger.Txn, prefix string) (int, error) {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+// eachBlock calls fn with every stored block's hash and stored size in
+// txn's snapshot, in key order, until fn or ctx fails.
+func eachBlock(ctx context.Context, txn *badger.Txn, fn func(h Hash, size int64) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
 	defer it.Close()
 	n := 0
 	for it.Rewind(); it.Valid(); it.Next() {
-		if n%4096 == 0 {
+		if n++; n%1024 == 0 {
 			if err := ctx.Err(); err != nil {
-				return 0, err
+				return err
 			}
 		}
-		n++
+		var h Hash
+		copy(h[:], it.Item().Key()[len(prefixBlock):])
+		if err := fn(h, it.Item().ValueSize()); err != nil {
+			return err
+		}
 	}
-	return n, nil
+	return ctx.Err()
+}
+
+// countBlocks counts the stored blocks in txn's snapshot.
+func countBlocks(ctx context.Context, txn *badger.Txn) (int, error) {
+	n := 0
+	err := eachBlock(ctx, txn, func(Hash, int64) error { n++; return nil })
+	return n, err
 }
 
 // markSet holds the live blocks by the first 16 bytes of their hash: half

@@ -31,36 +31,27 @@ func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (Sc
 	var rep ScrubReport
 	snapshot := s.db.NewTransaction(false)
 	defer snapshot.Discard()
-	total, err := countKeys(ctx, snapshot, prefixBlock)
+	total, err := countBlocks(ctx, snapshot)
 	if err != nil {
 		return rep, err
 	}
 	present := make(map[Hash]struct{}, total)
-	err = func() error {
-		it := snapshot.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := ctx.Err(); err != nil {
+	err = eachBlock(ctx, snapshot, func(h Hash, size int64) error {
+		rep.Blocks++
+		rep.Bytes += size
+		if err := s.VerifyBlock(h); err != nil {
+			if errors.Is(err, ErrClosed) {
 				return err
 			}
-			var h Hash
-			copy(h[:], it.Item().Key()[len(prefixBlock):])
-			rep.Blocks++
-			rep.Bytes += it.Item().ValueSize()
-			if err := s.VerifyBlock(h); err != nil {
-				if errors.Is(err, ErrClosed) {
-					return err
-				}
-				rep.Damaged = append(rep.Damaged, h)
-				continue
-			}
-			present[h] = struct{}{}
-			if progress != nil && rep.Blocks%256 == 0 {
-				progress(rep.Blocks, int64(total))
-			}
+			rep.Damaged = append(rep.Damaged, h)
+			return nil
+		}
+		present[h] = struct{}{}
+		if progress != nil && rep.Blocks%256 == 0 {
+			progress(rep.Blocks, int64(total))
 		}
 		return nil
-	}()
+	})
 	snapshot.Discard()
 	if err != nil {
 		return rep, err
@@ -136,18 +127,11 @@ type Stats struct {
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	st := Stats{BlockSize: s.blockSize}
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if st.Blocks%4096 == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-			}
+		return eachBlock(ctx, txn, func(_ Hash, size int64) error {
 			st.Blocks++
-			st.StoredBytes += it.Item().ValueSize()
-		}
-		return nil
+			st.StoredBytes += size
+			return nil
+		})
 	})
 	if err != nil {
 		return st, fmt.Errorf("count stored blocks: %w", err)

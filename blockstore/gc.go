@@ -203,10 +203,11 @@ func countBlocks(ctx context.Context, txn *badger.Txn) (int, error) {
 	return n, err
 }
 
-// markSet holds the live blocks by the first 16 bytes of their hash: half
-// the memory of whole hashes. Two blocks sharing a prefix (a 2^-128
-// chance per pair) only make GC keep a garbage block, never sweep a live
-// one.
+// markSet holds blocks by the first 16 bytes of their hash: half the
+// memory of whole hashes. Two blocks sharing a prefix (a 2^-128 chance
+// per pair) only make GC keep a garbage block, never sweep a live one;
+// in scrub's set of present blocks, it could hide one missing block
+// behind another at the same odds.
 type markSet map[[16]byte]struct{}
 
 func (m markSet) add(h Hash) { m[[16]byte(h[:16])] = struct{}{} }

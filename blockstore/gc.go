@@ -76,13 +76,7 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	// the mark set.
 	snapshot := s.db.NewTransaction(false)
 	defer snapshot.Discard()
-	// Sizing the mark set for every stored block up front (keys only, from
-	// memory) spares the garbage of growing it.
-	stored, err := countBlocks(ctx, snapshot)
-	if err != nil {
-		return st, err
-	}
-	marked, orphans, err := s.mark(ctx, stored)
+	marked, orphans, err := s.mark(ctx)
 	if err != nil {
 		return st, err
 	}
@@ -219,8 +213,11 @@ func (m markSet) has(h Hash) bool {
 
 // mark returns every hash named by a committed or pending map, and the
 // ids of maps that have segments but no header.
-func (s *Store) mark(ctx context.Context, sizeHint int) (markSet, []MapID, error) {
-	marked := make(markSet, sizeHint)
+func (s *Store) mark(ctx context.Context) (markSet, []MapID, error) {
+	// Not presized: the stored-block count would also count the garbage,
+	// and a set grown on demand holds ~36 B per live block (~56 at the
+	// peak of a growth step; BenchmarkMarkSetMemory).
+	marked := markSet{}
 	var orphans []MapID
 	err := s.db.View(func(txn *badger.Txn) error {
 		live := map[MapID]bool{}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"csbs/catalog"
+
 	"github.com/BurntSushi/toml"
 	"github.com/dustin/go-humanize"
 )
@@ -92,10 +94,6 @@ type Periodic struct {
 	Timezone string   `toml:"timezone"` // IANA name for Schedule; default UTC
 }
 
-// wallTimeRE is a 24-hour "HH:MM", the form policies' execution times
-// take too.
-var wallTimeRE = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
-
 func (p Periodic) validate(name string) error {
 	if d := time.Duration(p.Every); d != 0 && d < time.Minute {
 		return fmt.Errorf("%s.every %s: at least 1m (or empty for never)", name, d)
@@ -103,8 +101,12 @@ func (p Periodic) validate(name string) error {
 	if p.Every != 0 && p.Schedule != "" {
 		return fmt.Errorf("%s: every and schedule both set; choose one", name)
 	}
-	if p.Schedule != "" && !wallTimeRE.MatchString(p.Schedule) {
-		return fmt.Errorf("%s.schedule: %q is not a wall time HH:MM (24-hour, 00:00 to 23:59)", name, p.Schedule)
+	if p.Schedule != "" {
+		// The policies' rule: scheduler.NextMaintenance reads it with
+		// catalog.ParseClock too.
+		if _, err := catalog.ParseClock(p.Schedule); err != nil {
+			return fmt.Errorf("%s.schedule: %q is not a wall time HH:MM (24-hour, 00:00 to 23:59)", name, p.Schedule)
+		}
 	}
 	if p.Timezone != "" {
 		if p.Schedule == "" {

@@ -8,36 +8,62 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
+// errNotIndexed means the index has no entry for a hash.
+var errNotIndexed = errors.New("block not in the index")
+
 // HasBlock reports whether the store holds block h. The zero hash is
 // always "held".
 func (s *Store) HasBlock(h Hash) (bool, error) {
 	if h.IsZero() {
 		return true, nil
 	}
-	release, err := s.enter()
-	if err != nil {
-		return false, err
+	_, err := s.lookup(h)
+	if errors.Is(err, errNotIndexed) {
+		return false, nil
 	}
-	defer release()
-	var ok bool
-	err = s.db.View(func(txn *badger.Txn) error {
-		_, err := txn.Get(blockKey(h))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		ok = err == nil
-		return err
-	})
 	if err != nil {
 		return false, fmt.Errorf("look up block %s: %w", h, err)
 	}
-	return ok, nil
+	return true, nil
+}
+
+// lookup returns where block h lives.
+func (s *Store) lookup(h Hash) (location, error) {
+	release, err := s.enter()
+	if err != nil {
+		return location{}, err
+	}
+	defer release()
+	var loc location
+	err = s.db.View(func(txn *badger.Txn) error {
+		var err error
+		loc, err = s.lookupTxn(txn, h)
+		return err
+	})
+	return loc, err
+}
+
+func (s *Store) lookupTxn(txn *badger.Txn, h Hash) (location, error) {
+	item, err := txn.Get(indexKey(h))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return location{}, errNotIndexed
+	}
+	if err != nil {
+		return location{}, err
+	}
+	var loc location
+	err = item.Value(func(v []byte) error {
+		var err error
+		loc, err = decodeLocation(v)
+		return err
+	})
+	return loc, err
 }
 
 // ReadBlock returns the verified bytes of block h, from the cache or the
-// database. The returned slice is shared and must not be modified. A
-// block that does not hash to h is a *CorruptBlockError; one that is not in
-// the store is a *MissingBlockError (map and index are filled in by the
+// store. The returned slice is shared and must not be modified. A block
+// that does not hash to h is a *CorruptBlockError; one that is not in the
+// store is a *MissingBlockError (map and index are filled in by the
 // caller that knows them).
 func (s *Store) ReadBlock(ctx context.Context, h Hash) ([]byte, error) {
 	release, err := s.enter()
@@ -51,53 +77,71 @@ func (s *Store) ReadBlock(ctx context.Context, h Hash) ([]byte, error) {
 	if b, ok := s.cache.get(h); ok {
 		return b, nil
 	}
-	return s.cache.fill(ctx, h, func() ([]byte, error) { return s.loadBlock(h) })
+	return s.cache.fill(ctx, h, func() ([]byte, error) { return s.loadBlock(ctx, h) })
 }
 
 // loadBlock reads, decodes and verifies a block, bypassing the cache.
-func (s *Store) loadBlock(h Hash) ([]byte, error) {
+// GC may move a block to another pack between the lookup and the read;
+// the old pack is deleted only after the index points at the new one, so
+// a read that finds its pack gone looks the block up again.
+func (s *Store) loadBlock(ctx context.Context, h Hash) ([]byte, error) {
+	var lastErr error
+	for range 3 {
+		loc, err := s.lookup(h)
+		if errors.Is(err, errNotIndexed) {
+			return nil, &MissingBlockError{Hash: h, Block: -1}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read block %s: %w", h, err)
+		}
+		b, err := s.readAt(ctx, h, loc)
+		if errors.Is(err, ErrPackNotFound) {
+			lastErr = err
+			continue
+		}
+		return b, err
+	}
+	return nil, &MissingBlockError{Hash: h, Block: -1, Reason: lastErr.Error()}
+}
+
+// readAt reads and verifies the value of block h at loc.
+func (s *Store) readAt(ctx context.Context, h Hash, loc location) ([]byte, error) {
 	release, err := s.enter()
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	var out []byte
-	err = s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(blockKey(h))
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			b, err := s.codecs.decode(v, make([]byte, 0, s.blockSize))
-			if err != nil {
-				return &CorruptBlockError{Hash: h, Block: -1, Reason: err.Error()}
-			}
-			out = b
-			return nil
-		})
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, &MissingBlockError{Hash: h, Block: -1}
+	if loc.len == 0 || int64(loc.len) > int64(s.blockSize)+64<<10 {
+		return nil, &CorruptBlockError{Hash: h, Block: -1, Reason: fmt.Sprintf("index entry has length %d", loc.len)}
 	}
-	if err != nil {
-		var c *CorruptBlockError
-		if errors.As(err, &c) {
+	v := make([]byte, loc.len)
+	if _, err := s.packs.ReadAt(ctx, loc.pack, v, int64(loc.off)); err != nil {
+		if errors.Is(err, ErrPackNotFound) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("read block %s: %w", h, err)
+		return nil, fmt.Errorf("read block %s (%s): %w", h, loc, err)
 	}
-	if len(out) != s.blockSize {
-		return nil, &CorruptBlockError{Hash: h, Block: -1, Reason: fmt.Sprintf("decodes to %d bytes, want %d", len(out), s.blockSize)}
-	}
-	if got := HashBlock(out); got != h {
-		return nil, &CorruptBlockError{Hash: h, Block: -1, Reason: "content hashes to " + got.String()}
-	}
-	return out, nil
+	return s.decodeVerify(h, v, make([]byte, 0, s.blockSize))
 }
 
-// VerifyBlock re-reads block h from the database (not the cache) and checks
-// its hash. It is what scrub calls.
+// decodeVerify decodes a stored value and checks that it hashes to h.
+func (s *Store) decodeVerify(h Hash, v, dst []byte) ([]byte, error) {
+	b, err := s.codecs.decode(v, dst)
+	if err != nil {
+		return nil, &CorruptBlockError{Hash: h, Block: -1, Reason: err.Error()}
+	}
+	if len(b) != s.blockSize {
+		return nil, &CorruptBlockError{Hash: h, Block: -1, Reason: fmt.Sprintf("decodes to %d bytes, want %d", len(b), s.blockSize)}
+	}
+	if got := HashBlock(b); got != h {
+		return nil, &CorruptBlockError{Hash: h, Block: -1, Reason: "content hashes to " + got.String()}
+	}
+	return b, nil
+}
+
+// VerifyBlock re-reads block h from its pack (not the cache) and checks
+// its hash.
 func (s *Store) VerifyBlock(h Hash) error {
-	_, err := s.loadBlock(h)
+	_, err := s.loadBlock(context.Background(), h)
 	return err
 }

@@ -1,17 +1,16 @@
 package blockstore
 
 import (
-	"bytes"
 	"container/list"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/zeebo/blake3"
 )
 
 // MapInfo is the header of a committed block map.
@@ -21,6 +20,9 @@ type MapInfo struct {
 	BlockSize int         `json:"block_size"`
 	Created   time.Time   `json:"created"`
 	Stats     IngestStats `json:"stats"`
+	// Segments has bit i set when segment i is stored in the map file
+	// (all-zero segments are not).
+	Segments []byte `json:"segments"`
 }
 
 // Blocks returns the number of blocks of the map (the last may be partial).
@@ -28,63 +30,27 @@ func (m MapInfo) Blocks() int64 { return blocksFor(m.Size, m.BlockSize) }
 
 func blocksFor(size int64, bs int) int64 { return (size + int64(bs) - 1) / int64(bs) }
 
-// segmentChecksumSize is the length of the BLAKE3 checksum that ends every
-// stored segment. Badger does not verify values by default, and a flipped
-// bit in a map must not turn a block into the zero marker (wrong bytes).
-const segmentChecksumSize = 16
-
-// encodeSegment returns the stored form of a segment's hashes.
-func encodeSegment(hashes []Hash) []byte {
-	out := make([]byte, 0, len(hashes)*HashSize+segmentChecksumSize)
-	for i := range hashes {
-		out = append(out, hashes[i][:]...)
-	}
-	sum := blake3.Sum256(out)
-	return append(out, sum[:segmentChecksumSize]...)
-}
-
-// DecodeSegment parses a stored segment, verifying its checksum and length.
-// It never panics, whatever v holds.
-func DecodeSegment(v []byte) ([]Hash, error) {
-	if len(v) < segmentChecksumSize {
-		return nil, fmt.Errorf("segment of %d bytes is shorter than its checksum", len(v))
-	}
-	body, sum := v[:len(v)-segmentChecksumSize], v[len(v)-segmentChecksumSize:]
-	if len(body)%HashSize != 0 || len(body)/HashSize > SegmentEntries || len(body) == 0 {
-		return nil, fmt.Errorf("segment body of %d bytes is not 1..%d hashes", len(body), SegmentEntries)
-	}
-	want := blake3.Sum256(body)
-	if !bytes.Equal(want[:segmentChecksumSize], sum) {
-		return nil, fmt.Errorf("segment checksum mismatch")
-	}
-	hs := make([]Hash, len(body)/HashSize)
-	for i := range hs {
-		copy(hs[i][:], body[i*HashSize:])
-	}
-	return hs, nil
-}
-
 // MapInfo returns the header of committed map id, or ErrMapNotFound.
 func (s *Store) MapInfo(id MapID) (MapInfo, error) {
 	var info MapInfo
 	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		info, err = mapInfoTxn(txn, id)
+		item, err := txn.Get(mapKey(id))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("map %s: %w", id, ErrMapNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("read map %s: %w", id, err)
+		}
+		info, err = decodeMapInfo(id, item)
 		return err
 	})
 	return info, err
 }
 
-func mapInfoTxn(txn *badger.Txn, id MapID) (MapInfo, error) {
-	v, err := getValue(txn, mapKey(id))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return MapInfo{}, fmt.Errorf("map %s: %w", id, ErrMapNotFound)
-	}
-	if err != nil {
-		return MapInfo{}, fmt.Errorf("read map %s: %w", id, err)
-	}
+func decodeMapInfo(id MapID, item *badger.Item) (MapInfo, error) {
 	var info MapInfo
-	if err := json.Unmarshal(v, &info); err != nil {
+	err := item.Value(func(v []byte) error { return json.Unmarshal(v, &info) })
+	if err != nil {
 		return MapInfo{}, fmt.Errorf("decode map header %s: %w", id, err)
 	}
 	info.ID = id
@@ -95,23 +61,10 @@ func mapInfoTxn(txn *badger.Txn, id MapID) (MapInfo, error) {
 func (s *Store) ListMaps() ([]MapInfo, error) {
 	var out []MapInfo
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixMap), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var id MapID
-			copy(id[:], it.Item().Key()[len(prefixMap):])
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			var info MapInfo
-			if err := json.Unmarshal(v, &info); err != nil {
-				return fmt.Errorf("decode map header %s: %w", id, err)
-			}
-			info.ID = id
+		return eachMapInfo(context.Background(), txn, func(info MapInfo) error {
 			out = append(out, info)
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list maps: %w", err)
@@ -119,10 +72,13 @@ func (s *Store) ListMaps() ([]MapInfo, error) {
 	return out, nil
 }
 
-// segment returns the hashes of segment seg of map id; nil (no error) when
-// the segment is not stored because all its blocks are zero.
-func (s *Store) segment(id MapID, seg int64) ([]Hash, error) {
-	key := segKey{id, seg}
+// segment returns the hashes of segment seg of a committed map; nil (no
+// error) when the segment is not stored because all its blocks are zero.
+func (s *Store) segment(info *MapInfo, seg int64) ([]Hash, error) {
+	if !info.segmentPresent(seg) {
+		return nil, nil
+	}
+	key := segKey{info.ID, seg}
 	if hs, ok := s.segCache.get(key); ok {
 		return hs, nil
 	}
@@ -131,22 +87,9 @@ func (s *Store) segment(id MapID, seg int64) ([]Hash, error) {
 		return nil, err
 	}
 	defer release()
-	var hs []Hash
-	err = s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(segmentKey(id, seg))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			hs, err = DecodeSegment(v)
-			return err
-		})
-	})
+	hs, err := s.readSegment(info, seg)
 	if err != nil {
-		return nil, fmt.Errorf("map %s segment %d: %w", id, seg, err)
+		return nil, err
 	}
 	s.segCache.put(key, hs)
 	return hs, nil
@@ -155,7 +98,15 @@ func (s *Store) segment(id MapID, seg int64) ([]Hash, error) {
 // BlockHash returns the hash of block i of map id (the zero hash for a
 // zero block). Cost: one cached segment lookup, whatever the map's size.
 func (s *Store) BlockHash(id MapID, i int64) (Hash, error) {
-	hs, err := s.segment(id, i/SegmentEntries)
+	info, err := s.MapInfo(id)
+	if err != nil {
+		return Hash{}, err
+	}
+	return info.blockHash(s, i)
+}
+
+func (m *MapInfo) blockHash(s *Store, i int64) (Hash, error) {
+	hs, err := s.segment(m, i/SegmentEntries)
 	if err != nil {
 		return Hash{}, err
 	}
@@ -166,10 +117,13 @@ func (s *Store) BlockHash(id MapID, i int64) (Hash, error) {
 	return hs[j], nil
 }
 
-// Commit makes pending maps visible: it syncs their blocks and segments,
-// then writes every map header and whatever extra writes (the catalog's
-// records) in one transaction, then syncs again. Either all maps and the
-// extra writes become visible, or none do.
+// Commit makes pending maps visible. Their blocks are indexed and their
+// map files synced by Ingest; Commit syncs the index, then writes every
+// map header and whatever extra writes (the catalog's records) in one
+// transaction, then syncs again. Either all maps and the extra writes
+// become visible, or none do. A map whose ingest referred to a block that
+// scrub found damaged meanwhile is refused: it would be damaged from the
+// start.
 func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *badger.Txn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -177,6 +131,15 @@ func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("commit: sync data: %w", err)
 	}
+	for _, m := range maps {
+		if err := s.checkDamageSince(ctx, m); err != nil {
+			return fmt.Errorf("commit map %s: %w", m.Info.ID, err)
+		}
+	}
+	s.hook(HookCommitSynced)
+	// Under s.mu, so that a GC or scrub snapshot sees each map either as
+	// pending or as committed, never as neither.
+	s.mu.Lock()
 	err := s.db.Update(func(txn *badger.Txn) error {
 		for _, m := range maps {
 			v, err := json.Marshal(m.Info)
@@ -192,60 +155,58 @@ func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *
 		}
 		return nil
 	})
+	if err == nil {
+		for _, m := range maps {
+			delete(s.pending, m.Info.ID)
+		}
+	}
+	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("commit: sync header: %w", err)
 	}
-	s.mu.Lock()
-	for _, m := range maps {
-		delete(s.pending, m.Info.ID)
-	}
-	s.mu.Unlock()
+	s.hook(HookCommitDone)
 	return nil
 }
 
 // DeleteMapTxn removes map id's header inside txn, which makes the map
-// invisible at once. Its segments become orphans for Purge or GC to remove.
+// invisible at once. Its file is then removed by PurgeMap, or by GC.
 func DeleteMapTxn(txn *badger.Txn, id MapID) error {
 	return txn.Delete(mapKey(id))
 }
 
-// PurgeSegments deletes the stored segments of a map that has no header
-// (deleted or never committed). Blocks are left to GC.
-func (s *Store) PurgeSegments(ctx context.Context, id MapID) error {
-	var keys [][]byte
+// PurgeMap deletes the file of a map that has no header (deleted or never
+// committed), giving its space back. Blocks are left to GC.
+func (s *Store) PurgeMap(ctx context.Context, id MapID) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	err := s.db.View(func(txn *badger.Txn) error {
 		if _, err := txn.Get(mapKey(id)); err == nil {
 			return fmt.Errorf("map %s is committed; delete its header first", id)
 		}
-		prefix := append([]byte(prefixSegment), id[:]...)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			keys = append(keys, it.Item().KeyCopy(nil))
-		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("purge segments of map %s: %w", id, err)
+		return fmt.Errorf("purge map %s: %w", id, err)
 	}
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	for _, k := range keys {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := wb.Delete(k); err != nil {
-			return fmt.Errorf("purge segments of map %s: %w", id, err)
-		}
+	s.mu.Lock()
+	_, pending := s.pending[id]
+	s.mu.Unlock()
+	if pending {
+		return fmt.Errorf("purge map %s: it is being written", id)
 	}
-	if err := wb.Flush(); err != nil {
-		return fmt.Errorf("purge segments of map %s: %w", id, err)
-	}
-	s.segCache.dropMap(id)
+	s.removeMapFile(id)
 	return nil
+}
+
+func (s *Store) removeMapFile(id MapID) {
+	p := s.mapPath(id)
+	s.mapFiles.forget(p)
+	os.Remove(p)
+	s.segCache.dropMap(id)
 }
 
 type segKey struct {

@@ -1,5 +1,7 @@
 // Package blockstore keeps disk images as deduplicated, compressed,
-// content-addressed blocks in one Badger database.
+// content-addressed blocks: block bytes in immutable pack files, block
+// maps in map files, and an index, the map headers and the catalog in one
+// Badger database.
 //
 // # Model
 //
@@ -7,33 +9,51 @@
 // the store is created; the size is recorded in the store and cannot change).
 // A block is stored once under its BLAKE3-256 hash. All-zero blocks are never
 // stored. A disk in a backup is a block map: the list of block hashes in disk
-// order, kept in fixed segments of SegmentEntries hashes each, so that block i
-// is found with one segment lookup whatever the disk size. A segment whose
-// blocks are all zero is not stored at all, which keeps sparse disks cheap.
+// order, kept in fixed segments of SegmentEntries hashes each in the map's
+// own file, so that block i is found with one read whatever the disk size.
+// A segment whose blocks are all zero is not written, which keeps sparse
+// disks cheap.
 //
-// # Key layout
+// # Layout
 //
-//	meta/<name>              store format and block size
-//	b/<hash 32B>             codec byte + block payload
-//	s/<map 16B><seg u64 BE>  map segment: n × 32-byte hashes (zero hash = zero block)
-//	m/<map 16B>              map header (JSON): size, block size, stats
+//	<dir>/                   Badger: the index, map headers, pack table, catalog
+//	<dir>/packs/<xx>/<n>.pack block values, sealed and never changed (pack.go)
+//	<dir>/maps/<id>.map      block maps (mapfile.go)
+//	<dir>/staging/           packs being written
+//
+// Badger keys:
+//
+//	meta/<name>              store format, block size, pack number reservation
+//	i/<hash 32B>             index: pack number u64 | value offset u32 | value length u32
+//	p/<pack u64 BE>          pack table: size, block count, creation time
+//	m/<map 16B>              map header (JSON): size, block size, stats, stored segments
 //	c/...                    reserved for the catalog (package catalog)
+//
+// Every Badger value is small and lives inside its LSM tree; the value log,
+// whose space does not reliably come back, stays unused.
 //
 // # Guarantees
 //
-//   - Every block read re-hashes the decompressed bytes; a mismatch is an
+//   - Every block read re-hashes the decompressed bytes; a mismatch is a
 //     *CorruptBlockError naming the block and the map, never wrong data.
-//   - Ingest writes blocks and segments under a fresh map id that nothing
-//     refers to; the map becomes visible only when Commit writes its header,
-//     in one Badger transaction together with whatever the caller adds (the
-//     catalog's backup record). A crash before that leaves only orphans that
-//     garbage collection reclaims. Commit syncs the database before and after
-//     the header is written, so a reported commit survives power loss.
+//   - A block is indexed only after its pack is synced and in place, so no
+//     lookup (no dedupe) ever finds a block whose bytes could be lost.
+//   - Ingest writes blocks and the map file under a fresh map id that
+//     nothing refers to; the map becomes visible only when Commit writes
+//     its header, in one Badger transaction together with whatever the
+//     caller adds (the catalog's backup record). A crash before that leaves
+//     only orphans that garbage collection reclaims. Commit syncs the
+//     database before and after the header is written, so a reported
+//     commit survives power loss.
+//   - GC and scrub work from one snapshot taken under the lock that Commit
+//     publishes under; gc.go proves why no live block is ever freed, and
+//     interleave_test.go stops each side at every step to check it.
+//   - Deleting backups and running GC gives the space back: map files are
+//     deleted at once, packs without a live block are deleted, packs that
+//     are mostly garbage are repacked.
 //
 // # Caveats
 //
 // Badger runs with SyncWrites=false for speed; durability comes from the
-// explicit syncs in Commit. Blocks live in the value log (ValueThreshold is
-// far below the block size), so deleted blocks return their space only when
-// value-log GC rewrites a file.
+// explicit syncs in Commit and when packs are published.
 package blockstore

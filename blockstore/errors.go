@@ -36,13 +36,18 @@ func (e *CorruptBlockError) Error() string {
 // MissingBlockError reports a block that a map refers to but the store does
 // not hold. It is permanent.
 type MissingBlockError struct {
-	Hash  Hash
-	Map   MapID
-	Block int64
+	Hash   Hash
+	Map    MapID
+	Block  int64
+	Reason string // optional: why it is missing
 }
 
 func (e *MissingBlockError) Error() string {
-	return fmt.Sprintf("missing block %s (map %s block %d)", e.Hash, e.Map, e.Block)
+	msg := fmt.Sprintf("missing block %s (map %s block %d)", e.Hash, e.Map, e.Block)
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
 }
 
 // IsDataError reports whether err says that stored data is damaged, as
@@ -50,5 +55,6 @@ func (e *MissingBlockError) Error() string {
 func IsDataError(err error) bool {
 	var c *CorruptBlockError
 	var m *MissingBlockError
-	return errors.As(err, &c) || errors.As(err, &m)
+	var cm *CorruptMapError
+	return errors.As(err, &c) || errors.As(err, &m) || errors.As(err, &cm)
 }

@@ -1,10 +1,16 @@
 package blockstore
 
 import (
-	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -12,42 +18,88 @@ import (
 
 // GCStats reports one garbage collection.
 type GCStats struct {
-	Candidates     int64         `json:"blocks_examined"`
-	Marked         int64         `json:"blocks_live"`
-	FreedBlocks    int64         `json:"blocks_freed"`
-	FreedBytes     int64         `json:"bytes_freed"` // stored (compressed) bytes of the swept blocks
-	KeptInFlight   int64         `json:"blocks_kept_for_backups_in_progress"`
-	OrphanSegments int64         `json:"orphan_segments_deleted"`
-	VlogRewrites   int           `json:"value_log_files_rewritten"`
-	DiskBefore     int64         `json:"disk_bytes_before"`
-	DiskAfter      int64         `json:"disk_bytes_after"`
-	Duration       time.Duration `json:"duration"`
+	Candidates    int64         `json:"blocks_examined"`
+	Marked        int64         `json:"blocks_live"`
+	FreedBlocks   int64         `json:"blocks_freed"`
+	FreedBytes    int64         `json:"bytes_freed"` // stored (compressed) bytes of the swept blocks
+	KeptInFlight  int64         `json:"blocks_kept_for_backups_in_progress"`
+	PacksDeleted  int64         `json:"packs_deleted"`
+	PacksRepacked int64         `json:"packs_repacked"`
+	BytesRepacked int64         `json:"bytes_repacked"` // live bytes copied out of repacked packs
+	OrphanPacks   int64         `json:"orphan_packs_deleted"`
+	OrphanMaps    int64         `json:"orphan_maps_deleted"`
+	DiskBefore    int64         `json:"disk_bytes_before"` // allocated bytes of the store's files
+	DiskAfter     int64         `json:"disk_bytes_after"`
+	Duration      time.Duration `json:"duration"`
 }
 
 const sweepBatch = 1000
 
-// GC deletes blocks no live map refers to, and segments of maps that
-// neither exist nor are being written, then lets Badger's value-log GC give
-// the space back to the file system. It runs while backups, exports and
-// restores go on.
+// snapshot is the consistent view GC and scrub work from: one Badger read
+// transaction, the maps being written and the packs not yet indexed, all
+// taken under Store.mu. Commit moves a map from pending to committed and
+// a pack leaves writing only after its blocks are indexed, both under the
+// same lock, so every map is in exactly one of the view's headers, the
+// pending set, or (created later) the GC gate's holds; and every pack
+// numbered up to maxPack is either in the view's pack table or in writing.
+type snapshot struct {
+	txn     *badger.Txn
+	pending map[MapID]*mapWriter
+	writing map[uint64]struct{}
+	maxPack uint64
+}
+
+// takeSnapshot fixes a snapshot. With gate set it also turns the GC gate
+// on in the same critical section, so that every hold released from now
+// on is remembered.
+func (s *Store) takeSnapshot(gate bool) *snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gate {
+		s.gate.mu.Lock()
+		s.gate.gcOn = true
+		s.gate.touched = map[Hash]struct{}{}
+		s.gate.mu.Unlock()
+	}
+	return &snapshot{
+		txn:     s.db.NewTransaction(false),
+		pending: maps.Clone(s.pending),
+		writing: maps.Clone(s.writing),
+		maxPack: s.nextPack - 1,
+	}
+}
+
+// GC frees what no backup needs: index entries of blocks no live map
+// refers to, packs that hold no live block (deleted), packs whose live
+// share fell below Options.RepackBelow (live blocks copied to a new pack,
+// then deleted), and packs and map files left by crashed ingests. The
+// space goes back to the file system when GC returns. It runs while
+// backups, exports and restores go on.
 //
-// Why it never sweeps a block in use:
+// Why it never frees a block in use:
 //
-//   - Committed maps: mark reads every segment of every map that has a
-//     header when the mark transaction starts; a map deleted later only
-//     has fewer readers left.
-//   - Backups being written: every hash an ingest refers to is held in
-//     the gate from before its existence lookup until the segment naming
-//     it is visible, and released hashes are remembered for the rest of
-//     this run (gcGate). Sweep deletes a candidate only under the gate's
-//     lock, after checking it is neither held nor released-while-running.
-//     So an ingest that found block h stored either held h before the
-//     sweep looked (h is kept) or looked after h was deleted (its lookup
-//     misses and it writes h again).
-//   - Candidates are the blocks stored when GC started; blocks written
-//     later are not candidates.
-//   - Readers (NBD, FUSE, restores) read committed maps only; the daemon
-//     refuses to delete a backup while it is read.
+//   - Maps committed before the snapshot are read from their files; a
+//     map deleted later only loses protection it no longer needs.
+//   - Maps being written at the snapshot (pending) are read from their
+//     files too, under their writer's lock; Commit makes a map visible and
+//     drops it from pending in one critical section under Store.mu, where
+//     the snapshot is also taken, so no map is missed between the two.
+//   - Maps started after the snapshot: every hash an ingest refers to is
+//     held in the gate from before its index lookup until the segment
+//     naming it is in the map file, and hashes released while GC runs are
+//     remembered (gcGate). Sweep removes an index entry only under the
+//     gate's lock after checking the hash is neither held nor released
+//     during the run: either the hold came first (kept) or the removal did
+//     (the ingest's lookup misses and it stores the block again).
+//   - Candidates are index entries of the snapshot. Blocks indexed later
+//     are in packs written after it (in writing at the snapshot, or
+//     numbered above maxPack), which GC does not touch.
+//   - A pack is deleted only when no entry of the snapshot points into it
+//     and it was complete before the snapshot; no later entry can point
+//     into it (ingests index new packs, repack writes a new pack).
+//   - Repack points a block at its new copy only if the index still
+//     points at the old one, syncs the index, then deletes the old pack;
+//     a reader that finds its pack gone looks the block up again.
 func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	start := time.Now()
 	s.gcMu.Lock()
@@ -60,141 +112,82 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	var st GCStats
 	st.DiskBefore, _ = s.DiskUsage()
 
-	s.gate.mu.Lock()
-	s.gate.gcOn = true
-	s.gate.touched = map[Hash]struct{}{}
-	s.gate.mu.Unlock()
+	snap := s.takeSnapshot(true)
 	defer func() {
+		snap.txn.Discard()
 		s.gate.mu.Lock()
 		s.gate.gcOn = false
 		s.gate.touched = nil
 		s.gate.mu.Unlock()
 	}()
-
-	// Candidates are the blocks of this snapshot, taken before marking;
-	// iterating it later instead of listing it now keeps GC's memory to
-	// the mark set.
-	snapshot := s.db.NewTransaction(false)
-	defer snapshot.Discard()
-	marked, orphans, err := s.mark(ctx)
+	s.hook(HookGCSnapshot)
+	marked, committed, err := s.mark(ctx, snap)
 	if err != nil {
-		return st, err
+		return st, fmt.Errorf("gc mark: %w", err)
 	}
 	st.Marked = int64(len(marked))
+	s.hook(HookGCMarked)
 
-	type candidate struct {
-		h    Hash
-		size int64
-	}
-	var batch []candidate
-	sweep := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		s.gate.mu.Lock()
-		defer s.gate.mu.Unlock()
-		wb := s.db.NewWriteBatch()
-		defer wb.Cancel()
-		var swept []candidate
-		for _, c := range batch {
-			if s.gate.protectedLocked(c.h) {
-				st.KeptInFlight++
-				continue
-			}
-			if err := wb.Delete(blockKey(c.h)); err != nil {
-				return err
-			}
-			swept = append(swept, c)
-		}
-		if err := wb.Flush(); err != nil {
-			return err
-		}
-		for _, c := range swept {
-			s.cache.drop(c.h)
-			st.FreedBlocks++
-			st.FreedBytes += c.size
-		}
-		batch = batch[:0]
-		return nil
-	}
-	err = eachBlock(ctx, snapshot, func(h Hash, size int64) error {
-		st.Candidates++
-		if marked.has(h) {
-			return nil
-		}
-		batch = append(batch, candidate{h, size})
-		if len(batch) < sweepBatch {
-			return nil
-		}
-		if err := sweep(); err != nil {
-			return fmt.Errorf("gc sweep: %w", err)
-		}
-		return nil
-	})
-	if err == nil {
-		if err = sweep(); err != nil {
-			err = fmt.Errorf("gc sweep: %w", err)
-		}
-	}
-	snapshot.Discard() // before value-log GC, which must not keep its versions
+	live, err := s.sweep(ctx, snap, marked, &st)
 	if err != nil {
-		return st, err
+		return st, fmt.Errorf("gc sweep: %w", err)
 	}
-	for _, id := range orphans {
-		s.mu.Lock()
-		_, pending := s.pending[id]
-		s.mu.Unlock()
-		if pending {
+	marked = nil
+	s.hook(HookGCSwept)
+
+	table, err := packTable(ctx, snap.txn)
+	if err != nil {
+		return st, fmt.Errorf("gc: %w", err)
+	}
+	var repack []packInfo
+	inTable := make(map[uint64]struct{}, len(table))
+	for _, pi := range table {
+		inTable[pi.Num] = struct{}{}
+		if _, busy := snap.writing[pi.Num]; busy {
 			continue
 		}
-		if err := s.PurgeSegments(ctx, id); err == nil {
-			st.OrphanSegments++
+		switch lb := live[pi.Num]; {
+		case lb == 0:
+			s.hook(HookGCDeletePack)
+			if err := s.deletePack(ctx, pi.Num); err != nil {
+				return st, fmt.Errorf("gc: %w", err)
+			}
+			st.PacksDeleted++
+		case float64(lb) < s.opts.RepackBelow*float64(pi.Size):
+			repack = append(repack, pi)
 		}
+	}
+	if err := s.repack(ctx, repack, &st); err != nil {
+		return st, fmt.Errorf("gc repack: %w", err)
+	}
+
+	s.hook(HookGCOrphans)
+	err = s.packs.List(ctx, func(num uint64, _ int64) error {
+		_, known := inTable[num]
+		_, busy := snap.writing[num]
+		if known || busy || num > snap.maxPack || live[num] > 0 {
+			return nil
+		}
+		if err := s.packs.Delete(ctx, num); err != nil {
+			return err
+		}
+		st.OrphanPacks++
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("gc orphan packs: %w", err)
+	}
+	n, err := s.removeOrphanMaps(committed)
+	st.OrphanMaps = n
+	if err != nil {
+		return st, fmt.Errorf("gc orphan maps: %w", err)
 	}
 	if err := s.db.Sync(); err != nil {
-		return st, err
-	}
-	// Give the space back: rewrite value-log files that are mostly garbage.
-	for st.VlogRewrites < 1000 && ctx.Err() == nil {
-		if err := s.db.RunValueLogGC(0.3); err != nil {
-			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-				return st, fmt.Errorf("value log gc: %w", err)
-			}
-			break
-		}
-		st.VlogRewrites++
+		return st, fmt.Errorf("gc: sync index: %w", err)
 	}
 	st.DiskAfter, _ = s.DiskUsage()
 	st.Duration = time.Since(start)
 	return st, nil
-}
-
-// eachBlock calls fn with every stored block's hash and stored size in
-// txn's snapshot, in key order, until fn or ctx fails.
-func eachBlock(ctx context.Context, txn *badger.Txn, fn func(h Hash, size int64) error) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlock)})
-	defer it.Close()
-	n := 0
-	for it.Rewind(); it.Valid(); it.Next() {
-		if n++; n%1024 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-		}
-		var h Hash
-		copy(h[:], it.Item().Key()[len(prefixBlock):])
-		if err := fn(h, it.Item().ValueSize()); err != nil {
-			return err
-		}
-	}
-	return ctx.Err()
-}
-
-// countBlocks counts the stored blocks in txn's snapshot.
-func countBlocks(ctx context.Context, txn *badger.Txn) (int, error) {
-	n := 0
-	err := eachBlock(ctx, txn, func(Hash, int64) error { n++; return nil })
-	return n, err
 }
 
 // markSet holds blocks by the first 16 bytes of their hash: half the
@@ -211,62 +204,379 @@ func (m markSet) has(h Hash) bool {
 	return ok
 }
 
-// mark returns every hash named by a committed or pending map, and the
-// ids of maps that have segments but no header.
-func (s *Store) mark(ctx context.Context) (markSet, []MapID, error) {
-	// Not presized: the stored-block count would also count the garbage,
-	// and a set grown on demand holds ~36 B per live block (~56 at the
-	// peak of a growth step; BenchmarkMarkSetMemory).
+// mark returns every hash named by a map committed or pending at the
+// snapshot, and the ids of the committed ones.
+func (s *Store) mark(ctx context.Context, snap *snapshot) (markSet, map[MapID]struct{}, error) {
+	// Not presized: a set grown on demand holds ~36 B per live block (~56
+	// at the peak of a growth step; BenchmarkMarkSetMemory).
 	marked := markSet{}
-	var orphans []MapID
-	err := s.db.View(func(txn *badger.Txn) error {
-		live := map[MapID]bool{}
-		isLive := func(id MapID) bool {
-			if v, ok := live[id]; ok {
-				return v
-			}
-			s.mu.Lock()
-			_, pending := s.pending[id]
-			s.mu.Unlock()
-			_, err := txn.Get(mapKey(id))
-			v := pending || err == nil
-			live[id] = v
-			return v
-		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixSegment), PrefetchValues: true, PrefetchSize: 16})
-		defer it.Close()
-		var last MapID
-		for it.Rewind(); it.Valid(); it.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			k := it.Item().Key()
-			var id MapID
-			copy(id[:], k[len(prefixSegment):])
-			if !isLive(id) {
-				if !bytes.Equal(id[:], last[:]) {
-					orphans = append(orphans, id)
-					last = id
-				}
-				continue
-			}
-			err := it.Item().Value(func(v []byte) error {
-				hs, err := DecodeSegment(v)
-				if err != nil {
-					return fmt.Errorf("map %s: %w", id, err)
-				}
-				for _, h := range hs {
-					if !h.IsZero() {
-						marked.add(h)
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return err
+	add := func(_ int64, hs []Hash) error {
+		for _, h := range hs {
+			if !h.IsZero() {
+				marked.add(h)
 			}
 		}
 		return nil
+	}
+	committed := map[MapID]struct{}{}
+	err := eachMapInfo(ctx, snap.txn, func(info MapInfo) error {
+		committed[info.ID] = struct{}{}
+		s.hook(HookGCMarkMap)
+		err := s.eachMapSegment(ctx, info.ID, &info, nil, add)
+		if errors.Is(err, fs.ErrNotExist) {
+			if still, herr := s.mapCommitted(info.ID); herr != nil || still {
+				return errors.Join(&CorruptMapError{Map: info.ID, Segment: -1, Reason: "map file is missing"}, herr)
+			}
+			return nil // deleted since the snapshot
+		}
+		return err
 	})
-	return marked, orphans, err
+	if err != nil {
+		return nil, nil, err
+	}
+	for id, mw := range snap.pending {
+		s.hook(HookGCMarkMap)
+		err := s.eachMapSegment(ctx, id, nil, mw, add)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // aborted, or committed and deleted since
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return marked, committed, nil
+}
+
+// mapCommitted reports whether map id has a header now.
+func (s *Store) mapCommitted(id MapID) (bool, error) {
+	_, err := s.MapInfo(id)
+	if errors.Is(err, ErrMapNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// recordBytes is what one block takes in its pack.
+func recordBytes(loc location) int64 {
+	return packRecordHeader + int64(loc.len) + packFooterEntry
+}
+
+// sweep removes the index entries of the snapshot that are neither
+// marked nor protected by the gate, and returns the live bytes per pack.
+func (s *Store) sweep(ctx context.Context, snap *snapshot, marked markSet, st *GCStats) (map[uint64]int64, error) {
+	live := map[uint64]int64{}
+	type candidate struct {
+		h   Hash
+		loc location
+	}
+	var batch []candidate
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		s.hook(HookGCSweepBatch)
+		if err := s.checkSpace(0); err != nil {
+			return err
+		}
+		s.gate.mu.Lock()
+		defer s.gate.mu.Unlock()
+		wb := s.db.NewWriteBatch()
+		defer wb.Cancel()
+		var swept []candidate
+		for _, c := range batch {
+			if s.gate.protectedLocked(c.h) {
+				st.KeptInFlight++
+				live[c.loc.pack] += recordBytes(c.loc)
+				continue
+			}
+			if err := wb.Delete(indexKey(c.h)); err != nil {
+				return err
+			}
+			swept = append(swept, c)
+		}
+		if err := wb.Flush(); err != nil {
+			return err
+		}
+		for _, c := range swept {
+			s.cache.drop(c.h)
+			st.FreedBlocks++
+			st.FreedBytes += int64(c.loc.len)
+		}
+		batch = batch[:0]
+		return nil
+	}
+	err := eachIndexEntry(ctx, snap.txn, func(h Hash, loc location) error {
+		st.Candidates++
+		if marked.has(h) {
+			live[loc.pack] += recordBytes(loc)
+			return nil
+		}
+		batch = append(batch, candidate{h, loc})
+		if len(batch) < sweepBatch {
+			return nil
+		}
+		return flush()
+	})
+	if err == nil {
+		err = flush()
+	}
+	return live, err
+}
+
+// deletePack removes a pack from the table, then its bytes. A crash in
+// between leaves an orphan file that the next GC deletes.
+func (s *Store) deletePack(ctx context.Context, num uint64) error {
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(packKey(num)) }); err != nil {
+		return fmt.Errorf("delete pack %016x from the table: %w", num, err)
+	}
+	return s.packs.Delete(ctx, num)
+}
+
+// repack copies the live blocks of packs into new packs, points the index
+// at the copies, and deletes the old packs.
+func (s *Store) repack(ctx context.Context, packs []packInfo, st *GCStats) error {
+	type move struct {
+		h        Hash
+		from, to location
+	}
+	var (
+		pw      *packWriter
+		moves   []move
+		sources []uint64 // packs whose every live block is in pw
+	)
+	defer func() {
+		if pw != nil {
+			pw.release()
+		}
+	}()
+	flush := func() error {
+		if pw != nil {
+			pi, err := pw.seal(ctx)
+			if err != nil {
+				return err
+			}
+			for i := 0; i < len(moves); i += sweepBatch {
+				chunk := moves[i:min(i+sweepBatch, len(moves))]
+				first := i == 0
+				err := s.updateRetry(func(txn *badger.Txn) error {
+					if first {
+						if err := txn.Set(packKey(pi.Num), pi.encode()); err != nil {
+							return err
+						}
+					}
+					for _, m := range chunk {
+						cur, err := s.lookupTxn(txn, m.h)
+						if errors.Is(err, errNotIndexed) || (err == nil && cur != m.from) {
+							continue // removed or stored again meanwhile: the copy is garbage
+						}
+						if err != nil {
+							return err
+						}
+						if err := txn.Set(indexKey(m.h), m.to.encode()); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					return fmt.Errorf("index repacked blocks in pack %016x: %w", pi.Num, err)
+				}
+			}
+			pw.release()
+			pw = nil
+			moves = moves[:0]
+		}
+		s.hook(HookGCRepackIndexed)
+		// The index must point at the copies durably before the old
+		// packs go.
+		if err := s.db.Sync(); err != nil {
+			return fmt.Errorf("sync index: %w", err)
+		}
+		for _, num := range sources {
+			if err := s.deletePack(ctx, num); err != nil {
+				return err
+			}
+		}
+		sources = sources[:0]
+		return nil
+	}
+	for _, pi := range packs {
+		s.hook(HookGCRepack)
+		entries, err := s.readPackFooter(ctx, pi.Num, pi.Size)
+		if err != nil {
+			return err
+		}
+		slices.SortFunc(entries, func(a, b packEntry) int { return int(int64(a.loc.off) - int64(b.loc.off)) })
+		r := s.newPackReader(ctx, pi.Num, pi.Size)
+		clean := true
+		for _, e := range entries {
+			cur, err := s.lookup(e.h)
+			if errors.Is(err, errNotIndexed) || (err == nil && cur != e.loc) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			v, err := r.slice(int64(e.loc.off), int(e.loc.len))
+			if err != nil {
+				return err
+			}
+			if _, err := s.decodeVerify(e.h, v, make([]byte, 0, s.blockSize)); err != nil {
+				clean = false // left for scrub to report; the pack stays
+				continue
+			}
+			if pw == nil {
+				if pw, err = s.newPackWriter(); err != nil {
+					return err
+				}
+			}
+			to, err := pw.add(e.h, v)
+			if err != nil {
+				return err
+			}
+			moves = append(moves, move{e.h, e.loc, to})
+			st.BytesRepacked += int64(e.loc.len)
+		}
+		st.PacksRepacked++
+		if clean {
+			sources = append(sources, pi.Num)
+		}
+		if pw != nil && pw.full() {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// updateRetry runs fn in a read-write transaction, retrying on conflicts.
+func (s *Store) updateRetry(fn func(txn *badger.Txn) error) error {
+	for range 10 {
+		err := s.db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+	}
+	return errors.New("too many conflicting writers")
+}
+
+// removeOrphanMaps deletes map files that belong to no committed or
+// pending map: ingests that died, deletions whose purge did not finish.
+// committed are the maps of GC's snapshot; anything else is checked
+// against the current state under Store.mu, which Ingest holds while it
+// creates a map file and Commit while it publishes one.
+func (s *Store) removeOrphanMaps(committed map[MapID]struct{}) (int64, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, mapsDir))
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".map")
+		if !ok {
+			continue
+		}
+		id, err := ParseMapID(name)
+		if err != nil {
+			continue
+		}
+		if _, ok := committed[id]; ok {
+			continue
+		}
+		s.mu.Lock()
+		_, pending := s.pending[id]
+		still := false
+		if !pending {
+			still, err = s.mapCommitted(id)
+		}
+		if err == nil && !pending && !still {
+			s.removeMapFile(id)
+			n++
+		}
+		s.mu.Unlock()
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// eachIndexEntry calls fn with every index entry of txn's view, in hash
+// order, until fn or ctx fails.
+func eachIndexEntry(ctx context.Context, txn *badger.Txn, fn func(h Hash, loc location) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixIndex), PrefetchValues: true, PrefetchSize: 256})
+	defer it.Close()
+	n := 0
+	for it.Rewind(); it.Valid(); it.Next() {
+		if n++; n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		var h Hash
+		copy(h[:], it.Item().Key()[len(prefixIndex):])
+		var loc location
+		err := it.Item().Value(func(v []byte) error {
+			var err error
+			loc, err = decodeLocation(v)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("index entry of block %s: %w", h, err)
+		}
+		if err := fn(h, loc); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// eachMapInfo calls fn with every map header of txn's view.
+func eachMapInfo(ctx context.Context, txn *badger.Txn, fn func(MapInfo) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixMap), PrefetchValues: true})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var id MapID
+		copy(id[:], it.Item().Key()[len(prefixMap):])
+		info, err := decodeMapInfo(id, it.Item())
+		if err != nil {
+			return err
+		}
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// packTable returns the pack table of txn's view, in pack order.
+func packTable(ctx context.Context, txn *badger.Txn) ([]packInfo, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixPack), PrefetchValues: true})
+	defer it.Close()
+	var out []packInfo
+	for it.Rewind(); it.Valid(); it.Next() {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		k := it.Item().Key()[len(prefixPack):]
+		if len(k) != 8 {
+			return nil, fmt.Errorf("pack table key %x", k)
+		}
+		num := binary.BigEndian.Uint64(k)
+		var pi packInfo
+		err := it.Item().Value(func(v []byte) error {
+			var err error
+			pi, err = decodePackInfo(num, v)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pi)
+	}
+	return out, nil
 }

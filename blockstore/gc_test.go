@@ -3,6 +3,8 @@ package blockstore
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -14,7 +16,7 @@ func deleteMap(t *testing.T, s *Store, id MapID) {
 	if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(txn, id) }); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PurgeSegments(context.Background(), id); err != nil {
+	if err := s.PurgeMap(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -44,7 +46,7 @@ func TestGCFreesOnlyUnreferencedBlocks(t *testing.T) {
 	if got := readAll(t, s, mb.ID); !bytes.Equal(got, b) {
 		t.Fatal("surviving map reads wrong after GC")
 	}
-	// An orphan left by a crashed ingest (segments, no header) is collected.
+	// An orphan left by a crashed ingest (a map file, no header) is collected.
 	p, err := s.Ingest(context.Background(), memSource{randomDisk(3, 1<<20)}, IngestOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -56,24 +58,27 @@ func TestGCFreesOnlyUnreferencedBlocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.OrphanSegments != 1 || st.FreedBlocks == 0 {
+	if st.OrphanMaps != 1 || st.FreedBlocks == 0 {
 		t.Fatalf("orphan not collected: %+v", st)
 	}
-	assertOnlySegmentsOf(t, s, mb.ID)
+	assertOnlyMapFilesOf(t, s, mb.ID)
 }
 
-func assertOnlySegmentsOf(t *testing.T, s *Store, id MapID) {
+func assertOnlyMapFilesOf(t *testing.T, s *Store, ids ...MapID) {
 	t.Helper()
-	_ = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixSegment)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			if !bytes.Equal(it.Item().Key()[2:18], id[:]) {
-				t.Fatalf("segment of another map left: %x", it.Item().Key())
-			}
+	ents, err := os.ReadDir(filepath.Join(s.dir, mapsDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id.String()+".map"] = true
+	}
+	for _, e := range ents {
+		if !want[e.Name()] {
+			t.Errorf("map file left behind: %s", e.Name())
 		}
-		return nil
-	})
+	}
 }
 
 // TestGCRacesDedupe is the adversarial interleaving: map A holds data X;
@@ -148,12 +153,7 @@ func TestScrubFindsAndRepairsDamage(t *testing.T) {
 	for i := int64(0); h.IsZero(); i++ {
 		h, _ = s.BlockHash(m.ID, i)
 	}
-	if err := s.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(blockKey(h), append([]byte{byte(CodecRaw)}, make([]byte, 4096)...))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	s.cache.drop(h)
+	corruptBlock(t, s, h)
 	rep, err = s.Scrub(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -181,4 +181,29 @@ func TestScrubFindsAndRepairsDamage(t *testing.T) {
 		t.Fatalf("after repair: %+v %v", rep, err)
 	}
 	_ = other
+}
+
+// corruptBlock flips one byte of block h's value in its pack file.
+func corruptBlock(t *testing.T, s *Store, h Hash) {
+	t.Helper()
+	loc, err := s.lookup(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := s.packs.(*LocalPacks).path(loc.pack)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	off := int64(loc.off) + int64(loc.len)/2
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	s.cache.drop(h)
 }

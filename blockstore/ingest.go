@@ -7,8 +7,6 @@ import (
 	"io"
 	"sync"
 	"time"
-
-	"github.com/dgraph-io/badger/v4"
 )
 
 // Source is a disk to back up: Size bytes readable with ReadAt. ReadAt may
@@ -49,16 +47,18 @@ type IngestStats struct {
 // PendingMap is an ingested map that is not yet visible. Commit it with
 // Store.Commit or drop it with Abort.
 type PendingMap struct {
-	Info MapInfo
-	s    *Store
+	Info      MapInfo
+	s         *Store
+	damageSeq uint64 // scrub's damage log position when the ingest began
 }
 
-// Abort removes the map's segments. Its new blocks are left for GC.
+// Abort removes the map's file. Its new blocks are left for GC.
 func (p *PendingMap) Abort(ctx context.Context) error {
 	p.s.mu.Lock()
 	delete(p.s.pending, p.Info.ID)
 	p.s.mu.Unlock()
-	return p.s.PurgeSegments(ctx, p.Info.ID)
+	p.s.removeMapFile(p.Info.ID)
+	return ctx.Err()
 }
 
 // ingestItem is one unit of pipeline work: up to itemBytes of consecutive
@@ -76,23 +76,38 @@ type ingestItem struct {
 
 const itemBytes = 1 << 20
 
-// Ingest reads src and writes its blocks and block map under a new map id
-// that nothing refers to yet. It returns a PendingMap to Commit.
+// Ingest reads src and writes its new blocks into packs and its block map
+// into a map file under a new map id that nothing refers to yet. It
+// returns a PendingMap to Commit.
 //
 // Pipeline: one reader (sparse-aware) → Workers goroutines that zero-check,
-// hash, look up and compress → one collector that writes new blocks and
-// segments in disk order through a Badger WriteBatch.
+// hash, look up and compress → one collector that appends new blocks to
+// the ingest's own pack in disk order and writes map segments. A pack is
+// indexed once it is sealed and synced, so a lookup never finds a block
+// whose bytes could still be lost.
 //
 // Memory bound: at most 2×Workers+2 items of 1 MiB are in flight, each with
 // its read buffer and the compressed copies of its new blocks, so about
 // (2×Workers+2)×2 MiB (12 MiB with two workers), plus one segment of hashes
-// and Badger's write buffers (its memtables, sized in badgerOptions).
+// and the pack writer's 1 MiB buffer.
 func (s *Store) Ingest(ctx context.Context, src Source, opt IngestOptions) (*PendingMap, error) {
 	start := time.Now()
 	id := NewMapID()
+	if err := s.checkSpace(0); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	// The map file is created and registered as pending in one critical
+	// section: GC's orphan check must never see the file unregistered.
 	s.mu.Lock()
-	s.pending[id] = struct{}{}
+	mw, err := s.createMap(id, src.Size())
+	if err == nil {
+		s.pending[id] = mw
+	}
+	damageSeq := s.damage.seq
 	s.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
 
 	ig := &ingest{
 		s:      s,
@@ -102,23 +117,26 @@ func (s *Store) Ingest(ctx context.Context, src Source, opt IngestOptions) (*Pen
 		size:   src.Size(),
 		bs:     int64(s.blockSize),
 		ref:    s.gate.register(),
+		mw:     mw,
 		recent: map[Hash]struct{}{},
 	}
 	defer s.gate.unregister(ig.ref)
 	stats, err := ig.run(ctx)
 	if err != nil {
+		if ig.pw != nil {
+			ig.pw.release()
+		}
 		s.mu.Lock()
 		delete(s.pending, id)
 		s.mu.Unlock()
-		// The context may be what failed; clean up regardless.
-		if perr := s.PurgeSegments(context.WithoutCancel(ctx), id); perr != nil {
-			err = errors.Join(err, perr)
-		}
+		mw.abort()
 		return nil, err
 	}
 	stats.DurationNano = time.Since(start).Nanoseconds()
-	return &PendingMap{s: s, Info: MapInfo{
+	s.hook(HookIngestDone)
+	return &PendingMap{s: s, damageSeq: damageSeq, Info: MapInfo{
 		ID: id, Size: ig.size, BlockSize: s.blockSize, Created: time.Now().UTC(), Stats: stats,
+		Segments: mw.present,
 	}}, nil
 }
 
@@ -130,12 +148,13 @@ type ingest struct {
 	size int64
 	bs   int64
 	ref  *ingestRef
+	mw   *mapWriter
 
 	// collector state
-	wb       *badger.WriteBatch
+	pw       *packWriter // pack being filled; nil until a new block arrives
 	seg      []Hash
 	segIndex int64
-	segHeld  []Hash // hashes of seg registered in ref, released once the segment is durable-visible
+	segHeld  []Hash // hashes of seg registered in ref, released once the segment is in the map file
 	recent   map[Hash]struct{}
 	stats    IngestStats
 
@@ -144,9 +163,6 @@ type ingest struct {
 
 func (ig *ingest) run(ctx context.Context) (IngestStats, error) {
 	ig.stats.LogicalBytes = ig.size
-	if err := ig.s.checkSpace(0); err != nil {
-		return IngestStats{}, fmt.Errorf("ingest: %w", err)
-	}
 	nblocks := blocksFor(ig.size, int(ig.bs))
 	perItem := max(1, int(itemBytes/ig.bs))
 	workers := ig.s.opts.Workers
@@ -179,8 +195,6 @@ func (ig *ingest) run(ctx context.Context) (IngestStats, error) {
 	}
 	go func() { wg.Wait(); close(results) }()
 
-	ig.wb = ig.s.db.NewWriteBatch()
-	defer func() { ig.wb.Cancel() }()
 	err := ig.collect(ctx, results, tokens)
 	if err != nil {
 		cancel(err)
@@ -281,19 +295,19 @@ func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) [
 		it.hashes[j] = h
 		// Register before the lookup: from here GC will not sweep h. (No
 		// shortcut through the previous backup's map: that backup may be
-		// deleted and swept meanwhile; the lookup is an in-memory LSM check.)
+		// deleted and swept meanwhile; the lookup is an LSM check.)
 		ig.ref.hold(h)
 		ok, err := ig.s.HasBlock(h)
 		if err != nil {
 			it.err = err
 			return scratch
 		}
+		ig.s.hook(HookIngestLookup)
 		if ok {
 			continue
 		}
 		var v []byte
 		v, scratch = ig.s.codecs.encode(ig.s.opts.Codec, b, scratch)
-		// Badger keeps the value slice until the batch commits: copy it.
 		it.newVal[j] = append([]byte(nil), v...)
 	}
 	it.buf = nil
@@ -316,7 +330,7 @@ func (ig *ingest) collect(ctx context.Context, results <-chan *ingestItem, token
 			if cur.err != nil {
 				return cur.err
 			}
-			if err := ig.write(cur); err != nil {
+			if err := ig.write(ctx, cur); err != nil {
 				return err
 			}
 			<-tokens
@@ -334,16 +348,22 @@ func (ig *ingest) collect(ctx context.Context, results <-chan *ingestItem, token
 	if err := ig.flushSegment(); err != nil {
 		return err
 	}
-	if err := ig.wb.Flush(); err != nil {
-		return fmt.Errorf("write blocks of map %s: %w", ig.id, err)
+	if ig.pw != nil {
+		pw := ig.pw
+		ig.pw = nil
+		if _, err := ig.s.publishPack(ctx, pw); err != nil {
+			return fmt.Errorf("map %s: %w", ig.id, err)
+		}
 	}
-	ig.ref.release(ig.segHeld)
+	if err := ig.mw.finish(); err != nil {
+		return err
+	}
 	return nil
 }
 
 const recentLimit = 1 << 15
 
-func (ig *ingest) write(it *ingestItem) error {
+func (ig *ingest) write(ctx context.Context, it *ingestItem) error {
 	for j := 0; j < it.n; j++ {
 		h := it.hashes[j]
 		if h.IsZero() {
@@ -359,8 +379,8 @@ func (ig *ingest) write(it *ingestItem) error {
 					clear(ig.recent)
 				}
 				ig.recent[h] = struct{}{}
-				if err := ig.wb.Set(blockKey(h), v); err != nil {
-					return fmt.Errorf("write block %s of map %s: %w", h, ig.id, err)
+				if err := ig.addBlock(ctx, h, v); err != nil {
+					return err
 				}
 				ig.stats.NewBlocks++
 				ig.stats.NewRawBytes += ig.bs
@@ -377,8 +397,32 @@ func (ig *ingest) write(it *ingestItem) error {
 	return nil
 }
 
-// flushSegment writes the current segment (unless all zero), makes it
-// visible, and only then lets GC forget the hashes it refers to.
+// addBlock appends a new block to the ingest's pack, sealing and indexing
+// the pack when it is full.
+func (ig *ingest) addBlock(ctx context.Context, h Hash, v []byte) error {
+	if ig.pw == nil {
+		pw, err := ig.s.newPackWriter()
+		if err != nil {
+			return fmt.Errorf("map %s: %w", ig.id, err)
+		}
+		ig.pw = pw
+	}
+	if _, err := ig.pw.add(h, v); err != nil {
+		return fmt.Errorf("map %s: %w", ig.id, err)
+	}
+	if ig.pw.full() {
+		pw := ig.pw
+		ig.pw = nil
+		if _, err := ig.s.publishPack(ctx, pw); err != nil {
+			return fmt.Errorf("map %s: %w", ig.id, err)
+		}
+	}
+	return nil
+}
+
+// flushSegment writes the current segment to the map file (unless all
+// zero), and only then lets GC forget the hashes it refers to: from now
+// on a GC reads them from the file.
 func (ig *ingest) flushSegment() error {
 	if len(ig.seg) == 0 {
 		return nil
@@ -388,22 +432,10 @@ func (ig *ingest) flushSegment() error {
 	if err := ig.s.checkSpace(0); err != nil {
 		return err
 	}
-	allZero := true
-	for i := range ig.seg {
-		if !ig.seg[i].IsZero() {
-			allZero = false
-			break
-		}
+	if err := ig.mw.writeSegment(ig.segIndex, ig.seg); err != nil {
+		return err
 	}
-	if !allZero {
-		if err := ig.wb.Set(segmentKey(ig.id, ig.segIndex), encodeSegment(ig.seg)); err != nil {
-			return fmt.Errorf("write segment %d of map %s: %w", ig.segIndex, ig.id, err)
-		}
-		if err := ig.wb.Flush(); err != nil {
-			return fmt.Errorf("write segment %d of map %s: %w", ig.segIndex, ig.id, err)
-		}
-		ig.wb = ig.s.db.NewWriteBatch()
-	}
+	ig.s.hook(HookIngestSegmentWritten)
 	ig.ref.release(ig.segHeld)
 	ig.segHeld = ig.segHeld[:0]
 	ig.seg = ig.seg[:0]

@@ -41,3 +41,8 @@ func (s *Store) checkSpace(need int64) error {
 	}
 	return nil
 }
+
+// CheckSpace fails with ENOSPC when writing need more bytes would eat into
+// the reserve. Every writer of the store's database (the catalog too)
+// calls it before writing.
+func (s *Store) CheckSpace(need int64) error { return s.checkSpace(need) }

@@ -23,18 +23,29 @@ const DefaultBlockSize = 64 << 10
 // blocks one segment covers 64 MiB of disk in 32 KiB of hashes.
 const SegmentEntries = 1024
 
-const formatVersion = "1"
+// Store format "2" keeps block bytes in pack files and block maps in map
+// files; "1" (csbs before packs) kept both in Badger and is upgraded by
+// Open (migrate.go).
+const formatVersion = "2"
 
 var (
 	keyMetaFormat    = []byte("meta/format")
 	keyMetaBlockSize = []byte("meta/blocksize")
+	keyMetaPackSeq   = []byte("meta/packseq") // pack numbers below it may have been used
 )
 
 // Key prefixes; see the package documentation.
 const (
-	prefixBlock   = "b/"
-	prefixSegment = "s/"
-	prefixMap     = "m/"
+	prefixIndex = "i/"
+	prefixMap   = "m/"
+	prefixPack  = "p/"
+)
+
+// Directories inside the store directory (Badger's files sit at its top).
+const (
+	packsDir   = "packs"
+	mapsDir    = "maps"
+	stagingDir = "staging"
 )
 
 // Options configure Open. Zero values mean the defaults filled in by
@@ -58,6 +69,18 @@ type Options struct {
 	// MinFree is the free space ingest never eats into (see space.go);
 	// default DefaultMinFree.
 	MinFree int64
+	// PackSize is the size at which a pack is sealed; default
+	// DefaultPackSize, at most MaxPackSize.
+	PackSize int
+	// RepackBelow: GC copies the live blocks out of a pack whose live
+	// share of bytes fell below it, then deletes the pack; default 0.8.
+	RepackBelow float64
+	// Packs is where pack files live; default LocalPacks under the store
+	// directory.
+	Packs PackStore
+	// Hook, if set, is called at every HookPoint; tests use it to run the
+	// interleavings of ingest, commit, GC and scrub. Nil in production.
+	Hook func(HookPoint)
 }
 
 func (o Options) withDefaults() Options {
@@ -73,6 +96,13 @@ func (o Options) withDefaults() Options {
 	if o.MinFree == 0 {
 		o.MinFree = DefaultMinFree
 	}
+	if o.PackSize <= 0 {
+		o.PackSize = DefaultPackSize
+	}
+	o.PackSize = min(o.PackSize, MaxPackSize)
+	if o.RepackBelow <= 0 {
+		o.RepackBelow = 0.8
+	}
 	return o
 }
 
@@ -87,10 +117,20 @@ type Store struct {
 	segCache  *segmentCache
 	codecs    *codecSet
 	gate      *gcGate
+	packs     PackStore
+	mapFiles  *fileCache
 
-	mu      sync.Mutex
-	pending map[MapID]struct{} // maps being written; GC must keep them
-	gcMu    sync.Mutex         // one GC or scrub at a time
+	// mu orders commits against GC's and scrub's snapshots: a map leaves
+	// pending only in the same critical section that makes its header
+	// visible, and a pack leaves writing only once its blocks are indexed.
+	mu        sync.Mutex
+	pending   map[MapID]*mapWriter // maps being written (or written, not yet committed)
+	writing   map[uint64]struct{}  // packs allocated whose blocks are not yet indexed
+	nextPack  uint64
+	packLimit uint64 // numbers below it are reserved in meta/packseq
+	damage    damageLog
+	gcMu      sync.Mutex // one GC at a time
+	scrubMu   sync.Mutex // one scrub at a time
 
 	// closeMu makes Close wait for reads in progress and fail later ones:
 	// Badger panics when a closed DB is read.
@@ -101,7 +141,8 @@ type Store struct {
 	bgCancel context.CancelFunc
 }
 
-// Open opens or creates the store in dir.
+// Open opens or creates the store in dir. A store of an earlier format is
+// upgraded first (see migrate.go).
 func Open(dir string, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
 	if opts.BlockSize != 0 {
@@ -109,8 +150,31 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
+	if !opts.ReadOnly {
+		// Before the directory is created: an upgrade interrupted between
+		// its two renames left the new store under another name.
+		if err := migrateIfNeeded(dir, opts); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return openCurrent(dir, opts)
+}
+
+func openCurrent(dir string, opts Options) (*Store, error) {
+	for _, sub := range []string{mapsDir, stagingDir} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+	}
+	packs := opts.Packs
+	if packs == nil {
+		var err error
+		if packs, err = NewLocalPacks(filepath.Join(dir, packsDir)); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
 	}
 	db, err := badger.Open(badgerOptions(dir, opts))
 	if err != nil {
@@ -136,7 +200,22 @@ func Open(dir string, opts Options) (*Store, error) {
 		segCache:  newSegmentCache(256),
 		codecs:    codecs,
 		gate:      newGCGate(),
-		pending:   map[MapID]struct{}{},
+		packs:     packs,
+		mapFiles:  newFileCache(64),
+		pending:   map[MapID]*mapWriter{},
+		writing:   map[uint64]struct{}{},
+	}
+	if err := s.loadPackSeq(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	if !opts.ReadOnly {
+		// Staged packs belong to ingests that died with the process:
+		// nothing refers to them.
+		staged, _ := filepath.Glob(filepath.Join(dir, stagingDir, "*"))
+		for _, f := range staged {
+			os.Remove(f)
+		}
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	return s, nil
@@ -150,10 +229,11 @@ func validBlockSize(bs int) error {
 }
 
 // badgerOptions sizes Badger for a ≤256 MiB resident daemon: two 32 MiB
-// memtables, a 32 MiB block cache, 128 MiB value-log files (small files
-// keep the free-space reserve of space.go small). Blocks and map
-// segments (KiBs each) go to the value log, keeping the LSM tree small
-// enough that existence checks at ingest stay in memory.
+// memtables, a 32 MiB block cache. Badger holds only small values (index
+// entries, map headers, the catalog), all inside the LSM tree
+// (ValueThreshold at its maximum), so deleted keys give their space back
+// through compaction; the value log, whose space comes back only through
+// its unreliable GC, stays empty.
 func badgerOptions(dir string, opts Options) badger.Options {
 	return badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{opts.Logger}).
@@ -166,11 +246,15 @@ func badgerOptions(dir string, opts Options) badger.Options {
 		WithBlockCacheSize(32 << 20).
 		WithIndexCacheSize(16 << 20).
 		WithValueLogFileSize(valueLogFileSize).
-		WithValueThreshold(1 << 10).
+		WithValueThreshold(maxInlineValue).
 		WithNumCompactors(2).
 		WithCompression(options.None).
 		WithMetricsEnabled(false)
 }
+
+// maxInlineValue is Badger's largest ValueThreshold: values up to it live
+// in the LSM tree.
+const maxInlineValue = 1 << 20
 
 func initMeta(db *badger.DB, opts Options) (int, error) {
 	var bs int
@@ -189,6 +273,9 @@ func initMeta(db *badger.DB, opts Options) (int, error) {
 		return 0, fmt.Errorf("read store metadata: %w", err)
 	}
 	if bs != 0 {
+		if err := checkFormat(db); err != nil {
+			return 0, err
+		}
 		if opts.BlockSize != 0 && opts.BlockSize != bs {
 			return 0, fmt.Errorf("%w: store has %d-byte blocks, %d requested", ErrBlockSizeMismatch, bs, opts.BlockSize)
 		}
@@ -196,6 +283,12 @@ func initMeta(db *badger.DB, opts Options) (int, error) {
 	}
 	if opts.ReadOnly {
 		return 0, fmt.Errorf("read-only open of an uninitialised store")
+	}
+	if err := db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(keyMetaFormat)
+		return err
+	}); err == nil {
+		return 0, fmt.Errorf("store metadata has a format but no block size")
 	}
 	bs = opts.BlockSize
 	if bs == 0 {
@@ -225,8 +318,13 @@ func (s *Store) Close() error {
 	s.closed = true
 	s.closeMu.Unlock()
 	s.bg.Wait()
+	s.mapFiles.close()
+	perr := s.packs.Close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.dir, err)
+	}
+	if perr != nil {
+		return fmt.Errorf("close store %s: %w", s.dir, perr)
 	}
 	return nil
 }
@@ -250,23 +348,16 @@ func (s *Store) Sync() error {
 	return nil
 }
 
-// DiskUsage returns the bytes Badger's files take on disk.
+// DiskUsage returns the bytes the store's files occupy on the file system
+// (allocated blocks, not apparent sizes: Badger's files are preallocated
+// sparse). Packs kept by a PackStore other than the local one are not
+// counted.
 func (s *Store) DiskUsage() (int64, error) {
-	var total int64
-	err := filepath.WalkDir(s.dir, func(_ string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			total += fi.Size()
-		}
-		return nil
-	})
-	return total, err
+	n, err := allocatedBytes(s.dir)
+	if err != nil {
+		return n, fmt.Errorf("disk usage of store %s: %w", s.dir, err)
+	}
+	return n, nil
 }
 
 // enter guards a read against Close; call the returned release when done.
@@ -295,18 +386,10 @@ func (s *Store) background(fn func(ctx context.Context)) bool {
 	return true
 }
 
-func blockKey(h Hash) []byte {
-	k := make([]byte, len(prefixBlock)+HashSize)
-	copy(k, prefixBlock)
-	copy(k[len(prefixBlock):], h[:])
-	return k
-}
-
-func segmentKey(id MapID, seg int64) []byte {
-	k := make([]byte, len(prefixSegment)+len(id)+8)
-	n := copy(k, prefixSegment)
-	n += copy(k[n:], id[:])
-	binary.BigEndian.PutUint64(k[n:], uint64(seg))
+func indexKey(h Hash) []byte {
+	k := make([]byte, len(prefixIndex)+HashSize)
+	copy(k, prefixIndex)
+	copy(k[len(prefixIndex):], h[:])
 	return k
 }
 
@@ -315,6 +398,10 @@ func mapKey(id MapID) []byte {
 	n := copy(k, prefixMap)
 	copy(k[n:], id[:])
 	return k
+}
+
+func packKey(num uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(prefixPack), num)
 }
 
 func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
@@ -337,3 +424,107 @@ func (b badgerLogger) Warningf(f string, a ...any) {
 }
 func (badgerLogger) Infof(string, ...any)  {}
 func (badgerLogger) Debugf(string, ...any) {}
+
+// checkFormat refuses a store whose format this binary cannot read.
+func checkFormat(db *badger.DB) error {
+	var f []byte
+	err := db.View(func(txn *badger.Txn) error {
+		var err error
+		f, err = getValue(txn, keyMetaFormat)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("read store format: %w", err)
+	}
+	if string(f) != formatVersion {
+		return fmt.Errorf("store format %q: this csbs reads format %q (a read-only open does not upgrade)", f, formatVersion)
+	}
+	return nil
+}
+
+// packSeqStep is how many pack numbers one write of meta/packseq reserves.
+const packSeqStep = 1024
+
+func (s *Store) loadPackSeq() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		v, err := getValue(txn, keyMetaPackSeq)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			s.nextPack, s.packLimit = 1, 1
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(v) != 8 {
+			return fmt.Errorf("meta/packseq of %d bytes", len(v))
+		}
+		s.nextPack = binary.BigEndian.Uint64(v)
+		s.packLimit = s.nextPack
+		return nil
+	})
+}
+
+// allocPack returns a pack number never used before, registered as being
+// written. Numbers are reserved in meta/packseq ahead of use, so a number
+// is not handed out twice, also across restarts.
+func (s *Store) allocPack() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nextPack >= s.packLimit {
+		limit := s.nextPack + packSeqStep
+		err := s.db.Update(func(txn *badger.Txn) error {
+			return txn.Set(keyMetaPackSeq, binary.BigEndian.AppendUint64(nil, limit))
+		})
+		if err == nil {
+			err = s.db.Sync()
+		}
+		if err != nil {
+			return 0, fmt.Errorf("reserve pack numbers: %w", err)
+		}
+		s.packLimit = limit
+	}
+	num := s.nextPack
+	s.nextPack++
+	s.writing[num] = struct{}{}
+	return num, nil
+}
+
+// settlePack ends a pack's protection as "being written": its blocks are
+// indexed (or it was abandoned, and GC may delete it).
+func (s *Store) settlePack(num uint64) {
+	s.mu.Lock()
+	delete(s.writing, num)
+	s.mu.Unlock()
+}
+
+// publishPack seals a pack, then indexes its blocks and records it in the
+// pack table in one batch: a block is found by lookups only once its
+// bytes are durable. A hash another ingest indexed meanwhile is pointed
+// at this copy; the other copy becomes garbage for GC.
+func (s *Store) publishPack(ctx context.Context, pw *packWriter) (packInfo, error) {
+	defer pw.release()
+	pi, err := pw.seal(ctx)
+	if err != nil {
+		return pi, err
+	}
+	s.hook(HookIngestPackSealed)
+	if err := s.checkSpace(0); err != nil {
+		return pi, err
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, e := range pw.entries {
+		if err := wb.Set(indexKey(e.h), e.loc.encode()); err != nil {
+			return pi, fmt.Errorf("index pack %016x: %w", pw.num, err)
+		}
+	}
+	if err := wb.Set(packKey(pw.num), pi.encode()); err != nil {
+		return pi, fmt.Errorf("index pack %016x: %w", pw.num, err)
+	}
+	if err := wb.Flush(); err != nil {
+		return pi, fmt.Errorf("index pack %016x: %w", pw.num, err)
+	}
+	pw.release()
+	s.hook(HookIngestPackIndexed)
+	return pi, nil
+}

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/dgraph-io/badger/v4"
 )
 
 // memSource is an in-memory disk.
@@ -162,17 +160,15 @@ func TestZeroBlocksNotStored(t *testing.T) {
 	if info.Stats.ZeroBlocks != info.Blocks() {
 		t.Fatalf("zero blocks %d, want %d", info.Stats.ZeroBlocks, info.Blocks())
 	}
-	// No segment is stored for an all-zero disk.
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: append([]byte(prefixSegment), info.ID[:]...)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			t.Errorf("segment stored for all-zero disk: %x", it.Item().Key())
+	// No segment is stored for an all-zero disk: the map file is a
+	// header and a hole.
+	for i := range info.Segments {
+		if info.Segments[i] != 0 {
+			t.Fatalf("segment bitmap of an all-zero disk: %x", info.Segments)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	}
+	if n, err := allocatedBytes(filepath.Join(s.dir, mapsDir)); err != nil || n > 64<<10 {
+		t.Fatalf("map files of an all-zero 200 MiB disk occupy %d bytes (%v)", n, err)
 	}
 	got := make([]byte, 1<<20)
 	v, _ := s.OpenVolume(info.ID)
@@ -244,8 +240,8 @@ func TestBlockSizeRecorded(t *testing.T) {
 	}
 }
 
-// TestCorruptValueOnDisk flips a byte of a stored block inside Badger's
-// value log file and expects a corruption error on read, never the bytes.
+// TestCorruptValueOnDisk flips a byte of a stored block inside its pack
+// file and expects a corruption error on read, never the bytes.
 func TestCorruptValueOnDisk(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{Codec: CodecRaw, BlockSize: 4096})
@@ -270,7 +266,7 @@ func TestCorruptValueOnDisk(t *testing.T) {
 	s.Close()
 
 	flipped := false
-	files, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	files, _ := filepath.Glob(filepath.Join(dir, packsDir, "*", "*.pack"))
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -285,7 +281,7 @@ func TestCorruptValueOnDisk(t *testing.T) {
 		}
 	}
 	if !flipped {
-		t.Fatal("block bytes not found in any value log file")
+		t.Fatal("block bytes not found in any pack file")
 	}
 	s, err = Open(dir, Options{})
 	if err != nil {
@@ -309,8 +305,7 @@ func TestCorruptValueOnDisk(t *testing.T) {
 		t.Fatal("corrupt read returned block bytes")
 	}
 	// Every other block reads back right or fails as damaged; never wrong
-	// bytes. (Badger may drop the entries that follow a corrupt one in the
-	// active value-log file when it opens, so neighbours can fail too.)
+	// bytes.
 	for off := int64(0); off < int64(len(data)); off += 4096 {
 		n, err := v.ReadAt(buf, off)
 		if err != nil && !IsDataError(err) {
@@ -323,19 +318,28 @@ func TestCorruptValueOnDisk(t *testing.T) {
 }
 
 func TestCorruptSegmentDetected(t *testing.T) {
-	seg := encodeSegment([]Hash{HashBlock([]byte("a")), {}, HashBlock([]byte("b"))})
-	if _, err := DecodeSegment(seg); err != nil {
+	id := NewMapID()
+	seg := encodeSegment(id, 3, []Hash{HashBlock([]byte("a")), {}, HashBlock([]byte("b"))})
+	if _, err := DecodeSegment(id, 3, 3, seg); err != nil {
 		t.Fatal(err)
 	}
 	for i := range seg {
 		bad := bytes.Clone(seg)
 		bad[i] ^= 0x80
-		if _, err := DecodeSegment(bad); err == nil {
+		if _, err := DecodeSegment(id, 3, 3, bad); err == nil {
 			t.Fatalf("flip at byte %d not detected", i)
 		}
 	}
+	// The checksum is keyed: the same bytes are no segment of another
+	// map or another position.
+	if _, err := DecodeSegment(NewMapID(), 3, 3, seg); err == nil {
+		t.Fatal("segment of another map accepted")
+	}
+	if _, err := DecodeSegment(id, 4, 3, seg); err == nil {
+		t.Fatal("segment at another position accepted")
+	}
 	for _, n := range []int{0, 15, 16, 17, 48} {
-		if _, err := DecodeSegment(make([]byte, n)); err == nil {
+		if _, err := DecodeSegment(id, 0, 1, make([]byte, n)); err == nil {
 			t.Fatalf("segment of %d zero bytes accepted", n)
 		}
 	}
@@ -426,25 +430,23 @@ func TestFailedIngestLeavesNothing(t *testing.T) {
 	if len(maps) != 0 {
 		t.Fatalf("%d maps visible after a failed ingest", len(maps))
 	}
-	assertNoSegments(t, s)
+	assertOnlyMapFilesOf(t, s)
+	assertNoStaging(t, s)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := s.Ingest(ctx, memSource{data}, IngestOptions{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("ingest with cancelled context: %v", err)
 	}
-	assertNoSegments(t, s)
+	assertOnlyMapFilesOf(t, s)
+	assertNoStaging(t, s)
 }
 
-func assertNoSegments(t *testing.T, s *Store) {
+func assertNoStaging(t *testing.T, s *Store) {
 	t.Helper()
-	_ = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixSegment)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			t.Fatalf("segment left behind: %x", it.Item().Key())
-		}
-		return nil
-	})
+	left, _ := filepath.Glob(filepath.Join(s.dir, stagingDir, "*"))
+	if len(left) > 0 {
+		t.Fatalf("staged packs left behind: %v", left)
+	}
 }
 
 func TestAbortPending(t *testing.T) {
@@ -459,7 +461,7 @@ func TestAbortPending(t *testing.T) {
 	if err := p.Abort(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	assertNoSegments(t, s)
+	assertOnlyMapFilesOf(t, s)
 }
 
 // Close while read-ahead is in flight: no panic, later reads fail cleanly.

@@ -66,7 +66,7 @@ func (v *Volume) BlockHash(i int64) (Hash, error) {
 	if i < 0 || i >= v.info.Blocks() {
 		return Hash{}, fmt.Errorf("block %d outside map %s of %d blocks", i, v.info.ID, v.info.Blocks())
 	}
-	return v.s.BlockHash(v.info.ID, i)
+	return v.info.blockHash(v.s, i)
 }
 
 // Block returns the verified bytes of block i (a full block, also for the

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -22,17 +23,14 @@ func (e executor) gc(ctx context.Context, j catalog.Job) (catalog.Job, error) {
 	}
 	e.d.metrics.GCFreedBytes.Add(float64(st.FreedBytes))
 	e.d.metrics.GCLastSuccess.Set(float64(e.d.clock.Now().Unix()))
-	j.Note = fmt.Sprintf("freed %d of %d blocks (%s stored); disk %s -> %s; %d kept for backups in progress, %d orphan segments deleted, %d value-log files rewritten; took %s",
-		st.FreedBlocks, st.Candidates, humanize.IBytes(uint64(st.FreedBytes)), humanize.IBytes(uint64(max(st.DiskBefore, 0))), humanize.IBytes(uint64(max(st.DiskAfter, 0))),
-		st.KeptInFlight, st.OrphanSegments, st.VlogRewrites, st.Duration.Round(time.Millisecond))
+	j.Note = gcNote(st)
 	return j, nil
 }
 
 // scrub verifies every block as a job and marks the backups that use a
 // damaged or missing block (and clears the mark of repaired ones).
 func (e executor) scrub(ctx context.Context, j catalog.Job, progress func(done, total int64)) (catalog.Job, error) {
-	bs := int64(e.d.store.BlockSize())
-	rep, err := e.d.store.Scrub(ctx, func(done, total int64) { progress(done*bs, total*bs) })
+	rep, err := e.d.store.Scrub(ctx, progress)
 	if err != nil {
 		return j, err
 	}
@@ -68,11 +66,37 @@ func (e executor) scrub(ctx context.Context, j catalog.Job, progress func(done, 
 	if err != nil {
 		return j, err
 	}
-	j.Note = fmt.Sprintf("checked %d blocks; %d damaged (removed: a later backup of the same data repairs them); damaged backups: %v", rep.Blocks, len(rep.Damaged), damaged)
+	j.Note = scrubNote(rep, damaged)
 	if len(rep.Damaged) > 0 {
 		e.d.log.Error("scrub found damaged blocks", "blocks", len(rep.Damaged), "backups", damaged)
 	}
 	return j, nil
+}
+
+// gcNote is a GC job's one-line summary.
+func gcNote(st blockstore.GCStats) string {
+	note := fmt.Sprintf("freed %d blocks (%s); disk %s -> %s", st.FreedBlocks, humanize.IBytes(uint64(st.FreedBytes)),
+		humanize.IBytes(uint64(max(st.DiskBefore, 0))), humanize.IBytes(uint64(max(st.DiskAfter, 0))))
+	if n := st.PacksDeleted + st.OrphanPacks; n > 0 || st.PacksRepacked > 0 {
+		note += fmt.Sprintf("; %d packs deleted, %d repacked", n, st.PacksRepacked)
+	}
+	if st.KeptInFlight > 0 {
+		note += fmt.Sprintf("; %d blocks kept for backups in progress", st.KeptInFlight)
+	}
+	return note + "; took " + st.Duration.Round(time.Millisecond).String()
+}
+
+// scrubNote is a scrub job's one-line summary.
+func scrubNote(rep blockstore.ScrubReport, damaged []string) string {
+	note := fmt.Sprintf("checked %d blocks (%s) in %d packs", rep.Blocks, humanize.IBytes(uint64(rep.Bytes)), rep.Packs)
+	if len(rep.Damaged) == 0 && len(damaged) == 0 {
+		return note + "; no damage"
+	}
+	note += fmt.Sprintf("; %d damaged blocks removed", len(rep.Damaged))
+	if len(damaged) > 0 {
+		note += fmt.Sprintf("; damaged backups: %s (a new backup of the same data repairs them)", strings.Join(damaged, ", "))
+	}
+	return note
 }
 
 // storeStats answers csbs store stats: the whole store, and per project

@@ -101,7 +101,7 @@ var (
 	descDamaged        = prometheus.NewDesc("csbs_backups_damaged", "Backups that use a block found damaged by scrub.", nil, nil)
 	descLogical        = prometheus.NewDesc("csbs_store_logical_bytes", "Sum of the sizes of all backed-up disks.", nil, nil)
 	descData           = prometheus.NewDesc("csbs_store_data_bytes", "Bytes of non-zero blocks referenced by all backups.", nil, nil)
-	descDisk           = prometheus.NewDesc("csbs_store_disk_bytes", "Size of the store's files on disk.", nil, nil)
+	descDisk           = prometheus.NewDesc("csbs_store_disk_bytes", "Bytes the store's files occupy on disk (allocated).", nil, nil)
 	descFree           = prometheus.NewDesc("csbs_store_free_bytes", "Free space on the store's file system.", nil, nil)
 	descDedupe         = prometheus.NewDesc("csbs_store_dedupe_ratio", "Logical bytes of all backups per byte on disk (dedupe, zero blocks and compression together).", nil, nil)
 	descCacheHits      = prometheus.NewDesc("csbs_block_cache_hits_total", "Block cache hits.", nil, nil)

@@ -309,8 +309,8 @@ func (s *Scheduler) DeleteBackup(ctx context.Context, b catalog.Backup, force bo
 		return fmt.Errorf("delete backup %s: %w", b.Name, err)
 	}
 	for _, id := range maps {
-		if err := s.store.PurgeSegments(ctx, id); err != nil {
-			s.log.Warn("purge segments after delete (GC will finish it)", "map", id, "err", err)
+		if err := s.store.PurgeMap(ctx, id); err != nil {
+			s.log.Warn("remove map file after delete (GC will finish it)", "map", id, "err", err)
 		}
 	}
 	return nil

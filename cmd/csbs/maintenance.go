@@ -51,8 +51,8 @@ func storeCommand() *cli.Command {
 				}
 				return show(c, st, func(w io.Writer) error {
 					if st.Blocks > 0 || st.DiskBytes > 0 {
-						fmt.Fprintf(w, "blocks:       %d of %s\nunique data:  %s\nstored:       %s (compression %.2fx)\non disk:      %s\ndedupe:       %.2fx\n\n",
-							st.Blocks, bytesH(int64(st.BlockSize)), bytesH(st.RawBytes), bytesH(st.StoredBytes), st.CompressionRatio, bytesH(st.DiskBytes), st.DedupeRatio)
+						fmt.Fprintf(w, "blocks:       %d of %s\nunique data:  %s\nstored:       %s (compression %.2fx) in %d packs of %s\non disk:      %s allocated (packs, block maps, index and catalog)\ndedupe:       %.2fx\n\n",
+							st.Blocks, bytesH(int64(st.BlockSize)), bytesH(st.RawBytes), bytesH(st.StoredBytes), st.CompressionRatio, st.Packs, bytesH(st.PackBytes), bytesH(st.DiskBytes), st.DedupeRatio)
 					}
 					t := newTable(w, "PROJECT", "BACKUPS", "LOGICAL", "DATA", "ADDED")
 					for _, p := range st.Projects {

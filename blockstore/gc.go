@@ -25,6 +25,7 @@ type GCStats struct {
 	KeptInFlight  int64         `json:"blocks_kept_for_backups_in_progress"`
 	PacksDeleted  int64         `json:"packs_deleted"`
 	PacksRepacked int64         `json:"packs_repacked"`
+	RepackSkipped int64         `json:"packs_not_repacked_for_lack_of_space,omitempty"`
 	BytesRepacked int64         `json:"bytes_repacked"` // live bytes copied out of repacked packs
 	OrphanPacks   int64         `json:"orphan_packs_deleted"`
 	OrphanMaps    int64         `json:"orphan_maps_deleted"`
@@ -275,7 +276,7 @@ func (s *Store) sweep(ctx context.Context, snap *snapshot, marked markSet, st *G
 			return nil
 		}
 		s.hook(HookGCSweepBatch)
-		if err := s.checkSpace(0); err != nil {
+		if err := s.checkReserve(0, s.gcReserve()); err != nil {
 			return err
 		}
 		s.gate.mu.Lock()
@@ -401,6 +402,12 @@ func (s *Store) repack(ctx context.Context, packs []packInfo, st *GCStats) error
 		return nil
 	}
 	for _, pi := range packs {
+		// Repacking writes before it frees: skip it (the garbage stays
+		// until a later GC) rather than eat GC's own reserve.
+		if err := s.checkReserve(int64(s.opts.PackSize), s.gcReserve()); err != nil {
+			st.RepackSkipped++
+			continue
+		}
 		s.hook(HookGCRepack)
 		entries, err := s.readPackFooter(ctx, pi.Num, pi.Size)
 		if err != nil {

@@ -30,12 +30,21 @@ func (s *Store) FreeBytes() (int64, error) {
 
 // checkSpace fails with ENOSPC when writing need more bytes would eat into
 // the reserve.
-func (s *Store) checkSpace(need int64) error {
+func (s *Store) checkSpace(need int64) error { return s.checkReserve(need, s.opts.MinFree) }
+
+// gcReserve is the free space GC keeps for itself: a quarter of the
+// reserve. GC's index writes are small and what it deletes gives space
+// back, so "run csbs gc" must work on a store whose reserve is eaten.
+func (s *Store) gcReserve() int64 { return s.opts.MinFree / 4 }
+
+// checkReserve fails with ENOSPC when writing need more bytes would leave
+// less than reserve free.
+func (s *Store) checkReserve(need, reserve int64) error {
 	free, err := s.FreeBytes()
 	if err != nil {
 		return err
 	}
-	if free-need < s.opts.MinFree {
+	if free-need < reserve {
 		return fmt.Errorf("store %s: %w: %d MiB free, csbs keeps %d MiB in reserve (Badger maps its files into memory and would crash on a full disk); free space or run csbs gc",
 			s.dir, syscall.ENOSPC, free>>20, s.opts.MinFree>>20)
 	}

@@ -80,6 +80,9 @@ func gcNote(st blockstore.GCStats) string {
 	if n := st.PacksDeleted + st.OrphanPacks; n > 0 || st.PacksRepacked > 0 {
 		note += fmt.Sprintf("; %d packs deleted, %d repacked", n, st.PacksRepacked)
 	}
+	if st.RepackSkipped > 0 {
+		note += fmt.Sprintf("; %d packs not repacked for lack of free space", st.RepackSkipped)
+	}
 	if st.KeptInFlight > 0 {
 		note += fmt.Sprintf("; %d blocks kept for backups in progress", st.KeptInFlight)
 	}

@@ -1,6 +1,7 @@
 package restore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -9,8 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/dgraph-io/badger/v4"
 
 	"csbs/blockstore"
 	"csbs/internal/testdisk"
@@ -203,20 +202,29 @@ func assertNoPartials(t *testing.T, dir string) {
 func TestCorruptBlockFailsRestoreCleanly(t *testing.T) {
 	dir := t.TempDir()
 	img := testdisk.Sparse(t, dir, 8<<20, 3<<20, 1<<20)
-	s := openStore(t)
-	info := backup(t, s, img, blockstore.MapID{})
-	// Overwrite one stored block with other bytes under the same key.
-	h, err := s.BlockHash(info.ID, 20)
-	if err != nil || h.IsZero() {
-		t.Fatalf("block 20: %v %v", h, err)
-	}
-	key := append([]byte("b/"), h[:]...)
-	err = s.DB().Update(func(txn *badger.Txn) error {
-		return txn.Set(key, append([]byte{1}, make([]byte, s.BlockSize())...))
-	})
+	storeDir := filepath.Join(t.TempDir(), "store")
+	s, err := blockstore.Open(storeDir, blockstore.Options{Codec: blockstore.CodecRaw})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
+	info := backup(t, s, img, blockstore.MapID{})
+	// Damage the stored copy of block 20 on disk.
+	v, err := s.OpenVolume(info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := v.Block(context.Background(), 20)
+	if err != nil || blockstore.IsZeroBlock(b) {
+		t.Fatalf("block 20: %v", err)
+	}
+	needle := bytes.Clone(b[1000:1100])
+	s.Close()
+	testdisk.CorruptStored(t, storeDir, needle)
+	if s, err = blockstore.Open(storeDir, blockstore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
 	target := filepath.Join(dir, "out.img")
 	_, err = restoreTo(t, s, info.ID, target, restore.Options{})
 	if !blockstore.IsDataError(err) {

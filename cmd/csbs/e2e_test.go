@@ -279,7 +279,7 @@ func TestEndToEndBackupRestore(t *testing.T) {
 		Note  string `json:"note"`
 	}
 	a.okJSON(&scrub, "scrub")
-	if scrub.State != "succeeded" || !strings.Contains(scrub.Note, "0 damaged") {
+	if scrub.State != "succeeded" || !strings.Contains(scrub.Note, "no damage") {
 		t.Fatalf("scrub: %+v", scrub)
 	}
 }

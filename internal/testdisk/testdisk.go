@@ -3,6 +3,7 @@
 package testdisk
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -154,4 +155,30 @@ func Modify(t testing.TB, path string, fraction float64, seed uint64) int {
 		}
 	}
 	return want
+}
+
+// CorruptStored flips one byte of the stored copy of needle (bytes of a
+// block kept uncompressed, compression "none") in the pack files of the
+// store in storeDir, as a failing disk would. It fails the test if the
+// bytes are in no pack.
+func CorruptStored(t testing.TB, storeDir string, needle []byte) {
+	t.Helper()
+	packs, err := filepath.Glob(filepath.Join(storeDir, "packs", "*", "*.pack"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range packs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := bytes.Index(b, needle); i >= 0 {
+			b[i+len(needle)/2] ^= 0xff
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("stored bytes not found in any of %d packs under %s", len(packs), storeDir)
 }

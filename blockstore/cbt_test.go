@@ -116,4 +116,3 @@ func TestCBTParentBlockMissing(t *testing.T) {
 	mustEqual(t, s, p.Info.ID, base, "CBT backup with a repaired block")
 	mustEqual(t, s, parent.ID, base, "the parent, repaired by it")
 }
-

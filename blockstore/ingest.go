@@ -53,19 +53,19 @@ type IngestOptions struct {
 
 // IngestStats describe what one ingest read and wrote.
 type IngestStats struct {
-	LogicalBytes int64 `json:"logical_bytes"`  // disk size
-	ReadBytes    int64 `json:"read_bytes"`     // bytes read from the source (holes are not read)
-	ZeroBlocks   int64 `json:"zero_blocks"`    // blocks that are all zero, stored as markers
-	DataBlocks   int64 `json:"data_blocks"`    // blocks with data
-	NewBlocks    int64 `json:"new_blocks"`     // blocks not in the store before
-	NewRawBytes  int64 `json:"new_raw_bytes"`  // their size before compression
-	NewBytes     int64 `json:"new_bytes"`      // their stored size (after compression)
+	LogicalBytes int64 `json:"logical_bytes"` // disk size
+	ReadBytes    int64 `json:"read_bytes"`    // bytes read from the source (holes are not read)
+	ZeroBlocks   int64 `json:"zero_blocks"`   // blocks that are all zero, stored as markers
+	DataBlocks   int64 `json:"data_blocks"`   // blocks with data
+	NewBlocks    int64 `json:"new_blocks"`    // blocks not in the store before
+	NewRawBytes  int64 `json:"new_raw_bytes"` // their size before compression
+	NewBytes     int64 `json:"new_bytes"`     // their stored size (after compression)
 	// ParentBlocks were taken from the parent map without reading
 	// (changed-block tracking); ParentMissing of those were no longer in
 	// the store and were read after all.
 	ParentBlocks  int64 `json:"parent_blocks,omitempty"`
 	ParentMissing int64 `json:"parent_blocks_missing,omitempty"`
-	DurationNano int64 `json:"duration_nanos"` // wall time of the ingest
+	DurationNano  int64 `json:"duration_nanos"` // wall time of the ingest
 }
 
 // PendingMap is an ingested map that is not yet visible. Commit it with

@@ -119,6 +119,7 @@ type Store struct {
 	gate      *gcGate
 	packs     PackStore
 	mapFiles  *fileCache
+	valueBufs sync.Pool // *[]byte: stored values read for decoding
 
 	// mu orders commits against GC's and scrub's snapshots: a map leaves
 	// pending only in the same critical section that makes its header
@@ -185,7 +186,7 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	codecs, err := newCodecSet()
+	codecs, err := newCodecSet(opts.Workers)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -202,6 +203,7 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 		gate:      newGCGate(),
 		packs:     packs,
 		mapFiles:  newFileCache(64),
+		valueBufs: sync.Pool{New: func() any { b := make([]byte, 0, bs+bs/8); return &b }},
 		pending:   map[MapID]*mapWriter{},
 		writing:   map[uint64]struct{}{},
 	}

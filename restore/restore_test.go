@@ -30,7 +30,7 @@ func openStore(t *testing.T) *blockstore.Store {
 
 func backup(t *testing.T, s *blockstore.Store, path string, parent blockstore.MapID) blockstore.MapInfo {
 	t.Helper()
-	src, err := source.OpenFile(path)
+	src, err := source.OpenFile(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

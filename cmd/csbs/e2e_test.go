@@ -43,9 +43,12 @@ type appliance struct {
 	env  []string
 }
 
+// startAppliance runs `csbs serve` with a config in a temp dir; "{dir}"
+// in extraConfig stands for that dir.
 func startAppliance(t *testing.T, extraConfig string) *appliance {
 	t.Helper()
 	dir := t.TempDir()
+	extraConfig = strings.ReplaceAll(extraConfig, "{dir}", dir)
 	cfg := filepath.Join(dir, "csbs.toml")
 	conf := "region = \"cn-test-1\"\navailability_zones = [\"cn-test-1a\", \"cn-test-1b\"]\n"
 	if !strings.Contains(extraConfig, "data_dir") {

@@ -86,10 +86,22 @@ func newApp() *cli.App {
 // default with --data-dir applied; package config makes every path in it
 // absolute.
 func loadConfig(c *cli.Context) (config.Config, error) {
-	if c.String("config") == "" && c.IsSet("data-dir") {
+	file := configFile(c)
+	if file == "" && c.IsSet("data-dir") {
 		return config.LoadDataDir(c.String("data-dir"))
 	}
-	return config.Load(c.String("config"))
+	return config.Load(file)
+}
+
+// configFile is --config wherever it was given: `csbs serve` has its own
+// flag of that name, which would otherwise hide `csbs --config F serve`.
+func configFile(c *cli.Context) string {
+	for _, x := range c.Lineage() {
+		if x.IsSet("config") {
+			return x.String("config")
+		}
+	}
+	return c.String("config")
 }
 
 // client builds an API client from the global flags.

@@ -100,6 +100,11 @@ func (e *Engine) checkNamed(c access.Caller, u access.Use, path string) (string,
 	path = filepath.Clean(path)
 	real, err := access.Resolve(path)
 	if err != nil {
+		// Say why only to a caller who may use the path as written; to
+		// others, the refusal they would get anyway.
+		if err := e.rules().CheckPath(c, u, path, path); err != nil {
+			return "", err
+		}
 		return "", fmt.Errorf("%w: %s %s: %v", access.ErrDenied, u, path, err)
 	}
 	return path, e.rules().CheckPath(c, u, path, real)

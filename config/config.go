@@ -401,7 +401,10 @@ func (c *Config) Resolve(base string) error {
 		return fmt.Errorf("config: base directory %q is not absolute", base)
 	}
 	abs := func(p string) string {
-		if p == "" || filepath.IsAbs(p) {
+		switch {
+		case p == "":
+			return ""
+		case filepath.IsAbs(p):
 			return filepath.Clean(p)
 		}
 		return filepath.Join(base, p)
@@ -417,12 +420,8 @@ func (c *Config) Resolve(base string) error {
 		c.NBD.Socket = filepath.Join(c.DataDir, "nbd.sock")
 	}
 	c.API.Socket, c.NBD.Socket = abs(c.API.Socket), abs(c.NBD.Socket)
-	if c.API.TLSCert != "" {
-		c.API.TLSCert, c.API.TLSKey = abs(c.API.TLSCert), abs(c.API.TLSKey)
-	}
-	if c.FUSE.Mountpoint != "" {
-		c.FUSE.Mountpoint = abs(c.FUSE.Mountpoint)
-	}
+	c.API.TLSCert, c.API.TLSKey = abs(c.API.TLSCert), abs(c.API.TLSKey)
+	c.FUSE.Mountpoint = abs(c.FUSE.Mountpoint)
 	return c.CheckAbsolute()
 }
 
@@ -430,16 +429,14 @@ func (c *Config) Resolve(base string) error {
 // daemon refuses such a config: a relative path compared with an
 // absolute one matches nothing, so a check would let it through.
 func (c *Config) CheckAbsolute() error {
-	paths := []struct{ key, path string }{
+	for _, p := range []struct{ key, path string }{
 		{"data_dir", c.DataDir}, {"api.socket", c.API.Socket}, {"nbd.socket", c.NBD.Socket},
-	}
-	if c.API.TLSCert != "" {
-		paths = append(paths, struct{ key, path string }{"api.tls_cert", c.API.TLSCert}, struct{ key, path string }{"api.tls_key", c.API.TLSKey})
-	}
-	if c.FUSE.Mountpoint != "" {
-		paths = append(paths, struct{ key, path string }{"fuse.mountpoint", c.FUSE.Mountpoint})
-	}
-	for _, p := range paths {
+		{"api.tls_cert", c.API.TLSCert}, {"api.tls_key", c.API.TLSKey}, {"fuse.mountpoint", c.FUSE.Mountpoint},
+	} {
+		optional := p.key != "data_dir" && p.key != "api.socket" && p.key != "nbd.socket"
+		if p.path == "" && optional {
+			continue
+		}
 		if !filepath.IsAbs(p.path) {
 			return fmt.Errorf("config: %s %q is not an absolute path (load configurations with config.Load)", p.key, p.path)
 		}

@@ -158,6 +158,7 @@ func TestLoadMakesPathsAbsolute(t *testing.T) {
 	}
 	write("etc/plain.toml", "data_dir = \"data\"\n")
 	write("etc/socks.toml", "data_dir = \"../d2\"\n[api]\nsocket = \"run/api.sock\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntcp_listen = \"127.0.0.1:1\"\n[nbd]\nsocket = \"/run/n.sock\"\n[fuse]\nmountpoint = \"mnt\"\n")
+	write("etc/cert.toml", "[api]\ntls_cert = \"c.pem\"\n")
 	cases := []struct {
 		name                         string
 		load                         func() (Config, error)
@@ -167,6 +168,7 @@ func TestLoadMakesPathsAbsolute(t *testing.T) {
 		{"--data-dir relative", func() (Config, error) { return LoadDataDir("var2") }, dir + "/var2", dir + "/var2/csbs.sock", dir + "/var2/nbd.sock", "", ""},
 		{"--data-dir ./x/../y", func() (Config, error) { return LoadDataDir("./x/../y") }, dir + "/y", dir + "/y/csbs.sock", dir + "/y/nbd.sock", "", ""},
 		{"relative config", func() (Config, error) { return Load("etc/plain.toml") }, dir + "/etc/data", dir + "/etc/data/csbs.sock", dir + "/etc/data/nbd.sock", "", ""},
+		{"a cert alone", func() (Config, error) { return Load("etc/cert.toml") }, dir + "/etc/var", dir + "/etc/var/csbs.sock", dir + "/etc/var/nbd.sock", dir + "/etc/c.pem", ""},
 		{"relative sockets and files", func() (Config, error) { return Load("etc/socks.toml") }, dir + "/d2", dir + "/etc/run/api.sock", "/run/n.sock", dir + "/etc/c.pem", dir + "/etc/mnt"},
 	}
 	for _, tc := range cases {

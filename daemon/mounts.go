@@ -247,7 +247,7 @@ func (ms *mounts) checkPath(c access.Caller, path string) (string, string, error
 	if err != nil {
 		return "", "", fmt.Errorf("%w: mount path %s: %v", catalog.ErrInvalid, path, err)
 	}
-	if err := ms.d.engine.Access.CheckPath(c, access.Mount, path, real); err != nil {
+	if err := ms.d.engine.CheckMountReal(c, path, real); err != nil {
 		return "", "", err
 	}
 	fi, err := os.Lstat(real)

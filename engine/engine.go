@@ -190,6 +190,12 @@ func (e *Engine) CheckMountPath(c access.Caller, path string) (string, error) {
 	return e.checkNamed(c, access.Mount, path)
 }
 
+// CheckMountReal is the second check of a mount path: real is path with
+// every symlink resolved once the directory exists.
+func (e *Engine) CheckMountReal(c access.Caller, path, real string) error {
+	return e.rules().CheckPath(c, access.Mount, path, real)
+}
+
 // Backup backs up every disk of the job's server and commits the backup.
 // progress receives bytes done and total over all disks.
 func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done, total int64)) (catalog.Backup, error) {

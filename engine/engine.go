@@ -184,8 +184,8 @@ func (e *Engine) CheckTarget(c access.Caller, target string) (string, error) {
 }
 
 // CheckMountPath checks a mount or browse path that c names and returns
-// it cleaned. The mount code calls it again after creating the
-// directory, right before mounting, on the path's real location.
+// it cleaned. The mount code checks again (CheckMountReal) after
+// creating the directory, right before mounting, on its real location.
 func (e *Engine) CheckMountPath(c access.Caller, path string) (string, error) {
 	return e.checkNamed(c, access.Mount, path)
 }

@@ -181,7 +181,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		return nil, fmt.Errorf("%w: name at least one target (--disk vda=/path/to/target)", catalog.ErrInvalid)
 	}
 	seen := map[string]bool{}
-	for _, t := range req.Targets {
+	for i, t := range req.Targets {
 		found := false
 		for _, d := range b.Disks {
 			found = found || d.Name == t.Disk
@@ -189,13 +189,15 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		if !found {
 			return nil, fmt.Errorf("%w: backup %s has no disk %q", catalog.ErrInvalid, b.Name, t.Disk)
 		}
-		if seen[t.Disk] || seen["target:"+t.Target] {
-			return nil, fmt.Errorf("%w: disk or target given twice (%s=%s)", catalog.ErrInvalid, t.Disk, t.Target)
-		}
-		seen[t.Disk], seen["target:"+t.Target] = true, true
-		if err := s.Engine.CheckTarget(t.Target); err != nil {
+		target, err := s.Engine.CheckTarget(p.caller(), t.Target)
+		if err != nil {
 			return nil, err
 		}
+		req.Targets[i].Target = target
+		if seen[t.Disk] || seen["target:"+target] {
+			return nil, fmt.Errorf("%w: disk or target given twice (%s=%s)", catalog.ErrInvalid, t.Disk, t.Target)
+		}
+		seen[t.Disk], seen["target:"+target] = true, true
 	}
 	if req.Rate < -1 {
 		return nil, fmt.Errorf("%w: rate %d: want bytes per second, 0 for the default or -1 for unlimited", catalog.ErrInvalid, req.Rate)
@@ -203,6 +205,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 	rs := catalog.Restore{
 		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID, Instant: req.Instant,
 		Force: req.Force, Rate: req.Rate, Targets: req.Targets, State: catalog.RestoreRunning, Created: s.now(),
+		ByAdmin: p.admin,
 	}
 	for _, d := range b.Disks {
 		if seen[d.Name] {

@@ -55,11 +55,12 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 			return nil, fmt.Errorf("%w: disk %s given twice", catalog.ErrInvalid, d.Name)
 		}
 		seen[d.Name] = true
-		size, err := s.Engine.CheckSource(ctx, d.Source)
+		src, size, err := s.Engine.CheckSource(ctx, p.caller(), d.Source)
 		if err != nil {
 			return nil, err
 		}
-		req.Disks[i].Size = size
+		req.Disks[i].Source, req.Disks[i].Size = src, size
+		req.Disks[i].ByAdmin = p.admin // the caller's token decides, never the request
 	}
 	var out catalog.Server
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"csbs/access"
 	"csbs/catalog"
 	"csbs/engine"
 	"csbs/scheduler"
@@ -75,6 +76,8 @@ func errorStatus(err error) *Error {
 		return ae
 	}
 	switch {
+	case errors.Is(err, access.ErrDenied):
+		return &Error{http.StatusForbidden, "forbidden", strings.TrimPrefix(err.Error(), access.ErrDenied.Error()+": ")}
 	case errors.Is(err, catalog.ErrNotFound):
 		return &Error{http.StatusNotFound, "not_found", err.Error()}
 	case errors.Is(err, catalog.ErrInvalid), errors.Is(err, catalog.ErrIRNeedsFull):
@@ -96,6 +99,11 @@ type principal struct {
 	project catalog.Project
 }
 
+// caller is the principal as the host access rules see it.
+func (p principal) caller() access.Caller {
+	return access.Caller{Admin: p.admin, Project: p.project.Name}
+}
+
 type handlerFunc func(ctx context.Context, p principal, r *http.Request) (any, error)
 
 // Handler returns the API's HTTP handler.
@@ -113,6 +121,7 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("GET /v1/status", s.status)
 	route("GET /v1/projects", s.listProjects)
 	route("POST /v1/projects", s.createProject)
+	route("GET /v1/projects/{ref}", s.showProject)
 	route("DELETE /v1/projects/{ref}", s.deleteProject)
 	route("GET /v1/tokens", s.listTokens)
 	route("POST /v1/tokens", s.createToken)

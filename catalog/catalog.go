@@ -608,6 +608,9 @@ type MountRecord struct {
 	Disk     string `json:"disk,omitempty"`
 	Browse   bool   `json:"browse,omitempty"`
 	Internal string `json:"internal,omitempty"` // FUSE mount behind a browse mount
+	// ByAdmin: the admin token made the mount; a restart mounts it again
+	// only if that caller may still use the path.
+	ByAdmin bool `json:"by_admin,omitempty"`
 }
 
 // MountRecords lists every recorded mount.

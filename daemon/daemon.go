@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"csbs/access"
 	"csbs/api"
 	"csbs/blockstore"
 	"csbs/catalog"
@@ -71,6 +72,11 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	// Every path check compares absolute paths; a relative one would
+	// match nothing and let a path through.
+	if err := cfg.CheckAbsolute(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}
@@ -95,8 +101,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.engine = &engine.Engine{
 		Store: store, Catalog: d.cat, Now: d.clock.Now, Log: d.log,
-		AllowedDirs:    cfg.Sources.AllowedDirs,
-		ProtectedPaths: []string{cfg.DataDir, cfg.API.Socket, cfg.NBD.Socket},
+		Access: accessRules(cfg),
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
@@ -109,6 +114,24 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		Status: d.status, StoreStats: d.storeStats,
 	}
 	return d, nil
+}
+
+// accessRules turns the config's host access settings into the rules
+// every path check uses.
+func accessRules(cfg config.Config) *access.Rules {
+	grant := func(g config.Grant) access.Grant {
+		return access.Grant{SourceDirs: g.SourceDirs, TargetDirs: g.TargetDirs, MountDirs: g.MountDirs, NBDHosts: g.NBDHosts}
+	}
+	r := &access.Rules{
+		Protected:      []string{cfg.DataDir, cfg.API.Socket, cfg.NBD.Socket},
+		AllowedSources: cfg.Sources.AllowedDirs,
+		Global:         grant(cfg.Access.Grant),
+		Projects:       map[string]access.Grant{},
+	}
+	for name, g := range cfg.Access.Projects {
+		r.Projects[name] = grant(g)
+	}
+	return r
 }
 
 // bootstrap creates the default project and the admin token file on

@@ -16,13 +16,13 @@ import (
 	"slices"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
+	"csbs/access"
 	"csbs/api"
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/hydrate"
 	"csbs/nbd"
+	"csbs/restore"
 )
 
 // serving owns the NBD exports: attached backups (read-only) and instant
@@ -283,59 +283,6 @@ func compare(a, b string) int {
 	return 0
 }
 
-// openInstantTarget opens or creates a restore target for hydration.
-func openInstantTarget(path string, size int64, force, mayCreate bool) (*os.File, bool, error) {
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist) && mayCreate:
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
-			return nil, false, err
-		}
-		if err := f.Truncate(size); err != nil {
-			f.Close()
-			os.Remove(path)
-			return nil, false, err
-		}
-		return f, true, nil
-	case err != nil:
-		return nil, false, err
-	case fi.Mode()&os.ModeSymlink != 0:
-		return nil, false, fmt.Errorf("target is a symbolic link; name the file or device itself")
-	case fi.Mode().IsRegular():
-		if fi.Size() > 0 && !force && mayCreate {
-			return nil, false, fmt.Errorf("target is not empty (%d bytes; use --force to overwrite)", fi.Size())
-		}
-		f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return nil, false, err
-		}
-		if fi.Size() < size {
-			if err := f.Truncate(size); err != nil {
-				f.Close()
-				return nil, false, err
-			}
-		}
-		return f, fi.Size() == 0, nil
-	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
-		f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return nil, false, err
-		}
-		end, err := f.Seek(0, io.SeekEnd)
-		if err != nil || end < size {
-			f.Close()
-			return nil, false, fmt.Errorf("device has %d bytes, the disk needs %d", end, size)
-		}
-		if mayCreate && !force {
-			f.Close()
-			return nil, false, fmt.Errorf("instant restore onto a block device overwrites it: add --force")
-		}
-		return f, false, nil
-	}
-	return nil, false, fmt.Errorf("target is neither a file nor a block device")
-}
-
 func (s *serving) bitmapPath(rid, disk string) string {
 	return filepath.Join(s.d.cfg.DataDir, "restores", rid+"-"+disk+".bitmap")
 }
@@ -371,6 +318,12 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 	if err := os.MkdirAll(filepath.Join(s.d.cfg.DataDir, "restores"), 0o700); err != nil {
 		return nil, err
 	}
+	// Targets are checked again as they are opened, under the host
+	// access of whoever started the restore (also after a restart).
+	caller, err := s.d.engine.Caller(r.Project, r.ByAdmin)
+	if err != nil {
+		return nil, err
+	}
 	inst := &instant{r: r, done: make(chan struct{}), release: s.d.engine.Acquire(b.ID)}
 	fail := func(err error) (*instant, error) {
 		s.stop(inst)
@@ -385,9 +338,15 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 		if err != nil {
 			return fail(fmt.Errorf("backup %s disk %s: %w", b.Name, t.Disk, err))
 		}
-		f, fresh, err := openInstantTarget(t.Target, d.Size, r.Force, create)
+		f, fresh, err := restore.OpenInPlace(t.Target, d.Size, r.Force, create, s.d.engine.TargetGuard(caller))
 		if err != nil {
 			vol.Close()
+			if errors.Is(err, access.ErrDenied) {
+				return fail(err) // names the target already
+			}
+			if errors.Is(err, restore.ErrNotATarget) || errors.Is(err, restore.ErrTargetNotEmpty) {
+				return fail(fmt.Errorf("%w: restore target %s: %w", catalog.ErrInvalid, t.Target, err))
+			}
 			return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
 		}
 		if create {

@@ -625,3 +625,70 @@ func (tx *Txn) PutMountRecord(m MountRecord) error {
 func (tx *Txn) DeleteMountRecord(path string) error {
 	return del(tx, KindMount, strings.ReplaceAll(path, "/", "|"))
 }
+
+// --- upgrades ---
+
+// keyHostAccessAdopted marks a catalog whose records carry ByAdmin.
+var keyHostAccessAdopted = []byte("c/meta/host-access-adopted")
+
+// AdoptLegacyHostAccess runs once per catalog: records made before csbs
+// recorded who named a host path (servers' disks, restores, mounts) are
+// adopted as the admin's, so that an upgrade does not stop the backups an
+// operator set up. It returns a line per adopted record for the log, in
+// which an admin can spot one a project token made.
+func (tx *Txn) AdoptLegacyHostAccess() ([]string, error) {
+	if _, err := tx.t.Get(keyHostAccessAdopted); err == nil {
+		return nil, nil
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("read catalog upgrade marker: %w", err)
+	}
+	var adopted []string
+	servers, err := list[Server](tx, KindServer, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range servers {
+		changed := false
+		for i := range s.Disks {
+			if !s.Disks[i].ByAdmin {
+				s.Disks[i].ByAdmin, changed = true, true
+				adopted = append(adopted, fmt.Sprintf("server %s disk %s source %s", s.Name, s.Disks[i].Name, s.Disks[i].Source))
+			}
+		}
+		if changed {
+			if err := tx.PutServer(s); err != nil {
+				return nil, err
+			}
+		}
+	}
+	restores, err := list[Restore](tx, KindRestore, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range restores {
+		if !r.ByAdmin {
+			r.ByAdmin = true
+			adopted = append(adopted, fmt.Sprintf("restore %s", r.ID))
+			if err := tx.PutRestore(r); err != nil {
+				return nil, err
+			}
+		}
+	}
+	mounts, err := tx.MountRecords()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mounts {
+		if !m.ByAdmin {
+			m.ByAdmin = true
+			adopted = append(adopted, fmt.Sprintf("mount %s", m.Path))
+			if err := tx.PutMountRecord(m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := tx.t.Set(keyHostAccessAdopted, []byte("1")); err != nil {
+		return nil, fmt.Errorf("write catalog upgrade marker: %w", err)
+	}
+	return adopted, nil
+}

@@ -149,6 +149,18 @@ func (d *Daemon) bootstrap() error {
 	if err != nil {
 		return fmt.Errorf("create default project: %w", err)
 	}
+	var adopted []string
+	err = d.cat.Update(func(tx *catalog.Txn) error {
+		var err error
+		adopted, err = tx.AdoptLegacyHostAccess()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("upgrade catalog: %w", err)
+	}
+	for _, a := range adopted {
+		d.log.Warn("host path named before csbs recorded who named it: kept as the admin's; remove it if a project token made it", "record", a)
+	}
 	path := filepath.Join(d.cfg.DataDir, AdminTokenFile)
 	if b, err := os.ReadFile(path); err == nil {
 		secret := strings.TrimSpace(string(b))

@@ -213,7 +213,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		return s.Serving.StartInstant(ctx, rs, b)
 	}
 	rs.JobID = catalog.NewID(catalog.KindJob)
-	if err := s.Catalog.Update(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
+	if err := s.Catalog.Release(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
 		return nil, err
 	}
 	if _, err := s.Runner.Submit(catalog.Job{ID: rs.JobID, Project: p.project.ID, Kind: catalog.JobRestore, BackupID: b.ID, RestoreID: rs.ID}); err != nil {

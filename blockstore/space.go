@@ -41,3 +41,6 @@ func (s *Store) checkSpace(need int64) error {
 	}
 	return nil
 }
+
+// CheckSpace fails with ENOSPC when writing need more bytes would eat into the reserve.
+func (s *Store) CheckSpace(need int64) error { return s.checkSpace(need) }

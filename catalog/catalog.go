@@ -52,12 +52,49 @@ var idPrefix = map[string]string{
 // c/ prefix, so that a backup's record and its block maps commit in one
 // transaction. It is safe for concurrent use (Badger transactions detect
 // conflicting writes; Update retries them).
+//
+// Every write that Update or Release acknowledges is durable: Badger runs
+// with SyncWrites=false for ingest speed, so the catalog calls DB.Sync
+// after each write transaction (a revoked token must stay revoked after a
+// power loss).
 type Catalog struct {
-	db *badger.DB
+	db    *badger.DB
+	space func(WriteClass) error
+}
+
+// WriteClass tells the free-space check what a write transaction does.
+// Badger maps its memtable and value-log files into memory; a write to a
+// mapped page of a full file system is SIGBUS, not an error. So every
+// write first asks the check, which refuses with ENOSPC while free space
+// is below what the class must leave.
+type WriteClass int
+
+const (
+	// WriteGrow adds to the catalog or changes a setting: new projects,
+	// tokens, servers, policies and backup jobs, bindings, protection.
+	// It keeps the whole free-space reserve (store.min_free).
+	WriteGrow WriteClass = iota
+	// WriteRelease removes objects, revokes tokens, or records the
+	// progress and end of work admitted earlier (job and restore states,
+	// GC, retention, scrub and restore jobs, export and mount records).
+	// It may use the upper half of the reserve: refusing it would leave
+	// a full disk with no way out (no backup rm, no gc, no revocation) and
+	// jobs that look alive forever, and such writes are a few hundred
+	// bytes each, bounded by the work admitted before.
+	WriteRelease
+)
+
+// Options configure a Catalog.
+type Options struct {
+	// Space, when set, is asked before every write transaction and
+	// returns an error wrapping syscall.ENOSPC (saying free space,
+	// reserve and what to do) when the write must not happen. The daemon
+	// passes the store's free-space check.
+	Space func(WriteClass) error
 }
 
 // New returns a catalog on db.
-func New(db *badger.DB) *Catalog { return &Catalog{db: db} }
+func New(db *badger.DB, opts Options) *Catalog { return &Catalog{db: db, space: opts.Space} }
 
 // NewID returns a fresh id for an object kind, e.g. "srv-3f9a1c2b7d4e".
 func NewID(kind string) string {
@@ -76,21 +113,48 @@ func key(kind, id string) []byte { return []byte("c/" + kind + "/" + id) }
 type Txn struct{ t *badger.Txn }
 
 // Wrap gives catalog access to a transaction opened elsewhere, such as the
-// one blockstore.Commit hands to its callback.
+// one blockstore.Commit hands to its callback. The caller checks space
+// (CheckSpace) and syncs; blockstore.Commit syncs.
 func Wrap(t *badger.Txn) *Txn { return &Txn{t} }
 
-// View runs fn in a read-only transaction.
+// View runs fn in a read-only transaction. Reads need no free space.
 func (c *Catalog) View(fn func(*Txn) error) error {
 	return c.db.View(func(t *badger.Txn) error { return fn(&Txn{t}) })
 }
 
-// Update runs fn in a read-write transaction, retrying on conflicts.
-func (c *Catalog) Update(fn func(*Txn) error) error {
+// Update runs fn in a read-write transaction of class WriteGrow,
+// retrying on conflicts, and makes it durable before returning.
+func (c *Catalog) Update(fn func(*Txn) error) error { return c.update(WriteGrow, fn) }
+
+// Release is Update for writes of class WriteRelease: removals,
+// revocations, and the progress and end of admitted work.
+func (c *Catalog) Release(fn func(*Txn) error) error { return c.update(WriteRelease, fn) }
+
+// CheckSpace asks the free-space check whether a write of class w may
+// happen now (nil when the catalog has no check).
+func (c *Catalog) CheckSpace(w WriteClass) error {
+	if c.space == nil {
+		return nil
+	}
+	return c.space(w)
+}
+
+func (c *Catalog) update(w WriteClass, fn func(*Txn) error) error {
+	if err := c.CheckSpace(w); err != nil {
+		return err
+	}
 	for range 10 {
 		err := c.db.Update(func(t *badger.Txn) error { return fn(&Txn{t}) })
-		if !errors.Is(err, badger.ErrConflict) {
+		if errors.Is(err, badger.ErrConflict) {
+			continue
+		}
+		if err != nil {
 			return err
 		}
+		if err := c.db.Sync(); err != nil {
+			return fmt.Errorf("catalog: make the write durable: %w", err)
+		}
+		return nil
 	}
 	return fmt.Errorf("catalog update: too many conflicting writers")
 }

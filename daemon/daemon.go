@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"csbs/api"
@@ -88,7 +89,8 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		}
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, cat: catalog.New(store.DB())}
+	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store}
+	d.cat = catalog.New(store.DB(), catalog.Options{Space: d.catalogSpace})
 	if err := d.bootstrap(); err != nil {
 		store.Close()
 		return nil, err
@@ -109,6 +111,28 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		Status: d.status, StoreStats: d.storeStats,
 	}
 	return d, nil
+}
+
+// catalogSpace is the catalog's free-space check: a write of class
+// WriteGrow keeps the whole reserve (store.min_free), one of class
+// WriteRelease half of it, which still covers the memtable files Badger
+// maps and the table a flush writes (see blockstore/space.go).
+func (d *Daemon) catalogSpace(w catalog.WriteClass) error {
+	if w == catalog.WriteGrow {
+		if err := d.store.CheckSpace(0); err != nil {
+			return fmt.Errorf("%w; deleting backups, csbs gc, restores and token revocation still work", err)
+		}
+		return nil
+	}
+	free, err := d.store.FreeBytes()
+	if err != nil {
+		return err
+	}
+	if floor := int64(d.cfg.Store.MinFree) / 2; free < floor {
+		return fmt.Errorf("store %s: %w: %d MiB free, below %d MiB (half of store.min_free), the least csbs needs to write anything without crashing; free space on that file system or grow it",
+			d.cfg.StoreDir(), syscall.ENOSPC, free>>20, floor>>20)
+	}
+	return nil
 }
 
 // bootstrap creates the default project and the admin token file on
@@ -322,7 +346,7 @@ func (d *Daemon) listen() ([]net.Listener, error) {
 // recoverRestores marks normal restores interrupted by a stop as failed
 // (their targets were never renamed into place).
 func (d *Daemon) recoverRestores() error {
-	return d.cat.Update(func(tx *catalog.Txn) error {
+	return d.cat.Release(func(tx *catalog.Txn) error {
 		rs, err := tx.Restores("")
 		if err != nil {
 			return err

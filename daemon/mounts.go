@@ -266,7 +266,7 @@ func (ms *mounts) Mount(rec catalog.MountRecord) (catalog.MountRecord, error) {
 	if err := ms.mount(rec); err != nil {
 		return rec, err
 	}
-	return rec, ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
+	return rec, ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
 }
 
 func (ms *mounts) mount(rec catalog.MountRecord) error {
@@ -299,7 +299,7 @@ func (ms *mounts) Unmount(project, path string) error {
 	ms.mu.Lock()
 	delete(ms.m, path)
 	ms.mu.Unlock()
-	return ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
+	return ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
 }
 
 // List returns a project's mounts ("" = all).
@@ -345,7 +345,7 @@ func (ms *mounts) Browse(b catalog.Backup, disk, path string) (catalog.MountReco
 	if err := ms.browse(rec, b); err != nil {
 		return rec, err
 	}
-	return rec, ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
+	return rec, ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
 }
 
 func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup) error {
@@ -424,7 +424,7 @@ func (ms *mounts) Unbrowse(project, path string) error {
 		}
 	}
 	os.Remove(b.fuse)
-	return ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
+	return ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
 }
 
 // recover cleans mounts a crashed daemon left and mounts them again.
@@ -452,7 +452,7 @@ func (ms *mounts) recover() {
 			// Loop mounts do not survive the daemon: undo what is left.
 			exec.Command("umount", "-l", rec.Path).Run()
 			fusefs.CleanStale(rec.Internal)
-			_ = ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
+			_ = ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
 			continue
 		}
 		if cleaned, _ := fusefs.CleanStale(rec.Path); cleaned {
@@ -460,7 +460,7 @@ func (ms *mounts) recover() {
 		}
 		if err := ms.mount(rec); err != nil {
 			ms.d.log.Warn("mount not restored", "path", rec.Path, "err", err)
-			_ = ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
+			_ = ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
 		}
 	}
 }

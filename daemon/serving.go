@@ -204,7 +204,7 @@ func (s *serving) Attach(ctx context.Context, b catalog.Backup, disk string) (ap
 	if err := s.attach(b, disk, name); err != nil {
 		return api.ExportInfo{}, err
 	}
-	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+	err := s.d.cat.Release(func(tx *catalog.Txn) error {
 		return tx.PutExportRecord(catalog.ExportRecord{Name: name, Project: b.Project, BackupID: b.ID, Disk: disk, Created: s.d.clock.Now().UTC()})
 	})
 	if err != nil {
@@ -246,7 +246,7 @@ func (s *serving) Detach(ctx context.Context, b catalog.Backup, disk string) err
 		return fmt.Errorf("backup %s disk %s is not attached: %w", b.Name, disk, catalog.ErrNotFound)
 	}
 	s.remove(name)
-	return s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(name) })
+	return s.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(name) })
 }
 
 func (s *serving) view(e *served) api.ExportInfo {
@@ -357,7 +357,7 @@ func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog
 		return r, err
 	}
 	r = inst.r
-	if err := s.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
+	if err := s.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
 		s.stop(inst)
 		return r, err
 	}
@@ -470,7 +470,7 @@ func (s *serving) run(inst *instant) {
 
 func (s *serving) setState(r catalog.Restore, mod func(*catalog.Restore)) (catalog.Restore, error) {
 	var out catalog.Restore
-	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+	err := s.d.cat.Release(func(tx *catalog.Txn) error {
 		cur, err := tx.Restore(r.Project, r.ID)
 		if err != nil {
 			return err
@@ -593,7 +593,7 @@ func (s *serving) recover() error {
 			// nbd.tcp_listen changed: the name's secret part comes or goes.
 			old := e.Name
 			e.Name = name
-			err = s.d.cat.Update(func(tx *catalog.Txn) error {
+			err = s.d.cat.Release(func(tx *catalog.Txn) error {
 				if err := tx.DeleteExportRecord(old); err != nil {
 					return err
 				}
@@ -605,7 +605,7 @@ func (s *serving) recover() error {
 		}
 		if err != nil {
 			s.d.log.Warn("attached export not restored", "export", e.Name, "err", err)
-			_ = s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
+			_ = s.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
 		}
 	}
 	for _, r := range rs {

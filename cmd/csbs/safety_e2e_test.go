@@ -1,0 +1,152 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"csbs/internal/testdisk"
+)
+
+// freeBytes is what statfs says is available under path.
+func freeBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize)
+}
+
+// fillTo appends to the file at path until at most leave bytes stay free
+// on its file system (leave 0: until the file system is full).
+func fillTo(t *testing.T, path string, leave int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := []byte(strings.Repeat("filler!\n", 128<<10)) // 1 MiB
+	for {
+		free := freeBytes(t, filepath.Dir(path))
+		if free <= leave {
+			return
+		}
+		n := min(int64(len(buf)), free-leave)
+		if _, err := f.Write(buf[:n]); err != nil {
+			if errors.Is(err, syscall.ENOSPC) && leave == 0 {
+				return
+			}
+			t.Fatal(err)
+		}
+	}
+}
+
+// smallFS mounts a tmpfs of sizeMiB for the test and removes it after the
+// daemon stopped.
+func smallFS(t *testing.T, sizeMiB int) string {
+	needFUSE(t) // root, for the mount
+	dir := filepath.Join(t.TempDir(), "small")
+	os.Mkdir(dir, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%dm", sizeMiB), "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	// Registered before the appliance, so it runs after the daemon stopped.
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// TestCatalogWritesOnFullDisk fills the daemon's file system with another
+// file. Below store.min_free every write that adds something is refused
+// with ENOSPC (naming free space, reserve and what to do) while deleting,
+// revoking, restoring and GC still work; with the disk entirely full
+// every write is refused. The daemon never crashes (Badger's mapped files
+// make a write on a full file system SIGBUS), reads keep working, and once
+// the filler is gone writes work again.
+func TestCatalogWritesOnFullDisk(t *testing.T) {
+	small := smallFS(t, 640)
+	a := startAppliance(t, "data_dir = \""+small+"/data\"\n[store]\nmin_free = \"320MiB\"\n")
+	img := testdisk.Sparse(t, a.dir, 4<<20, 20, 0)
+	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
+	var b backupInfo
+	a.okJSON(&b, "backup", "create", "web1", "--wait")
+	var tok struct {
+		ID string `json:"id"`
+	}
+	a.okJSON(&tok, "token", "create", "--name", "ci")
+
+	filler := filepath.Join(small, "filler")
+	growRefused := func(phase string) {
+		t.Helper()
+		for i := range 20 {
+			for _, args := range [][]string{
+				{"project", "create", fmt.Sprintf("p%d", i)},
+				{"token", "create", "--name", fmt.Sprintf("t%d", i)},
+				{"server", "add", "--name", fmt.Sprintf("s%d", i), "--disk", "vda=" + img},
+				{"policy", "create", "--name", fmt.Sprintf("pol%d", i), "--time", "02:00", "--every-days", "1"},
+				{"backup", "create", "web1", "--wait"},
+			} {
+				_, errOut, code := a.run(nil, args...)
+				if code == 0 || !strings.Contains(errOut, "no space left on device") || !strings.Contains(errOut, "MiB free") {
+					t.Fatalf("%s: csbs %s: exit %d, want a clear ENOSPC error: %s\ndaemon log:\n%s", phase, strings.Join(args, " "), code, errOut, a.logs)
+				}
+			}
+		}
+	}
+	readsWork := func() {
+		t.Helper()
+		a.ok("status")
+		a.ok("server", "ls")
+		a.ok("backup", "show", b.ID)
+		a.ok("job", "ls")
+		a.ok("token", "ls")
+	}
+
+	// Below the reserve, above half of it.
+	fillTo(t, filler, 240<<20)
+	growRefused("below min_free")
+	readsWork()
+	if !strings.Contains(a.ok("backup", "show", b.ID), "available") {
+		t.Fatal("backup lost")
+	}
+	out := a.ok("job", "ls")
+	if !strings.Contains(out, "skipped") {
+		t.Fatalf("a backup refused for space left no trace in job ls:\n%s", out)
+	}
+	target := filepath.Join(a.dir, "restored.img")
+	a.ok("restore", "start", b.ID, "--disk", "vda="+target, "--wait")
+	if testdisk.SHA256(t, target) != testdisk.SHA256(t, img) {
+		t.Fatal("restore on a full disk differs")
+	}
+	a.ok("token", "revoke", tok.ID)
+	a.ok("gc")
+
+	// Entirely full: everything that writes is refused, nothing crashes.
+	fillTo(t, filler, 0)
+	for i := range 200 {
+		_, errOut, code := a.run(nil, "project", "create", fmt.Sprintf("full%d", i))
+		if code == 0 || !strings.Contains(errOut, "no space left on device") {
+			t.Fatalf("project create %d on a full disk: exit %d %s\ndaemon log:\n%s", i, code, errOut, a.logs)
+		}
+	}
+	a.fails(nil, "no space left on device", "backup", "rm", b.ID)
+	a.fails(nil, "no space left on device", "restore", "start", b.ID, "--disk", "vda="+filepath.Join(a.dir, "r2.img"))
+	readsWork()
+
+	// Space back: writes work again.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	a.ok("project", "create", "after")
+	a.ok("token", "create", "--name", "after")
+	a.ok("server", "add", "--name", "web2", "--disk", "vda="+img)
+	a.ok("policy", "create", "--name", "after", "--time", "02:00", "--every-days", "1")
+	a.ok("backup", "create", "web2", "--wait")
+	a.ok("backup", "rm", b.ID)
+}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"csbs/blockstore"
+	"csbs/catalog"
 	"csbs/internal/testdisk"
 )
 
@@ -149,4 +151,104 @@ func TestCatalogWritesOnFullDisk(t *testing.T) {
 	a.ok("policy", "create", "--name", "after", "--time", "02:00", "--every-days", "1")
 	a.ok("backup", "create", "web2", "--wait")
 	a.ok("backup", "rm", b.ID)
+}
+
+// A name of the id form would win over nothing in lookups but shadow the
+// id it copies: "backup rm bk-…" would delete the other backup. Every
+// named object refuses such names, and the backup it imitates stays.
+func TestIDLikeNamesRefused(t *testing.T) {
+	a := startAppliance(t, "")
+	img := testdisk.Sparse(t, a.dir, 1<<20, 4, 0)
+	var srv idName
+	a.okJSON(&srv, "server", "add", "--name", "web1", "--disk", "vda="+img)
+	var victim idName
+	a.okJSON(&victim, "backup", "create", "web1", "--wait")
+	var pol idName
+	a.okJSON(&pol, "policy", "create", "--name", "daily", "--time", "02:00", "--every-days", "1")
+	for _, args := range [][]string{
+		{"backup", "create", "web1", "--name", victim.ID, "--wait"},
+		{"backup", "create", "web1", "--name", strings.ToUpper(victim.ID), "--wait"},
+		{"server", "add", "--name", srv.ID, "--disk", "vda=" + img},
+		{"server", "add", "--name", victim.ID, "--disk", "vda=" + img},
+		{"policy", "create", "--name", pol.ID, "--time", "02:00", "--every-days", "1"},
+		{"policy", "update", "daily", "--name", victim.ID},
+		{"project", "create", "prj-0123456789ab"},
+		{"token", "create", "--name", "tok-0123456789ab"},
+	} {
+		a.fails(nil, "looks like an object id", args...)
+	}
+	var bs []idName
+	a.okJSON(&bs, "backup", "ls")
+	if len(bs) != 1 || bs[0].ID != victim.ID {
+		t.Fatalf("backups after refused names: %+v", bs)
+	}
+}
+
+// backup show of a backup that scrub marked damaged says so, in both
+// forms, with what to do.
+func TestBackupShowDamage(t *testing.T) {
+	a := startAppliance(t, "")
+	img := testdisk.Sparse(t, a.dir, 1<<20, 4, 0)
+	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
+	var good, bad backupInfo
+	a.okJSON(&bad, "backup", "create", "web1", "--wait")
+	a.okJSON(&good, "backup", "create", "web1", "--wait")
+	// The scrub's verdict, written as scrub writes it (reproducing real
+	// block damage depends on the store's file layout, which is not what
+	// is tested here).
+	a.stop()
+	markDamaged(t, filepath.Join(a.dir, "data", "store"), bad.ID)
+	a.start()
+
+	out := a.ok("backup", "show", bad.ID)
+	for _, want := range []string{"status:    available, DAMAGED", "damage:    scrub found blocks of this backup damaged", "csbs backup create web1 --wait", "csbs backup rm " + bad.ID} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("backup show of a damaged backup lacks %q:\n%s", want, out)
+		}
+	}
+	var v struct {
+		Damaged *bool  `json:"damaged"`
+		Damage  string `json:"damage"`
+	}
+	a.okJSON(&v, "backup", "show", bad.ID)
+	if v.Damaged == nil || !*v.Damaged || !strings.Contains(v.Damage, "csbs backup rm "+bad.ID) {
+		t.Fatalf("backup show --json of a damaged backup: %+v", v)
+	}
+	if out := a.ok("backup", "show", good.ID); strings.Contains(out, "DAMAGED") || strings.Contains(out, "damage:") {
+		t.Fatalf("an intact backup shows damage:\n%s", out)
+	}
+	var g struct {
+		Damaged *bool  `json:"damaged"`
+		Damage  string `json:"damage"`
+	}
+	a.okJSON(&g, "backup", "show", good.ID)
+	if g.Damaged == nil || *g.Damaged || g.Damage != "" {
+		t.Fatalf("backup show --json of an intact backup: damaged %v %q", g.Damaged, g.Damage)
+	}
+}
+
+// markDamaged sets a backup's damage mark in a stopped daemon's store.
+func markDamaged(t *testing.T, storeDir, id string) {
+	t.Helper()
+	s, err := blockstore.Open(storeDir, blockstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	err = catalog.New(s.DB(), catalog.Options{}).Update(func(tx *catalog.Txn) error {
+		bs, err := tx.AllBackups()
+		if err != nil {
+			return err
+		}
+		for _, b := range bs {
+			if b.ID == id {
+				b.Damaged = true
+				return tx.PutBackup(b)
+			}
+		}
+		return fmt.Errorf("backup %s not found", id)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -26,6 +26,7 @@ import (
 	"csbs/catalog"
 	"csbs/config"
 	"csbs/engine"
+	"csbs/internal/durable"
 	"csbs/metrics"
 	"csbs/restore"
 	"csbs/scheduler"
@@ -173,22 +174,11 @@ func (d *Daemon) bootstrap() error {
 	if err != nil {
 		return fmt.Errorf("create admin token: %w", err)
 	}
-	if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+	if err := durable.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write admin token: %w", err)
 	}
 	d.log.Info("created admin token", "file", path)
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // Serve runs until ctx ends, then shuts down: listeners stop, running

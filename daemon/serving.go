@@ -22,6 +22,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/hydrate"
+	"csbs/internal/durable"
 	"csbs/nbd"
 )
 
@@ -85,7 +86,7 @@ func (s *serving) enableSecretNames() error {
 		if _, err := rand.Read(key); err != nil {
 			return fmt.Errorf("nbd name key: %w", err)
 		}
-		err = writeFileAtomic(path, key, 0o600)
+		err = durable.WriteFile(path, key, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("nbd name key %s: %w", path, err)

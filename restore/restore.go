@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"csbs/blockstore"
+	"csbs/internal/durable"
 )
 
 // Volume is the backed-up disk to restore; *blockstore.Volume implements
@@ -183,7 +184,7 @@ func (t *target) commit() error {
 	} else if err := os.Remove(t.tmp); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(t.path))
+	return durable.SyncDir(filepath.Dir(t.path))
 }
 
 func (t *target) abort() {
@@ -191,15 +192,6 @@ func (t *target) abort() {
 	if t.tmp != "" {
 		os.Remove(t.tmp)
 	}
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 const chunkBlocks = 16

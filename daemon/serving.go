@@ -392,6 +392,13 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 			return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
 		}
 		if create {
+			// The target's name and size must be on disk before the guest
+			// can flush anything into it.
+			if err := errors.Join(f.Sync(), durable.SyncDir(filepath.Dir(t.Target))); err != nil {
+				f.Close()
+				vol.Close()
+				return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
+			}
 			inst.r.Targets[i].Fresh = fresh
 		} else {
 			fresh = t.Fresh

@@ -65,8 +65,9 @@ type Catalog struct {
 // WriteClass tells the free-space check what a write transaction does.
 // Badger maps its memtable and value-log files into memory; a write to a
 // mapped page of a full file system is SIGBUS, not an error. So every
-// write first asks the check, which refuses with ENOSPC while free space
-// is below what the class must leave.
+// transaction with writes asks the check before it commits, which
+// refuses with ENOSPC while free space is below what the class must
+// leave.
 type WriteClass int
 
 const (
@@ -86,10 +87,11 @@ const (
 
 // Options configure a Catalog.
 type Options struct {
-	// Space, when set, is asked before every write transaction and
-	// returns an error wrapping syscall.ENOSPC (saying free space,
-	// reserve and what to do) when the write must not happen. The daemon
-	// passes the store's free-space check.
+	// Space, when set, is asked before a transaction with writes
+	// commits, and returns an error wrapping syscall.ENOSPC (saying free
+	// space, reserve and what to do) when the write must not happen.
+	// Transactions that only read are never refused. The daemon passes
+	// the store's free-space check.
 	Space func(WriteClass) error
 }
 
@@ -110,16 +112,21 @@ func key(kind, id string) []byte { return []byte("c/" + kind + "/" + id) }
 // Txn is a catalog view of one Badger transaction, for changes that must
 // commit together (a backup record with its maps, a server with its
 // policy binding).
-type Txn struct{ t *badger.Txn }
+type Txn struct {
+	t *badger.Txn
+	// wrote: the transaction has writes to commit (set by put and del,
+	// and by Badger, which hands out the raw transaction).
+	wrote bool
+}
 
 // Wrap gives catalog access to a transaction opened elsewhere, such as the
 // one blockstore.Commit hands to its callback. The caller checks space
 // (CheckSpace) and syncs; blockstore.Commit syncs.
-func Wrap(t *badger.Txn) *Txn { return &Txn{t} }
+func Wrap(t *badger.Txn) *Txn { return &Txn{t: t} }
 
 // View runs fn in a read-only transaction. Reads need no free space.
 func (c *Catalog) View(fn func(*Txn) error) error {
-	return c.db.View(func(t *badger.Txn) error { return fn(&Txn{t}) })
+	return c.db.View(func(t *badger.Txn) error { return fn(&Txn{t: t}) })
 }
 
 // Update runs fn in a read-write transaction of class WriteGrow,
@@ -139,16 +146,26 @@ func (c *Catalog) CheckSpace(w WriteClass) error {
 	return c.space(w)
 }
 
+// update runs fn and, if it wrote anything, asks the space check before
+// the commit (a transaction that only reads passes on a full disk: the
+// daemon must start and answer there) and syncs after it.
 func (c *Catalog) update(w WriteClass, fn func(*Txn) error) error {
-	if err := c.CheckSpace(w); err != nil {
-		return err
-	}
 	for range 10 {
-		err := c.db.Update(func(t *badger.Txn) error { return fn(&Txn{t}) })
+		wrote := false
+		err := c.db.Update(func(t *badger.Txn) error {
+			tx := &Txn{t: t}
+			if err := fn(tx); err != nil {
+				return err
+			}
+			if wrote = tx.wrote; wrote {
+				return c.CheckSpace(w)
+			}
+			return nil
+		})
 		if errors.Is(err, badger.ErrConflict) {
 			continue
 		}
-		if err != nil {
+		if err != nil || !wrote {
 			return err
 		}
 		if err := c.db.Sync(); err != nil {
@@ -180,6 +197,7 @@ func put(tx *Txn, kind, id string, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode %s %s: %w", kind, id, err)
 	}
+	tx.wrote = true
 	if err := tx.t.Set(key(kind, id), b); err != nil {
 		return fmt.Errorf("write %s %s: %w", kind, id, err)
 	}
@@ -187,6 +205,7 @@ func put(tx *Txn, kind, id string, v any) error {
 }
 
 func del(tx *Txn, kind, id string) error {
+	tx.wrote = true
 	if err := tx.t.Delete(key(kind, id)); err != nil {
 		return fmt.Errorf("delete %s %s: %w", kind, id, err)
 	}
@@ -630,7 +649,10 @@ func (tx *Txn) DeleteSchedState(policyID string) error { return del(tx, KindSche
 
 // Badger returns the underlying transaction, for writes of other packages
 // (block map headers) that must commit with catalog changes.
-func (tx *Txn) Badger() *badger.Txn { return tx.t }
+func (tx *Txn) Badger() *badger.Txn {
+	tx.wrote = true
+	return tx.t
+}
 
 // --- NBD exports of attached backups ---
 

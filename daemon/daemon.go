@@ -76,6 +76,9 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}
+	if err := checkOpenSpace(cfg); err != nil {
+		return nil, err
+	}
 	codec, err := blockstore.ParseCodec(cfg.Store.Compression)
 	if err != nil {
 		return nil, err
@@ -112,6 +115,22 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		Status: d.status, StoreStats: d.storeStats,
 	}
 	return d, nil
+}
+
+// checkOpenSpace refuses to open the store on a file system with less
+// than half the reserve free: Badger replays its logs into new mapped
+// files when it opens, which on a full disk is SIGBUS.
+func checkOpenSpace(cfg config.Config) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(cfg.DataDir, &st); err != nil {
+		return fmt.Errorf("free space of %s: %w", cfg.DataDir, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if need := int64(cfg.Store.MinFree) / 2; free < need {
+		return fmt.Errorf("store %s: %w: %d MiB free, csbs needs %d MiB (half of store.min_free) to open its store (Badger replays its logs into new files and would crash on a full disk); free space on that file system and start again",
+			cfg.StoreDir(), syscall.ENOSPC, free>>20, need>>20)
+	}
+	return nil
 }
 
 // catalogSpace is the catalog's free-space check: a write of class
@@ -280,9 +299,16 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	if err := d.store.Sync(); err != nil {
 		serveErr = errors.Join(serveErr, err)
 	}
-	// Badger's Close flushes memtables and retries forever when it cannot
-	// write (a vanished or full file system). Every commit is synced
-	// already, so after a bounded wait the daemon exits without it.
+	// Badger's Close flushes memtables into new mapped files: on a full
+	// file system that is SIGBUS, and it retries forever when it cannot
+	// write at all (a vanished file system). Every acknowledged write is
+	// synced already and the next start replays Badger's log, so the
+	// daemon exits without it when the disk is full, and after a bounded
+	// wait otherwise.
+	if free, err := d.store.FreeBytes(); err == nil && free < int64(d.cfg.Store.MinFree)/2 {
+		d.log.Warn("the store's file system is full: exiting without Badger's final flush (acknowledged writes are synced; the next start replays the log)", "free_mib", free>>20)
+		return serveErr
+	}
 	closed := make(chan error, 1)
 	go func() { closed <- d.store.Close() }()
 	select {

@@ -69,8 +69,9 @@ func smallFS(t *testing.T, sizeMiB int) string {
 // with ENOSPC (naming free space, reserve and what to do) while deleting,
 // revoking, restoring and GC still work; with the disk entirely full
 // every write is refused. The daemon never crashes (Badger's mapped files
-// make a write on a full file system SIGBUS), reads keep working, and once
-// the filler is gone writes work again.
+// make a write on a full file system SIGBUS), reads keep working, it
+// stops cleanly, refuses to start with the reason, and once the filler is
+// gone it starts and writes work again.
 func TestCatalogWritesOnFullDisk(t *testing.T) {
 	small := smallFS(t, 640)
 	a := startAppliance(t, "data_dir = \""+small+"/data\"\n[store]\nmin_free = \"320MiB\"\n")
@@ -140,11 +141,22 @@ func TestCatalogWritesOnFullDisk(t *testing.T) {
 	a.fails(nil, "no space left on device", "backup", "rm", b.ID)
 	a.fails(nil, "no space left on device", "restore", "start", b.ID, "--disk", "vda="+filepath.Join(a.dir, "r2.img"))
 	readsWork()
+	// Stopping on the full disk is clean; starting is refused with the
+	// reason (Badger would replay its log into new files and crash).
+	a.stop()
+	cmd := exec.Command(binary, "serve")
+	cmd.Env = append(os.Environ(), a.env...)
+	served, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(served), "no space left on device") || !strings.Contains(string(served), "to open its store") {
+		t.Fatalf("serve on a full disk: %v\n%s", err, served)
+	}
 
 	// Space back: writes work again.
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
+	a.start()
+	readsWork()
 	a.ok("project", "create", "after")
 	a.ok("token", "create", "--name", "after")
 	a.ok("server", "add", "--name", "web2", "--disk", "vda="+img)

@@ -540,14 +540,22 @@ func (s *serving) ControlRestore(ctx context.Context, r catalog.Restore, action 
 			return r, fmt.Errorf("%w: restore %s has hydrated %d of %d bytes; wait until it is complete (or cancel it)", catalog.ErrConflict, r.ID, live.Done, live.Total)
 		}
 		s.stop(inst)
-		return s.setState(r, func(x *catalog.Restore) {
+		out, err := s.setState(r, func(x *catalog.Restore) {
 			x.State, x.Ended = catalog.RestoreSucceeded, s.d.clock.Now().UTC()
 			x.Targets = r.Targets
 		})
+		if err == nil {
+			// Only now: a restart before the state was recorded reopens
+			// the restore, and a new bitmap would hydrate over the guest.
+			for _, t := range r.Targets {
+				hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
+			}
+		}
+		return out, err
 	case "cancel":
 		s.stop(inst)
 		for _, t := range r.Targets {
-			os.Remove(s.bitmapPath(r.ID, t.Disk))
+			hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
 		}
 		return s.setState(r, func(x *catalog.Restore) {
 			x.State, x.Ended = catalog.RestoreCanceled, s.d.clock.Now().UTC()

@@ -81,6 +81,17 @@ func OpenBitmap(path string, nblocks int64, bs int, size int64) (*Bitmap, error)
 	return b, nil
 }
 
+// RemoveBitmap removes the files OpenBitmap made at path.
+func RemoveBitmap(path string) error {
+	var errs []error
+	for _, p := range []string{path, path + ".j0", path + ".j1"} {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // NewBitmap reads or initialises a bitmap on open files: bits, and the two
 // journal files. An empty bits file is a new bitmap.
 func NewBitmap(bits File, journal [2]File, nblocks int64, bs int, size int64) (*Bitmap, error) {

@@ -2,7 +2,9 @@ package powerloss
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -33,7 +35,7 @@ func (d *device) page(i int64) ([]byte, error) {
 		return p, nil
 	}
 	p := make([]byte, pageSize)
-	if _, err := d.durable.ReadAt(p, i*pageSize); err != nil && !strings.Contains(err.Error(), "EOF") {
+	if _, err := d.durable.ReadAt(p, i*pageSize); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	return p, nil

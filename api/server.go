@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	"csbs/access"
@@ -86,6 +87,8 @@ func errorStatus(err error) *Error {
 		return &Error{http.StatusConflict, "conflict", strings.TrimPrefix(err.Error(), "conflict: ")}
 	case errors.Is(err, errBadBody):
 		return &Error{http.StatusBadRequest, "bad_request", err.Error()}
+	case errors.Is(err, syscall.ENOSPC):
+		return &Error{http.StatusInsufficientStorage, "insufficient_storage", err.Error()}
 	}
 	return &Error{http.StatusInternalServerError, "internal", err.Error()}
 }

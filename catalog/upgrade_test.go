@@ -16,7 +16,7 @@ func TestAdoptLegacyHostAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	c := New(db)
+	c := New(db, Options{})
 	now := time.Now()
 	var srv Server
 	err = c.Update(func(tx *Txn) error {

@@ -281,6 +281,12 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 			NewBytes: st.NewBytes, Blocks: st.DataBlocks,
 		})
 	}
+	// The commit writes the backup's records; like every catalog write it
+	// keeps the free-space reserve.
+	if err := e.Catalog.CheckSpace(catalog.WriteGrow); err != nil {
+		abort()
+		return catalog.Backup{}, fmt.Errorf("commit backup of server %s: %w", server.Name, err)
+	}
 	err = e.Store.Commit(ctx, pending, func(t *badger.Txn) error {
 		return commitBackupRecord(catalog.Wrap(t), &b, decision, e.Now())
 	})

@@ -100,7 +100,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store}
-	d.cat = catalog.New(store.DB(), catalog.Options{Space: d.catalogSpace})
+	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if err := d.bootstrap(); err != nil {
 		store.Close()
 		return nil, err

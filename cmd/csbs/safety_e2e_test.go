@@ -247,7 +247,7 @@ func markDamaged(t *testing.T, storeDir, id string) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	err = catalog.New(s.DB(), catalog.Options{}).Update(func(tx *catalog.Txn) error {
+	err = catalog.New(s.KV(), catalog.Options{}).Update(func(tx *catalog.Txn) error {
 		bs, err := tx.AllBackups()
 		if err != nil {
 			return err

@@ -40,11 +40,26 @@ func NewUnixClient(socket, token string) *Client {
 // Do sends a request with an optional JSON body and decodes the JSON
 // answer into out (if not nil). An API error comes back as *Error.
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	_, err := c.do(ctx, method, path, query, in, out)
+	return err
+}
+
+// List gets a page of a listing (query may carry limit and after) into
+// out and returns the cursor of the next page, "" after the last.
+func (c *Client) List(ctx context.Context, path string, query url.Values, out any) (string, error) {
+	h, err := c.do(ctx, http.MethodGet, path, query, nil, out)
+	if err != nil {
+		return "", err
+	}
+	return h.Get(HeaderNext), nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) (http.Header, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
@@ -54,7 +69,7 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	if in != nil {
@@ -69,14 +84,14 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("cannot reach the csbs daemon at %s (is `csbs serve` running?)", c.Socket)
+			return nil, fmt.Errorf("cannot reach the csbs daemon at %s (is `csbs serve` running?)", c.Socket)
 		}
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
@@ -84,14 +99,14 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 		}
 		if json.Unmarshal(data, &e) == nil && e.Error != nil {
 			e.Error.Status = resp.StatusCode
-			return e.Error
+			return nil, e.Error
 		}
-		return &Error{Status: resp.StatusCode, Code: "http", Message: fmt.Sprintf("%s %s: %s", method, path, resp.Status)}
+		return nil, &Error{Status: resp.StatusCode, Code: "http", Message: fmt.Sprintf("%s %s: %s", method, path, resp.Status)}
 	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+			return nil, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 		}
 	}
-	return nil
+	return resp.Header, nil
 }

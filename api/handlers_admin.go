@@ -29,19 +29,25 @@ func (s *Server) projectView(pr catalog.Project) ProjectView {
 	return ProjectView{Project: pr, InstantRestore: pr.IREnabled(), HostAccess: g}
 }
 
-func (s *Server) listProjects(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Server) listProjects(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	if !p.admin {
 		return []ProjectView{s.projectView(p.project)}, nil
 	}
 	var out []ProjectView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
-		ps, err := tx.Projects()
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
+		ps, n, err := tx.ProjectPage(pg)
 		for _, pr := range ps {
 			out = append(out, s.projectView(pr))
 		}
+		next = n
 		return err
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
 // showProject shows a project by name or id; a project token sees only

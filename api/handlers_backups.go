@@ -95,8 +95,13 @@ func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (a
 	if f.Type != "" && f.Type != catalog.TypeCommon && f.Type != catalog.TypeEnhanced {
 		return nil, fmt.Errorf("%w: type %q: want common or enhanced", catalog.ErrInvalid, f.Type)
 	}
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []BackupView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
 		if ref := q.Get("server"); ref != "" {
 			sv, err := tx.Server(p.project.ID, ref)
 			if err != nil {
@@ -104,13 +109,14 @@ func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (a
 			}
 			f.ServerID = sv.ID
 		}
-		bs, err := tx.Backups(p.project.ID, f)
+		bs, n, err := tx.BackupPage(p.project.ID, f, pg)
 		for _, b := range bs {
 			out = append(out, s.backupView(b))
 		}
+		next = n
 		return err
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
 func (s *Server) findBackup(p principal, ref string) (catalog.Backup, error) {
@@ -241,17 +247,22 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 	return rs, nil
 }
 
-func (s *Server) listRestores(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Server) listRestores(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []catalog.Restore
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
-		out, err = tx.Restores(p.project.ID)
+		out, next, err = tx.RestorePage(p.project.ID, pg)
 		return err
 	})
 	for i := range out {
 		out[i] = s.liveRestore(out[i])
 	}
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
 // liveRestore fills in the progress of a running restore from its job
@@ -278,9 +289,13 @@ func (s *Server) showRestore(_ context.Context, p principal, r *http.Request) (a
 	return s.liveRestore(out), err
 }
 
-func (s *Server) listJobs(_ context.Context, p principal, _ *http.Request) (any, error) {
-	js, err := s.Runner.Jobs(p.project.ID)
-	return nonNil(js), err
+func (s *Server) listJobs(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
+	js, next, err := s.Runner.Jobs(p.project.ID, pg)
+	return paged{nonNil(js), next}, err
 }
 
 func (s *Server) showJob(_ context.Context, p principal, r *http.Request) (any, error) {

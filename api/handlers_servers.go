@@ -71,19 +71,25 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 	return ServerView{Server: out, Region: s.Region}, err
 }
 
-func (s *Server) listServers(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Server) listServers(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []ServerView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
-		ss, err := tx.Servers(p.project.ID)
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
+		ss, n, err := tx.ServerPage(p.project.ID, pg)
 		if err != nil {
 			return err
 		}
 		for _, sv := range ss {
 			out = append(out, s.serverView(tx, sv))
 		}
+		next = n
 		return nil
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
 func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
@@ -237,16 +243,22 @@ func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (
 	return out, err
 }
 
-func (s *Server) listPolicies(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Server) listPolicies(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []PolicyView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
-		ps, err := tx.Policies(p.project.ID)
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
+		ps, n, err := tx.PolicyPage(p.project.ID, pg)
 		for _, pol := range ps {
 			out = append(out, s.policyView(tx, pol, 1))
 		}
+		next = n
 		return err
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
 func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {

@@ -189,6 +189,9 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 			writeError(w, e)
 			return
 		}
+		if p, ok := out.(paged); ok {
+			out = writePaged(w, p)
+		}
 		w.Header().Set("Content-Type", "application/json")
 		if out == nil {
 			w.WriteHeader(http.StatusNoContent)

@@ -294,4 +294,3 @@ func (tx *Txn) PutMountRecord(m MountRecord) error {
 func (tx *Txn) DeleteMountRecord(path string) error {
 	return del(tx, KindMount, strings.ReplaceAll(path, "/", "|"))
 }
-

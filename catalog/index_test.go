@@ -226,7 +226,7 @@ func TestIndexesFollowObjects(t *testing.T) {
 			return nil
 		}, func(tx *Txn) error {
 			act, err := tx.ActiveJobs(f.p1.ID)
-			if err != nil || len(act) != 2 || act[0].State != JobQueued {
+			if err != nil || len(act) != 2 || act[0].State != JobRunning || act[1].State != JobQueued {
 				return fmt.Errorf("active jobs: %v %v", act, err)
 			}
 			if n, err := tx.FailedJobsSince(f.p1.ID, t0); n != 1 || err != nil {

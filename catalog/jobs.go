@@ -29,14 +29,14 @@ func (tx *Txn) JobPage(project string, pg Page) ([]Job, string, error) {
 }
 
 // ActiveJobs lists the queued and running jobs of a project ("" for
-// every project), oldest first.
+// every project), newest first, reading only those.
 func (tx *Txn) ActiveJobs(project string) ([]Job, error) {
 	prefix := ixPrefix(ixJobActive, project)
 	if project == "" {
 		prefix = ixPrefix(ixJobActive)
 	}
 	js, _, err := pageOf[Job](tx, KindJob, prefix, false, Page{}, nil)
-	sortJobs(js, false)
+	sortJobs(js, true)
 	return js, err
 }
 

@@ -101,6 +101,12 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store}
 	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
+	if n, err := d.cat.EnsureIndexes(); err != nil {
+		store.Close()
+		return nil, err
+	} else if n > 0 {
+		d.log.Info("built the catalog's indexes (once, after an upgrade)", "objects", n)
+	}
 	if err := d.bootstrap(); err != nil {
 		store.Close()
 		return nil, err

@@ -120,18 +120,12 @@ func (d *Daemon) storeStats(ctx context.Context, project string, admin bool) (ap
 			if !admin && p.ID != project {
 				continue
 			}
-			bs, err := tx.Backups(p.ID, catalog.BackupFilter{})
+			bst, err := tx.BackupStats(p.ID)
 			if err != nil {
 				return err
 			}
-			ps := api.ProjectStats{Project: p.Name, Backups: len(bs)}
-			for _, b := range bs {
-				for _, disk := range b.Disks {
-					ps.LogicalBytes += disk.Size
-					ps.DataBytes += disk.Blocks * int64(st.BlockSize)
-					ps.AddedBytes += disk.NewBytes
-				}
-			}
+			ps := api.ProjectStats{Project: p.Name, Backups: int(bst.Backups), LogicalBytes: bst.LogicalBytes,
+				DataBytes: bst.DataBlocks * int64(st.BlockSize), AddedBytes: bst.AddedBytes}
 			referenced += ps.DataBytes
 			out.Projects = append(out.Projects, ps)
 		}

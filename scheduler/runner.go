@@ -66,14 +66,11 @@ func NewRunner(cat *catalog.Catalog, exec Executor, clock Clock, log *slog.Logge
 // failed. Call it once before Run.
 func (r *Runner) Recover() error {
 	return r.cat.Release(func(tx *catalog.Txn) error {
-		jobs, err := tx.Jobs("")
+		jobs, err := tx.ActiveJobs("")
 		if err != nil {
 			return err
 		}
 		for _, j := range jobs {
-			if j.Finished() {
-				continue
-			}
 			j.Error = fmt.Sprintf("interrupted: the daemon stopped while the job was %s; nothing of it became visible", j.State)
 			j.State = catalog.JobFailed
 			j.Ended = r.clock.Now().UTC()
@@ -273,24 +270,27 @@ func (r *Runner) Job(project, id string) (catalog.Job, error) {
 	if err != nil {
 		return j, err
 	}
-	return r.merge(j), nil
+	return r.Live(j), nil
 }
 
-// Jobs lists a project's jobs with live progress merged.
-func (r *Runner) Jobs(project string) ([]catalog.Job, error) {
+// Jobs lists a project's jobs newest first, a page at a time, with live
+// progress merged.
+func (r *Runner) Jobs(project string, pg catalog.Page) ([]catalog.Job, string, error) {
 	var js []catalog.Job
+	var next string
 	err := r.cat.View(func(tx *catalog.Txn) error {
 		var err error
-		js, err = tx.Jobs(project)
+		js, next, err = tx.JobPage(project, pg)
 		return err
 	})
 	for i := range js {
-		js[i] = r.merge(js[i])
+		js[i] = r.Live(js[i])
 	}
-	return js, err
+	return js, next, err
 }
 
-func (r *Runner) merge(j catalog.Job) catalog.Job {
+// Live returns j with the progress of its run merged in, if it runs.
+func (r *Runner) Live(j catalog.Job) catalog.Job {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if l, ok := r.running[j.ID]; ok {

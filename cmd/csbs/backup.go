@@ -60,11 +60,11 @@ func backupCommand() *cli.Command {
 			},
 			{
 				Name: "ls", Usage: "list backups, newest first",
-				Flags: []cli.Flag{
+				Flags: pageFlags(
 					&cli.StringFlag{Name: "server", Usage: "only backups of `SERVER`"},
 					&cli.StringFlag{Name: "type", Usage: "only `TYPE` common or enhanced"},
 					jsonFlag,
-				},
+				),
 				Action: func(c *cli.Context) error {
 					cl, err := client(c)
 					if err != nil {
@@ -78,7 +78,7 @@ func backupCommand() *cli.Command {
 						q.Set("type", v)
 					}
 					var bs []api.BackupView
-					if err := cl.Do(c.Context, "GET", "/v1/backups", q, nil, &bs); err != nil {
+					if err := listPage(c, cl, "/v1/backups", q, &bs); err != nil {
 						return err
 					}
 					return show(c, bs, func(w io.Writer) error {

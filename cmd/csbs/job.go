@@ -31,14 +31,14 @@ func jobCommand() *cli.Command {
 		Usage: "follow jobs (backups, restores, retention, gc, scrub)",
 		Subcommands: []*cli.Command{
 			{
-				Name: "ls", Usage: "list jobs, newest first", Flags: []cli.Flag{jsonFlag},
+				Name: "ls", Usage: "list jobs, newest first", Flags: pageFlags(jsonFlag),
 				Action: func(c *cli.Context) error {
 					cl, err := client(c)
 					if err != nil {
 						return err
 					}
 					var js []catalog.Job
-					if err := cl.Do(c.Context, "GET", "/v1/jobs", nil, nil, &js); err != nil {
+					if err := listPage(c, cl, "/v1/jobs", nil, &js); err != nil {
 						return err
 					}
 					return show(c, js, func(w io.Writer) error { return printJobs(w, js) })

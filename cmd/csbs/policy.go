@@ -118,14 +118,14 @@ func policyCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "ls", Usage: "list policies", Flags: []cli.Flag{jsonFlag},
+				Name: "ls", Usage: "list policies", Flags: pageFlags(jsonFlag),
 				Action: func(c *cli.Context) error {
 					cl, err := client(c)
 					if err != nil {
 						return err
 					}
 					var ps []api.PolicyView
-					if err := cl.Do(c.Context, "GET", "/v1/policies", nil, nil, &ps); err != nil {
+					if err := listPage(c, cl, "/v1/policies", nil, &ps); err != nil {
 						return err
 					}
 					return show(c, ps, func(w io.Writer) error {

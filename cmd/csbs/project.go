@@ -36,14 +36,14 @@ func projectCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "ls", Usage: "list projects", Flags: []cli.Flag{jsonFlag},
+				Name: "ls", Usage: "list projects", Flags: pageFlags(jsonFlag),
 				Action: func(c *cli.Context) error {
 					cl, err := client(c)
 					if err != nil {
 						return err
 					}
 					var ps []api.ProjectView
-					if err := cl.Do(c.Context, "GET", "/v1/projects", nil, nil, &ps); err != nil {
+					if err := listPage(c, cl, "/v1/projects", nil, &ps); err != nil {
 						return err
 					}
 					return show(c, ps, func(w io.Writer) error {

@@ -82,14 +82,14 @@ func restoreCommand() *cli.Command {
 			restoreAction("finish", "end a complete instant restore: detach its exports (the targets are plain disks)"),
 			restoreAction("cancel", "stop a restore (an instant restore's exports are removed; targets stay partial)"),
 			{
-				Name: "ls", Usage: "list restores", Flags: []cli.Flag{jsonFlag},
+				Name: "ls", Usage: "list restores", Flags: pageFlags(jsonFlag),
 				Action: func(c *cli.Context) error {
 					cl, err := client(c)
 					if err != nil {
 						return err
 					}
 					var rs []catalog.Restore
-					if err := cl.Do(c.Context, "GET", "/v1/restores", nil, nil, &rs); err != nil {
+					if err := listPage(c, cl, "/v1/restores", nil, &rs); err != nil {
 						return err
 					}
 					return show(c, rs, func(w io.Writer) error {

@@ -51,14 +51,14 @@ func serverCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "ls", Usage: "list servers", Flags: []cli.Flag{jsonFlag},
+				Name: "ls", Usage: "list servers", Flags: pageFlags(jsonFlag),
 				Action: func(c *cli.Context) error {
 					cl, err := client(c)
 					if err != nil {
 						return err
 					}
 					var ss []api.ServerView
-					if err := cl.Do(c.Context, "GET", "/v1/servers", nil, nil, &ss); err != nil {
+					if err := listPage(c, cl, "/v1/servers", nil, &ss); err != nil {
 						return err
 					}
 					return show(c, ss, func(w io.Writer) error {

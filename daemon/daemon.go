@@ -117,6 +117,9 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
+	d.sched.Jobs = scheduler.JobRetention{
+		Keep: time.Duration(cfg.Jobs.Keep), KeepFailed: time.Duration(cfg.Jobs.KeepFailed), KeepLast: cfg.Jobs.KeepLast,
+	}
 	d.metrics = metrics.New(d, opts.Version)
 	d.serving = newServing(d)
 	d.mounts = newMounts(d)

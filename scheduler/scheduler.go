@@ -38,6 +38,10 @@ type Scheduler struct {
 	poke    chan struct{}
 	started time.Time
 	mu      sync.Mutex // serialises retention and deletes
+
+	// Jobs is how long finished jobs stay in the catalog; set it before
+	// Run (zero: forever).
+	Jobs JobRetention
 }
 
 // New returns a scheduler; call Run to start it.
@@ -53,18 +57,28 @@ func (s *Scheduler) Poke() {
 	}
 }
 
-// Run schedules until ctx ends.
+// Run schedules until ctx ends. It also prunes job history, at start
+// and hourly.
 func (s *Scheduler) Run(ctx context.Context) {
 	s.started = s.clock.Now()
+	nextPrune := s.started
 	for {
+		if now := s.clock.Now(); !now.Before(nextPrune) {
+			if n, err := PruneJobs(s.cat, s.Jobs, now); err != nil {
+				s.log.Error("prune job history", "err", err)
+			} else if n > 0 {
+				s.log.Info("pruned job history", "jobs", n)
+			}
+			nextPrune = now.Add(pruneEvery)
+		}
 		next, err := s.tick()
 		if err != nil {
 			s.log.Error("scheduler", "err", err)
 			next = s.clock.Now().Add(time.Minute)
 		}
-		wait := time.Hour
+		wait := max(nextPrune.Sub(s.clock.Now()), 0)
 		if !next.IsZero() {
-			wait = max(next.Sub(s.clock.Now()), 0)
+			wait = min(wait, max(next.Sub(s.clock.Now()), 0))
 		}
 		select {
 		case <-ctx.Done():

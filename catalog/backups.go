@@ -3,6 +3,7 @@ package catalog
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -119,24 +120,11 @@ func (tx *Txn) MountServers(project, serverID string) ([]MountDir, error) {
 	for it.Seek(prefix); it.Valid(); {
 		tx.countEntry()
 		escName, _, _ := strings.Cut(string(it.Item().Key()[len(prefix):]), "/")
-		name := unesc(escName)
-		var newest time.Time
-		err := tx.scan(ixPrefix(ixMountTime, project, name), true, true, "", func(cursor, _ string, val []byte) (bool, error) {
-			if serverID != "" && string(val) != serverID {
-				return true, nil
-			}
-			t, err := time.Parse(timeLayout, strings.SplitN(cursor, "/", 2)[0])
-			if err != nil {
-				return false, fmt.Errorf("mount index entry %s: %w", cursor, err)
-			}
-			newest = t
-			return false, nil
-		})
-		if err != nil {
+		dir, err := tx.MountServer(project, unesc(escName), serverID)
+		if err == nil {
+			out = append(out, dir)
+		} else if !errors.Is(err, ErrNotFound) {
 			return nil, err
-		}
-		if !newest.IsZero() {
-			out = append(out, MountDir{Name: name, Newest: newest})
 		}
 		it.Seek(append(append(bytes.Clone(prefix), escName...), '/', 0xff))
 	}

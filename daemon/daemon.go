@@ -29,6 +29,7 @@ import (
 	"csbs/engine"
 	"csbs/internal/durable"
 	"csbs/metrics"
+	"csbs/mounts"
 	"csbs/restore"
 	"csbs/scheduler"
 )
@@ -53,7 +54,7 @@ type Daemon struct {
 	sched   *scheduler.Scheduler
 	api     *api.Server
 	serving *serving
-	mounts  *mounts
+	mounts  *mounts.Manager
 	metrics *metrics.Metrics
 	started time.Time
 
@@ -122,7 +123,10 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.metrics = metrics.New(d, opts.Version)
 	d.serving = newServing(d)
-	d.mounts = newMounts(d)
+	d.mounts = mounts.NewManager(mounts.Config{
+		Catalog: d.cat, Volumes: volumes{d}, Access: d.engine,
+		DataDir: cfg.DataDir, Mountpoint: cfg.FUSE.Mountpoint, Log: d.log,
+	})
 	d.api = &api.Server{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
@@ -282,7 +286,7 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	if err := d.serving.recover(); err != nil {
 		d.log.Error("recover exports and instant restores", "err", err)
 	}
-	d.mounts.recover()
+	d.mounts.Recover()
 	srv := &http.Server{Handler: d.api.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	runCtx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -336,7 +340,7 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	}
 	stop()
 	wg.Wait()
-	d.mounts.shutdown()
+	d.mounts.Shutdown()
 	d.serving.shutdown()
 	os.Remove(d.cfg.API.Socket)
 	os.Remove(d.cfg.NBD.Socket)

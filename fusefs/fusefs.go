@@ -2,23 +2,35 @@
 //
 //	/<project>/<server>/<backup>/<disk>.img
 //
-// Only Enhanced backups appear. Directories are listed from a Tree on
-// every lookup (with a 1 s kernel cache), so new backups appear and deleted
-// ones disappear without remounting. Disk images are immutable, so their
-// pages stay in the kernel's cache across opens (FOPEN_KEEP_CACHE); reads
-// go to a volume reader with its own read-ahead and block cache, and every
-// block is verified: a damaged block is EIO, never wrong bytes. A backup
-// counts as in use (not deletable) while one of its images is open.
+// It is the generic node layer: what the tree holds comes from a Tree
+// (package mounts implements one over the catalog). A directory lists
+// its entries from the Tree once and keeps them (WithCache) until the
+// owner calls Invalidate for it, so that `ls -R` of thousands of
+// backups asks the Tree once per directory, and a lookup in a listed
+// directory asks nothing; a lookup in a directory not listed yet asks
+// the Tree for that one entry when the Tree can (Lookuper). Invalidate
+// also tells the kernel to forget the entries (NotifyEntry), which lets
+// the kernel keep entries and attributes longer. Without a cache, every
+// readdir asks the Tree and the kernel keeps entries for a second.
+//
+// Disk images are immutable, so their pages stay in the kernel's cache
+// across opens (FOPEN_KEEP_CACHE); reads go to a volume reader with its
+// own read-ahead and block cache, and every block is verified: a
+// damaged block is EIO, never wrong bytes. A backup counts as in use
+// (not deletable) while one of its images is open.
 package fusefs
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,11 +55,21 @@ type Volume interface {
 }
 
 // Tree is what the file system shows. Paths are names: project, server,
-// backup, disk (without ".img"). The daemon implements it on the catalog,
-// already narrowed to what the mount may show.
+// backup, disk (without ".img"). Package mounts implements it on the
+// catalog, already narrowed to what the mount may show. Its methods may
+// run concurrently; a missing path is an error wrapping
+// catalog.ErrNotFound.
 type Tree interface {
+	// List returns the entries of the directory at path, by name.
 	List(ctx context.Context, path []string) ([]Entry, error)
+	// Open opens the disk image at path (four names); the func releases
+	// it.
 	Open(ctx context.Context, path []string) (Volume, func(), error)
+}
+
+// Lookuper is a Tree that finds one entry without listing its directory.
+type Lookuper interface {
+	Lookup(ctx context.Context, path []string) (Entry, error)
 }
 
 // levels of the tree below the root.
@@ -64,14 +86,35 @@ const imgSuffix = ".img"
 type Mount struct {
 	Dir    string
 	server *fuse.Server
+	root   *dirNode
+}
+
+// Options tune a mount.
+type Options struct {
+	// Name shows in /proc/mounts as csbs:<Name>.
+	Name string
+	// Cache keeps directory listings until Invalidate drops them; the
+	// owner must call Invalidate for every change of the tree. Without
+	// it every readdir asks the Tree.
+	Cache bool
+}
+
+// kernelTTL is how long the kernel keeps entries and attributes: long
+// when Invalidate tells it of changes, a second otherwise (what a new or
+// deleted backup may take to show).
+func kernelTTL(cache bool) time.Duration {
+	if cache {
+		return 30 * time.Second
+	}
+	return time.Second
 }
 
 // MountTree mounts tree read-only at dir.
-func MountTree(dir string, tree Tree, name string) (*Mount, error) {
-	sec := time.Second
-	root := &dirNode{tree: tree}
+func MountTree(dir string, tree Tree, o Options) (*Mount, error) {
+	ttl, neg := kernelTTL(o.Cache), time.Second
+	root := &dirNode{tree: tree, cache: o.Cache}
 	opts := &fs.Options{
-		EntryTimeout: &sec, AttrTimeout: &sec, NegativeTimeout: &sec,
+		EntryTimeout: &ttl, AttrTimeout: &ttl, NegativeTimeout: &neg,
 		MountOptions: fuse.MountOptions{
 			FsName:       "csbs",
 			Name:         "csbs",
@@ -80,14 +123,51 @@ func MountTree(dir string, tree Tree, name string) (*Mount, error) {
 			DirectMount:  true,
 		},
 	}
-	if name != "" {
-		opts.MountOptions.FsName = "csbs:" + name
+	if o.Name != "" {
+		opts.MountOptions.FsName = "csbs:" + o.Name
 	}
 	srv, err := fs.Mount(dir, root, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &Mount{Dir: dir, server: srv}, nil
+	return &Mount{Dir: dir, server: srv, root: root}, nil
+}
+
+// Invalidate says that the entries names of the directory at dir
+// appeared, went or changed (size, time). Cached listings of dir and of
+// everything below those entries are dropped, and the kernel forgets
+// the entries, so that the next access asks the Tree. It must not be
+// called from a Tree method (the kernel may be waiting on that call).
+func (m *Mount) Invalidate(dir []string, names ...string) {
+	node := &m.root.Inode
+	for _, name := range dir {
+		if node = node.GetChild(name); node == nil {
+			return // the kernel never looked it up: nothing cached
+		}
+	}
+	if d, ok := node.Operations().(*dirNode); ok {
+		d.drop()
+	}
+	for _, name := range names {
+		if len(dir) == levelDisk {
+			name += imgSuffix
+		}
+		if child := node.GetChild(name); child != nil {
+			dropBelow(child)
+		}
+		// ENOENT: the kernel has no such entry cached; nothing to do.
+		_ = node.NotifyEntry(name)
+	}
+}
+
+// dropBelow drops the cached listings of a directory and its subtree.
+func dropBelow(n *fs.Inode) {
+	if d, ok := n.Operations().(*dirNode); ok {
+		d.drop()
+	}
+	for _, c := range n.Children() {
+		dropBelow(c)
+	}
 }
 
 // Unmount unmounts, waiting for the kernel to let go.
@@ -140,8 +220,13 @@ func inodeNumber(path []string) uint64 {
 type dirNode struct {
 	fs.Inode
 	tree  Tree
+	cache bool
 	path  []string
-	mtime time.Time
+
+	mu      sync.Mutex
+	mtime   time.Time
+	entries map[string]Entry // cached listing; nil: not listed
+	sorted  []Entry
 }
 
 var (
@@ -151,6 +236,8 @@ var (
 )
 
 func (d *dirNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	out.Mode = syscall.S_IFDIR | 0o555
 	setTime(&out.Attr, d.mtime)
 	return 0
@@ -163,14 +250,75 @@ func setTime(a *fuse.Attr, t time.Time) {
 	a.SetTimes(&t, &t, &t)
 }
 
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+func (d *dirNode) drop() {
+	d.mu.Lock()
+	d.entries, d.sorted = nil, nil
+	d.mu.Unlock()
+}
+
+// list returns the directory's entries, from the cache when it has them.
+func (d *dirNode) list(ctx context.Context) ([]Entry, error) {
+	if d.cache {
+		d.mu.Lock()
+		es := d.sorted
+		cached := d.entries != nil
+		d.mu.Unlock()
+		if cached {
+			return es, nil
+		}
+	}
 	es, err := d.tree.List(ctx, d.path)
+	if err != nil || !d.cache {
+		return es, err
+	}
+	m := make(map[string]Entry, len(es))
+	for _, e := range es {
+		m[e.Name] = e
+	}
+	d.mu.Lock()
+	d.entries, d.sorted = m, es
+	d.mu.Unlock()
+	return es, nil
+}
+
+// find returns one entry: from the cached listing, else from the Tree's
+// Lookup, else from a listing.
+func (d *dirNode) find(ctx context.Context, name string) (Entry, error) {
+	if d.cache {
+		d.mu.Lock()
+		e, ok := d.entries[name]
+		cached := d.entries != nil
+		d.mu.Unlock()
+		if cached {
+			if !ok {
+				return Entry{}, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
+			}
+			return e, nil
+		}
+	}
+	if l, ok := d.tree.(Lookuper); ok {
+		return l.Lookup(ctx, append(slices.Clip(d.path), name))
+	}
+	es, err := d.list(ctx)
+	if err != nil {
+		return Entry{}, err
+	}
+	for _, e := range es {
+		if e.Name == name {
+			return e, nil
+		}
+	}
+	return Entry{}, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
+}
+
+func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	es, err := d.list(ctx)
 	if err != nil {
 		return nil, toErrno(err)
 	}
 	out := make([]fuse.DirEntry, 0, len(es))
 	for _, e := range es {
-		de := fuse.DirEntry{Name: e.Name, Mode: syscall.S_IFDIR, Ino: inodeNumber(append(append([]string{}, d.path...), e.Name))}
+		de := fuse.DirEntry{Name: e.Name, Mode: syscall.S_IFDIR, Ino: inodeNumber(append(slices.Clip(d.path), e.Name))}
 		if len(d.path) == levelDisk {
 			de.Name, de.Mode = e.Name+imgSuffix, syscall.S_IFREG
 		}
@@ -187,34 +335,57 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			return nil, syscall.ENOENT
 		}
 	}
-	es, err := d.tree.List(ctx, d.path)
+	e, err := d.find(ctx, want)
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	for _, e := range es {
-		if e.Name != want {
-			continue
+	path := append(slices.Clip(d.path), e.Name)
+	ino := inodeNumber(path)
+	// The kernel may have forgotten the entry while the node lives on
+	// (same inode number): refresh it rather than make a twin, which the
+	// bridge would drop in favour of the old one.
+	existing := d.GetChild(name)
+	if len(d.path) == levelDisk {
+		f, ok := existingOps[*fileNode](existing)
+		if !ok {
+			f = &fileNode{tree: d.tree, path: path}
 		}
-		path := append(append([]string{}, d.path...), e.Name)
-		ino := inodeNumber(path)
-		if len(d.path) == levelDisk {
-			f := &fileNode{tree: d.tree, path: path, size: e.Size, mtime: e.Mtime}
-			f.fill(&out.Attr)
-			return d.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), 0
+		f.set(e)
+		f.fill(&out.Attr)
+		if ok {
+			return existing, 0
 		}
-		child := &dirNode{tree: d.tree, path: path, mtime: e.Mtime}
-		out.Mode = syscall.S_IFDIR | 0o555
-		setTime(&out.Attr, e.Mtime)
-		return d.NewInode(ctx, child, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+		return d.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), 0
 	}
-	return nil, syscall.ENOENT
+	out.Mode = syscall.S_IFDIR | 0o555
+	setTime(&out.Attr, e.Mtime)
+	if child, ok := existingOps[*dirNode](existing); ok {
+		child.mu.Lock()
+		child.mtime = e.Mtime
+		child.mu.Unlock()
+		return existing, 0
+	}
+	child := &dirNode{tree: d.tree, cache: d.cache, path: path, mtime: e.Mtime}
+	return d.NewInode(ctx, child, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+}
+
+// existingOps returns the node behind an inode if it has type T.
+func existingOps[T fs.InodeEmbedder](n *fs.Inode) (T, bool) {
+	var zero T
+	if n == nil {
+		return zero, false
+	}
+	t, ok := n.Operations().(T)
+	return t, ok
 }
 
 // fileNode is a disk image.
 type fileNode struct {
 	fs.Inode
-	tree  Tree
-	path  []string
+	tree Tree
+	path []string
+
+	mu    sync.Mutex
 	size  int64
 	mtime time.Time
 }
@@ -224,7 +395,15 @@ var (
 	_ fs.NodeOpener    = (*fileNode)(nil)
 )
 
+func (f *fileNode) set(e Entry) {
+	f.mu.Lock()
+	f.size, f.mtime = e.Size, e.Mtime
+	f.mu.Unlock()
+}
+
 func (f *fileNode) fill(a *fuse.Attr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	a.Mode = syscall.S_IFREG | 0o444
 	a.Size = uint64(f.size)
 	a.Blocks = (uint64(f.size) + 511) / 512

@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-catalog fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -36,6 +36,16 @@ test-crash:
 # bench/results.md. Not part of CI.
 bench: build
 	bash bench/run.sh
+
+# What requests cost as the catalog grows: catalogs of 1k, 10k and 50k
+# backups (and an almost empty floor) built through the catalog package,
+# the real daemon on each, p50/p99 of CLI calls and FUSE walks, and GC's
+# peak heap per million blocks; writes bench/catalog-results.md. Needs
+# root and fuse3 for the FUSE figures. Not part of CI.
+BENCH_CATALOG_SIZES ?= 0,1000,10000,50000
+BENCH_CATALOG_RUNS ?= 3
+bench-catalog: build
+	$(GO) run ./bench/cmd/catalogbench -csbs $(BIN) -sizes $(BENCH_CATALOG_SIZES) -runs $(BENCH_CATALOG_RUNS)
 
 # Fuzz every target for FUZZTIME each (the regular test run replays the
 # seeds in the code and the corpora in */testdata/fuzz). Minimizing a new

@@ -17,10 +17,11 @@ vet:
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
 
-# The whole test suite, race detector on. Integration tests need root,
+# The whole test suite, race detector on; end-to-end tests run 4 at a time
+# (they wait on real daemons, mounts and NBD clients more than they compute). Integration tests need root,
 # e2fsprogs, fuse3, libnbd-bin, qemu-utils and fio (see .ci/run).
 test: vet
-	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	$(GO) test -race -count=1 -parallel 4 -timeout 30m $(PKGS)
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

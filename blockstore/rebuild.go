@@ -15,15 +15,19 @@ import (
 
 // RebuildStats reports one RebuildIndex.
 type RebuildStats struct {
-	PacksListed     int64  `json:"packs_listed"`
-	PacksAdded      int64  `json:"packs_added"`   // put back into the pack table
-	PacksInFlight   int64  `json:"packs_skipped"` // being written by a backup now; it indexes them itself
-	PacksMissing    int64  `json:"packs_missing"` // in the pack table but not in the pack store
-	BlocksListed    int64  `json:"blocks_listed"`
-	BlocksAdded     int64  `json:"blocks_added"`     // index entries that were missing
-	BlocksRepointed int64  `json:"blocks_repointed"` // entries that pointed into a missing pack
-	BlocksKept      int64  `json:"blocks_kept"`      // already indexed (in this or another pack)
-	NextPack        uint64 `json:"next_pack"`        // first pack number new packs get
+	PacksListed     int64 `json:"packs_listed"`
+	PacksAdded      int64 `json:"packs_added"`   // put back into the pack table
+	PacksInFlight   int64 `json:"packs_skipped"` // being written by a backup now; it indexes them itself
+	PacksMissing    int64 `json:"packs_missing"` // in the pack table but not in the pack store
+	BlocksListed    int64 `json:"blocks_listed"`
+	BlocksAdded     int64 `json:"blocks_added"`     // index entries that were missing
+	BlocksRepointed int64 `json:"blocks_repointed"` // entries that pointed into a missing pack
+	BlocksKept      int64 `json:"blocks_kept"`      // already indexed (in this or another pack)
+	// BlocksLeftOut are absent from the index although their pack is in
+	// the table: GC swept them as garbage, or scrub removed them as
+	// damaged. They stay out.
+	BlocksLeftOut int64  `json:"blocks_left_out"`
+	NextPack      uint64 `json:"next_pack"` // first pack number new packs get
 	// Unreadable lists packs whose footer could not be read or failed its
 	// checksum (one line each); their blocks were not indexed.
 	Unreadable []string      `json:"packs_unreadable"`
@@ -44,12 +48,15 @@ const rebuildWorkers = 8
 // from an older copy, entries removed by a scrub that could not reach the
 // store) and the way to adopt packs left in a bucket.
 //
-// It only adds: an entry that exists is kept, unless it points into a
-// pack the store no longer holds and a listed pack has the block, in
-// which case it is pointed at that copy. It never removes an entry, a map
-// or a pack, so it is safe on a store with committed backups, and
-// entries it adds for blocks no backup uses are garbage that the next GC
-// sweeps. It advances the pack number reservation past every listed pack,
+// It only adds: packs outside the pack table are adopted with every block
+// the index lacks; an entry that exists is kept, unless it points into a
+// pack the store no longer holds and a listed pack has a copy that
+// verifies, in which case it is pointed at that copy. Blocks of packs
+// already in the table that the index lacks stay out (GC swept them, or
+// scrub removed them as damaged: re-adding them would undo either). It
+// never removes an entry, a map or a pack, so it is safe on a store with
+// committed backups, and entries it adds for blocks no backup uses are
+// garbage that the next GC sweeps. It advances the pack number reservation past every listed pack,
 // so new packs never reuse a number the store holds. It runs beside
 // backups and restores (packs being written are left to their writer);
 // GC waits for it, because GC would delete the packs it is adopting as
@@ -187,7 +194,7 @@ func (s *Store) RebuildIndex(ctx context.Context) (RebuildStats, error) {
 			continue
 		}
 		st.BlocksListed += int64(len(f.entries))
-		if err := s.adoptPack(f.pack.num, f.pack.size, f.entries, !table[f.pack.num], missing, &st); err != nil {
+		if err := s.adoptPack(ctx, f.pack.num, f.pack.size, f.entries, table[f.pack.num], missing, &st); err != nil {
 			firstErr = fmt.Errorf("rebuild index: pack %016x: %w", f.pack.num, err)
 			cancel()
 		}
@@ -205,58 +212,121 @@ func (s *Store) RebuildIndex(ctx context.Context) (RebuildStats, error) {
 	return st, nil
 }
 
-// adoptPack indexes the blocks of one pack that the index lacks (or finds
-// only in a missing pack), and puts the pack into the table in the same
-// transaction as its first entries: scrub judges an entry that points
-// into a pack outside the table damaged.
-func (s *Store) adoptPack(num uint64, size int64, entries []packEntry, addToTable bool, missing func(uint64) bool, st *RebuildStats) error {
-	pi := packInfo{Num: num, Size: size, Blocks: uint32(len(entries)), Created: time.Now().UTC()}
-	if len(entries) == 0 && addToTable {
-		if err := s.updateRetry(func(txn *badger.Txn) error { return txn.Set(packKey(num), pi.encode()) }); err != nil {
-			return err
-		}
-		st.PacksAdded++
-		return nil
+// adoptPack indexes the blocks of one pack. For a pack outside the
+// table (adopted), every block the index lacks is added, and the pack
+// goes into the table in the same transaction as its first entries:
+// scrub judges an entry that points into a pack outside the table
+// damaged. For a pack in the table, blocks the index lacks are left out:
+// GC swept them as garbage or scrub removed them as damaged. For both,
+// an entry that points into a missing pack is pointed at this copy once
+// the copy verifies.
+func (s *Store) adoptPack(ctx context.Context, num uint64, size int64, entries []packEntry, inTable bool, missing func(uint64) bool, st *RebuildStats) error {
+	type repoint struct {
+		e   packEntry
+		old location
 	}
-	for i := 0; i < len(entries); i += sweepBatch {
-		chunk := entries[i:min(i+sweepBatch, len(entries))]
-		first := i == 0
-		var added, repointed, kept int64
-		err := s.updateRetry(func(txn *badger.Txn) error {
-			added, repointed, kept = 0, 0, 0
-			if first && addToTable {
+	var adds []packEntry
+	var repoints []repoint
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, e := range entries {
+			cur, err := s.lookupTxn(txn, e.h)
+			switch {
+			case errors.Is(err, errNotIndexed) && inTable:
+				st.BlocksLeftOut++
+			case errors.Is(err, errNotIndexed):
+				adds = append(adds, e)
+			case err != nil:
+				return err
+			case cur != e.loc && missing(cur.pack):
+				repoints = append(repoints, repoint{e, cur})
+			default:
+				st.BlocksKept++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	verified := repoints[:0]
+	for _, r := range repoints {
+		v := make([]byte, r.e.loc.len)
+		if _, err := s.packs.ReadAt(ctx, num, v, int64(r.e.loc.off)); err != nil {
+			return fmt.Errorf("read block %s: %w", r.e.h, err)
+		}
+		if _, err := s.decodeVerify(r.e.h, v, make([]byte, 0, s.blockSize)); err != nil {
+			st.BlocksKept++ // this copy is damaged too; the entry stays for scrub to judge
+			continue
+		}
+		verified = append(verified, r)
+	}
+	pi := packInfo{Num: num, Size: size, Blocks: uint32(len(entries)), Created: time.Now().UTC()}
+	addTable := !inTable
+	write := func(fn func(txn *badger.Txn) error) error {
+		return s.updateRetry(func(txn *badger.Txn) error {
+			if addTable {
 				if err := txn.Set(packKey(num), pi.encode()); err != nil {
 					return err
 				}
 			}
+			return fn(txn)
+		})
+	}
+	for i := 0; i < len(adds) || (i == 0 && addTable); i += sweepBatch {
+		chunk := adds[i:min(i+sweepBatch, len(adds))]
+		var n int64
+		err := write(func(txn *badger.Txn) error {
+			n = 0
 			for _, e := range chunk {
-				cur, err := s.lookupTxn(txn, e.h)
-				switch {
-				case errors.Is(err, errNotIndexed):
-					added++
-				case err != nil:
-					return err
-				case cur != e.loc && missing(cur.pack):
-					repointed++
-				default:
-					kept++
+				// Re-checked: a backup may have stored the block meanwhile.
+				if _, err := s.lookupTxn(txn, e.h); !errors.Is(err, errNotIndexed) {
+					if err != nil {
+						return err
+					}
 					continue
 				}
 				if err := txn.Set(indexKey(e.h), e.loc.encode()); err != nil {
 					return err
 				}
+				n++
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		st.BlocksAdded += added
-		st.BlocksRepointed += repointed
-		st.BlocksKept += kept
+		if addTable {
+			st.PacksAdded++
+			addTable = false
+		}
+		st.BlocksAdded += n
+		st.BlocksKept += int64(len(chunk)) - n
 	}
-	if addToTable {
-		st.PacksAdded++
+	for i := 0; i < len(verified); i += sweepBatch {
+		chunk := verified[i:min(i+sweepBatch, len(verified))]
+		var n int64
+		err := write(func(txn *badger.Txn) error {
+			n = 0
+			for _, r := range chunk {
+				cur, err := s.lookupTxn(txn, r.e.h)
+				if err != nil && !errors.Is(err, errNotIndexed) {
+					return err
+				}
+				if err == nil && cur != r.old {
+					continue // changed meanwhile
+				}
+				if err := txn.Set(indexKey(r.e.h), r.e.loc.encode()); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		st.BlocksRepointed += n
+		st.BlocksKept += int64(len(chunk)) - n
 	}
 	return nil
 }

@@ -601,6 +601,10 @@ func testStoreScrub(t *testing.T, open OpenFunc) {
 		t.Errorf("scrub named block %s, want the first block %s", rep.Damaged[0], want)
 	}
 	readBack(t, s, other.ID, good)
+	// rebuild-index does not bring the damaged copy back.
+	if st, err := s.RebuildIndex(ctx); err != nil || st.BlocksAdded != 0 || st.BlocksLeftOut != 1 {
+		t.Fatalf("rebuild-index after scrub: %+v, %v; want the damaged block left out", st, err)
+	}
 	// A new backup of the same data stores the block again: repaired.
 	again := backup(t, s, d)
 	if again.Stats.NewBlocks != 1 {
@@ -621,22 +625,45 @@ func testStoreRebuildIndex(t *testing.T, open OpenFunc) {
 	ctx := context.Background()
 	d := makeDisk(seeds(0, 120))
 	info := backup(t, s, d)
-	// Drop half the index entries, as a Badger restored from an older
-	// copy would have lost them.
+	// Forget the newest packs and their blocks, as a Badger restored
+	// from a copy older than them would.
+	table := map[uint64]bool{}
+	for num := range listAll(t, s.Packs()) {
+		table[num] = true
+	}
+	var newest []uint64
+	for num := range table {
+		newest = append(newest, num)
+	}
+	slices.Sort(newest)
+	newest = newest[len(newest)/2:]
+	forgotten := map[uint64]bool{}
+	for _, num := range newest {
+		forgotten[num] = true
+	}
 	var dropped int64
 	err := s.DB().Update(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("i/")})
 		var keys [][]byte
 		for it.Rewind(); it.Valid(); it.Next() {
-			keys = append(keys, it.Item().KeyCopy(nil))
+			var num uint64
+			if err := it.Item().Value(func(v []byte) error { num = binary.BigEndian.Uint64(v); return nil }); err != nil {
+				return err
+			}
+			if forgotten[num] {
+				keys = append(keys, it.Item().KeyCopy(nil))
+			}
 		}
 		it.Close()
-		for i, k := range keys {
-			if i%2 == 0 {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
-				dropped++
+		for _, k := range keys {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+			dropped++
+		}
+		for _, num := range newest {
+			if err := txn.Delete(binary.BigEndian.AppendUint64([]byte("p/"), num)); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -644,12 +671,15 @@ func testStoreRebuildIndex(t *testing.T, open OpenFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if dropped == 0 {
+		t.Fatal("the newest packs hold no block")
+	}
 	st, err := s.RebuildIndex(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.BlocksAdded != dropped || st.BlocksKept != 96-dropped || st.PacksAdded != 0 || len(st.Unreadable) != 0 {
-		t.Errorf("rebuild: %+v; want %d blocks added, %d kept, no pack added", st, dropped, 96-dropped)
+	if st.BlocksAdded != dropped || st.BlocksKept != 96-dropped || st.PacksAdded != int64(len(newest)) || len(st.Unreadable) != 0 || st.BlocksLeftOut != 0 {
+		t.Errorf("rebuild: %+v; want %d blocks and %d packs added, %d kept", st, dropped, len(newest), 96-dropped)
 	}
 	readBack(t, s, info.ID, d)
 	// Rebuilding again adds nothing.
@@ -657,9 +687,26 @@ func testStoreRebuildIndex(t *testing.T, open OpenFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.BlocksAdded != 0 || st.BlocksRepointed != 0 {
+	if st.BlocksAdded != 0 || st.BlocksRepointed != 0 || st.PacksAdded != 0 {
 		t.Errorf("second rebuild: %+v, want nothing added", st)
 	}
+	// Blocks GC swept stay out.
+	deleteMap(t, s, info.ID)
+	if _, err := s.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	keep := backup(t, s, makeDisk(seeds(0, 3)))
+	if _, err := s.GC(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err = s.RebuildIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.BlocksAdded != 0 {
+		t.Errorf("rebuild after GC: %+v; want garbage left out", st)
+	}
+	readBack(t, s, keep.ID, makeDisk(seeds(0, 3)))
 }
 
 func testStoreRebuildLostIndex(t *testing.T, open OpenFunc) {

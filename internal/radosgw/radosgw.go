@@ -312,18 +312,23 @@ func (c *Cluster) CredentialsFile(t testing.TB, dir string) string {
 	return p
 }
 
-// CreateBucket creates a bucket owned by the gateway user.
-func (c *Cluster) CreateBucket(t testing.TB, name string) {
-	t.Helper()
-	client := s3.New(s3.Options{
+// Client returns an S3 client with the gateway user's keys, for tests
+// that look at or damage objects directly.
+func (c *Cluster) Client() *s3.Client {
+	return s3.New(s3.Options{
 		Region: "us-east-1", BaseEndpoint: aws.String(c.Endpoint), UsePathStyle: true,
 		Credentials:                aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(c.AccessKey, c.SecretKey, "")),
 		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
 	})
+}
+
+// CreateBucket creates a bucket owned by the gateway user.
+func (c *Cluster) CreateBucket(t testing.TB, name string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
+	if _, err := c.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
 		t.Fatalf("create bucket %s: %v", name, err)
 	}
 }

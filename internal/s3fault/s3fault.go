@@ -6,6 +6,8 @@ package s3fault
 
 import (
 	"fmt"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -63,7 +65,9 @@ func NewProxy(target string) (*Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy target %q: %w", target, err)
 	}
-	return New(httputil.NewSingleHostReverseProxy(u)), nil
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ErrorLog = log.New(io.Discard, "", 0) // a dead backend is what the tests want
+	return New(rp), nil
 }
 
 // Add appends rules.

@@ -51,29 +51,42 @@ type Cluster struct {
 // memBytes bounds the OSD's memstore (0: 2 GiB).
 func Start(t testing.TB, memBytes int64) *Cluster {
 	t.Helper()
+	c, err := Launch(memBytes)
+	if err != nil {
+		unavailable(t, err.Error())
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// Launch brings a cluster up in a new temp dir (for programs; tests use
+// Start). Close stops it and removes the dir.
+func Launch(memBytes int64) (*Cluster, error) {
 	for _, bin := range []string{"ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			unavailable(t, fmt.Sprintf("%s not installed (apt-get install radosgw ceph-mon ceph-osd)", bin))
+			return nil, fmt.Errorf("%s not installed (apt-get install radosgw ceph-mon ceph-osd)", bin)
 		}
 	}
 	dir, err := os.MkdirTemp("", "csbs-ceph-")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	c, err := start(dir, memBytes)
-	t.Cleanup(func() {
+	if err != nil {
 		if c != nil {
+			err = fmt.Errorf("cannot start a Ceph cluster: %w\n%s", err, c.Logs())
 			c.Stop()
 		}
 		os.RemoveAll(dir)
-	})
-	if err != nil {
-		if c != nil {
-			err = fmt.Errorf("%w\n%s", err, c.Logs())
-		}
-		unavailable(t, "cannot start a Ceph cluster: "+err.Error())
+		return nil, err
 	}
-	return c
+	return c, nil
+}
+
+// Close stops the cluster and removes its files.
+func (c *Cluster) Close() {
+	c.Stop()
+	os.RemoveAll(c.Dir)
 }
 
 func unavailable(t testing.TB, why string) {
@@ -304,12 +317,18 @@ func lastLines(s string, n int) string {
 // file (mode 0600) in dir and returns its path.
 func (c *Cluster) CredentialsFile(t testing.TB, dir string) string {
 	t.Helper()
-	p := filepath.Join(dir, "s3.credentials")
-	body := fmt.Sprintf("access_key_id = %q\nsecret_access_key = %q\n", c.AccessKey, c.SecretKey)
-	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+	p, err := c.WriteCredentials(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// WriteCredentials is CredentialsFile for programs.
+func (c *Cluster) WriteCredentials(dir string) (string, error) {
+	p := filepath.Join(dir, "s3.credentials")
+	body := fmt.Sprintf("access_key_id = %q\nsecret_access_key = %q\n", c.AccessKey, c.SecretKey)
+	return p, os.WriteFile(p, []byte(body), 0o600)
 }
 
 // Client returns an S3 client with the gateway user's keys, for tests
@@ -326,9 +345,17 @@ func (c *Cluster) Client() *s3.Client {
 // CreateBucket creates a bucket owned by the gateway user.
 func (c *Cluster) CreateBucket(t testing.TB, name string) {
 	t.Helper()
+	if err := c.MakeBucket(name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// MakeBucket is CreateBucket for programs.
+func (c *Cluster) MakeBucket(name string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
-		t.Fatalf("create bucket %s: %v", name, err)
+		return fmt.Errorf("create bucket %s: %w", name, err)
 	}
+	return nil
 }

@@ -151,6 +151,7 @@ func TestS3Backend(t *testing.T) {
 		{"cache below two packs", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h\"\nbucket = \"csbs\"\ncache_size = \"16MiB\"\n", "store.s3.cache_size 16777216: want at least twice"},
 		{"prefix with leading slash", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h\"\nbucket = \"csbs\"\nprefix = \"/a\"\n", "store.s3.prefix"},
 		{"unknown s3 key", "[store.s3]\nsecret = \"x\"\n", `unknown key "store.s3.secret"`},
+		{"keys in the endpoint", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://AKID:secret@h\"\nbucket = \"csbs\"\n", "keys go in store.s3.credentials_file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()

@@ -54,6 +54,9 @@ func (s Store) validateBackend() error {
 	if c.Endpoint == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return fmt.Errorf("store.s3.endpoint %q: want http://host:port or https://host (store.backend = \"s3\" needs it)", c.Endpoint)
 	}
+	if u.User != nil {
+		return fmt.Errorf("store.s3.endpoint: no user or password in the URL; keys go in store.s3.credentials_file")
+	}
 	if !bucketRE.MatchString(c.Bucket) {
 		return fmt.Errorf("store.s3.bucket %q: want 3-63 of [a-z0-9.-], starting and ending with a letter or digit", c.Bucket)
 	}

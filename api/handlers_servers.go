@@ -55,11 +55,12 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 			return nil, fmt.Errorf("%w: disk %s given twice", catalog.ErrInvalid, d.Name)
 		}
 		seen[d.Name] = true
-		size, err := s.Engine.CheckSource(ctx, d.Source)
+		src, size, err := s.Engine.CheckSource(ctx, p.caller(), d.Source)
 		if err != nil {
 			return nil, err
 		}
-		req.Disks[i].Size = size
+		req.Disks[i].Source, req.Disks[i].Size = src, size
+		req.Disks[i].ByAdmin = p.admin // the caller's token decides, never the request
 	}
 	var out catalog.Server
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
@@ -106,7 +107,7 @@ func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (an
 }
 
 func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
-	return nil, s.Catalog.Update(func(tx *catalog.Txn) error {
+	return nil, s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -120,7 +121,7 @@ func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (
 
 func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out catalog.Server
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -287,7 +288,7 @@ func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (
 }
 
 func (s *Server) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err

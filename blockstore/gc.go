@@ -29,6 +29,7 @@ type GCStats struct {
 	BytesRepacked int64         `json:"bytes_repacked"` // live bytes copied out of repacked packs
 	OrphanPacks   int64         `json:"orphan_packs_deleted"`
 	OrphanMaps    int64         `json:"orphan_maps_deleted"`
+	MarkBytes     int64         `json:"mark_set_bytes"`    // memory of the mark set
 	DiskBefore    int64         `json:"disk_bytes_before"` // allocated bytes of the store's files
 	DiskAfter     int64         `json:"disk_bytes_after"`
 	Duration      time.Duration `json:"duration"`
@@ -44,10 +45,11 @@ const sweepBatch = 1000
 // pending set, or (created later) the GC gate's holds; and every pack
 // numbered up to maxPack is either in the view's pack table or in writing.
 type snapshot struct {
-	txn     *badger.Txn
-	pending map[MapID]*mapWriter
-	writing map[uint64]struct{}
-	maxPack uint64
+	txn       *badger.Txn
+	pending   map[MapID]*mapWriter
+	importing map[MapID]*mapWriter
+	writing   map[uint64]struct{}
+	maxPack   uint64
 }
 
 // takeSnapshot fixes a snapshot. With gate set it also turns the GC gate
@@ -63,10 +65,11 @@ func (s *Store) takeSnapshot(gate bool) *snapshot {
 		s.gate.mu.Unlock()
 	}
 	return &snapshot{
-		txn:     s.db.NewTransaction(false),
-		pending: maps.Clone(s.pending),
-		writing: maps.Clone(s.writing),
-		maxPack: s.nextPack - 1,
+		txn:       s.db.NewTransaction(false),
+		pending:   maps.Clone(s.pending),
+		importing: maps.Clone(s.importing),
+		writing:   maps.Clone(s.writing),
+		maxPack:   s.nextPack - 1,
 	}
 }
 
@@ -122,11 +125,25 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		s.gate.mu.Unlock()
 	}()
 	s.hook(HookGCSnapshot)
-	marked, committed, err := s.mark(ctx, snap)
+	table, err := packTable(ctx, snap.txn)
+	if err != nil {
+		return st, fmt.Errorf("gc: %w", err)
+	}
+	// The mark set is sized by the blocks that can be marked: those in
+	// packs (garbage included) and those of maps being written.
+	var n int64
+	for _, pi := range table {
+		n += int64(pi.Blocks)
+	}
+	for _, mw := range snap.pending {
+		n += mw.nblocks
+	}
+	marked := newBloom(n)
+	st.MarkBytes = marked.bytes()
+	committed, err := s.mark(ctx, snap, marked)
 	if err != nil {
 		return st, fmt.Errorf("gc mark: %w", err)
 	}
-	st.Marked = int64(len(marked))
 	s.hook(HookGCMarked)
 
 	live, err := s.sweep(ctx, snap, marked, &st)
@@ -135,11 +152,6 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	}
 	marked = nil
 	s.hook(HookGCSwept)
-
-	table, err := packTable(ctx, snap.txn)
-	if err != nil {
-		return st, fmt.Errorf("gc: %w", err)
-	}
 	var repack []packInfo
 	inTable := make(map[uint64]struct{}, len(table))
 	for _, pi := range table {
@@ -178,8 +190,7 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("gc orphan packs: %w", err)
 	}
-	n, err := s.removeOrphanMaps(committed)
-	st.OrphanMaps = n
+	st.OrphanMaps, err = s.removeOrphanMaps(committed)
 	if err != nil {
 		return st, fmt.Errorf("gc orphan maps: %w", err)
 	}
@@ -191,26 +202,9 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 	return st, nil
 }
 
-// markSet holds blocks by the first 16 bytes of their hash: half the
-// memory of whole hashes. Two blocks sharing a prefix (a 2^-128 chance
-// per pair) only make GC keep a garbage block, never sweep a live one;
-// in scrub's set of present blocks, it could hide one missing block
-// behind another at the same odds.
-type markSet map[[16]byte]struct{}
-
-func (m markSet) add(h Hash) { m[[16]byte(h[:16])] = struct{}{} }
-
-func (m markSet) has(h Hash) bool {
-	_, ok := m[[16]byte(h[:16])]
-	return ok
-}
-
-// mark returns every hash named by a map committed or pending at the
-// snapshot, and the ids of the committed ones.
-func (s *Store) mark(ctx context.Context, snap *snapshot) (markSet, map[MapID]struct{}, error) {
-	// Not presized: a set grown on demand holds ~36 B per live block (~56
-	// at the peak of a growth step; BenchmarkMarkSetMemory).
-	marked := markSet{}
+// mark adds every hash named by a map committed or pending at the
+// snapshot to marked, and returns the ids of the committed ones.
+func (s *Store) mark(ctx context.Context, snap *snapshot, marked *bloom) (map[MapID]struct{}, error) {
 	add := func(_ int64, hs []Hash) error {
 		for _, h := range hs {
 			if !h.IsZero() {
@@ -223,6 +217,17 @@ func (s *Store) mark(ctx context.Context, snap *snapshot) (markSet, map[MapID]st
 	err := eachMapInfo(ctx, snap.txn, func(info MapInfo) error {
 		committed[info.ID] = struct{}{}
 		s.hook(HookGCMarkMap)
+		if info.Staged {
+			// An import: its file grows under its writer's lock, slots not
+			// yet written are holes, and one a crash tore is skipped (the
+			// import writes it again and fetches what GC took).
+			err := s.eachMapSegment(ctx, info.ID, nil, snap.importing[info.ID], add)
+			var bad *CorruptMapError
+			if errors.Is(err, fs.ErrNotExist) || errors.As(err, &bad) {
+				return nil
+			}
+			return err
+		}
 		err := s.eachMapSegment(ctx, info.ID, &info, nil, add)
 		if errors.Is(err, fs.ErrNotExist) {
 			if still, herr := s.mapCommitted(info.ID); herr != nil || still {
@@ -233,7 +238,7 @@ func (s *Store) mark(ctx context.Context, snap *snapshot) (markSet, map[MapID]st
 		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for id, mw := range snap.pending {
 		s.hook(HookGCMarkMap)
@@ -242,10 +247,10 @@ func (s *Store) mark(ctx context.Context, snap *snapshot) (markSet, map[MapID]st
 			continue // aborted, or committed and deleted since
 		}
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return marked, committed, nil
+	return committed, nil
 }
 
 // mapCommitted reports whether map id has a header now.
@@ -264,7 +269,7 @@ func recordBytes(loc location) int64 {
 
 // sweep removes the index entries of the snapshot that are neither
 // marked nor protected by the gate, and returns the live bytes per pack.
-func (s *Store) sweep(ctx context.Context, snap *snapshot, marked markSet, st *GCStats) (map[uint64]int64, error) {
+func (s *Store) sweep(ctx context.Context, snap *snapshot, marked *bloom, st *GCStats) (map[uint64]int64, error) {
 	live := map[uint64]int64{}
 	type candidate struct {
 		h   Hash
@@ -309,6 +314,7 @@ func (s *Store) sweep(ctx context.Context, snap *snapshot, marked markSet, st *G
 	err := eachIndexEntry(ctx, snap.txn, func(h Hash, loc location) error {
 		st.Candidates++
 		if marked.has(h) {
+			st.Marked++
 			live[loc.pack] += recordBytes(loc)
 			return nil
 		}
@@ -494,9 +500,15 @@ func (s *Store) removeOrphanMaps(committed map[MapID]struct{}) (int64, error) {
 		}
 		s.mu.Lock()
 		_, pending := s.pending[id]
+		_, importing := s.importing[id]
+		pending = pending || importing
 		still := false
 		if !pending {
-			still, err = s.mapCommitted(id)
+			_, err = s.mapHeader(id)
+			still = err == nil
+			if errors.Is(err, ErrMapNotFound) {
+				err = nil
+			}
 		}
 		if err == nil && !pending && !still {
 			s.removeMapFile(id)

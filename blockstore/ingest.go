@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,23 +26,46 @@ type SparseSource interface {
 	NextData(ctx context.Context, off int64) (start, end int64, err error)
 }
 
+// ChangedSource is a Source that knows which of its bytes changed since
+// the backup whose map is given as IngestOptions.Parent (changed-block
+// tracking: a QEMU dirty bitmap). Blocks outside the extents it reports
+// are taken from the parent's map without being read.
+type ChangedSource interface {
+	Source
+	// NextChanged returns the first changed extent [start, end) that ends
+	// after off, or io.EOF when nothing after off changed.
+	NextChanged(ctx context.Context, off int64) (start, end int64, err error)
+}
+
 // IngestOptions tune one Ingest.
 type IngestOptions struct {
 	// Progress, if set, is called from one goroutine with the bytes of the
 	// disk processed so far and the disk size.
 	Progress func(done, total int64)
+	// Parent is the committed map the source's changes are relative to.
+	// With a ChangedSource, every block outside its changed extents is
+	// taken from Parent (same position, same length); a parent block the
+	// store no longer holds is read from the source after all. Ignored
+	// for other sources. The caller keeps Parent from being deleted while
+	// the ingest runs.
+	Parent *MapInfo
 }
 
 // IngestStats describe what one ingest read and wrote.
 type IngestStats struct {
-	LogicalBytes int64 `json:"logical_bytes"`  // disk size
-	ReadBytes    int64 `json:"read_bytes"`     // bytes read from the source (holes are not read)
-	ZeroBlocks   int64 `json:"zero_blocks"`    // blocks that are all zero, stored as markers
-	DataBlocks   int64 `json:"data_blocks"`    // blocks with data
-	NewBlocks    int64 `json:"new_blocks"`     // blocks not in the store before
-	NewRawBytes  int64 `json:"new_raw_bytes"`  // their size before compression
-	NewBytes     int64 `json:"new_bytes"`      // their stored size (after compression)
-	DurationNano int64 `json:"duration_nanos"` // wall time of the ingest
+	LogicalBytes int64 `json:"logical_bytes"` // disk size
+	ReadBytes    int64 `json:"read_bytes"`    // bytes read from the source (holes are not read)
+	ZeroBlocks   int64 `json:"zero_blocks"`   // blocks that are all zero, stored as markers
+	DataBlocks   int64 `json:"data_blocks"`   // blocks with data
+	NewBlocks    int64 `json:"new_blocks"`    // blocks not in the store before
+	NewRawBytes  int64 `json:"new_raw_bytes"` // their size before compression
+	NewBytes     int64 `json:"new_bytes"`     // their stored size (after compression)
+	// ParentBlocks were taken from the parent map without reading
+	// (changed-block tracking); ParentMissing of those were no longer in
+	// the store and were read after all.
+	ParentBlocks  int64 `json:"parent_blocks,omitempty"`
+	ParentMissing int64 `json:"parent_blocks_missing,omitempty"`
+	DurationNano  int64 `json:"duration_nanos"` // wall time of the ingest
 }
 
 // PendingMap is an ingested map that is not yet visible. Commit it with
@@ -67,8 +91,10 @@ type ingestItem struct {
 	seq    int64
 	first  int64  // index of the first block
 	n      int    // number of blocks
-	buf    []byte // n*blockSize bytes; blocks not in hasData are not read
+	buf    []byte // n*blockSize bytes; blocks not in data are not read
 	data   []bool // block j overlaps a data extent
+	parent []Hash // non-nil: block j is unchanged, with this hash in the parent (zero: a zero block)
+	fromP  []bool // block j comes from the parent
 	hashes []Hash
 	newVal [][]byte // stored value of block j when it was not in the store
 	err    error
@@ -95,6 +121,9 @@ func (s *Store) Ingest(ctx context.Context, src Source, opt IngestOptions) (*Pen
 	id := NewMapID()
 	if err := s.checkSpace(0); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	if p := opt.Parent; p != nil && p.BlockSize != s.blockSize {
+		return nil, fmt.Errorf("ingest: parent map %s has %d-byte blocks, the store %d", p.ID, p.BlockSize, s.blockSize)
 	}
 	// The map file is created and registered as pending in one critical
 	// section: GC's orphan check must never see the file unregistered.
@@ -158,7 +187,9 @@ type ingest struct {
 	recent   map[Hash]struct{}
 	stats    IngestStats
 
-	readBytes int64 // written by the reader only; read after it has stopped
+	readBytes     atomic.Int64
+	parentBlocks  atomic.Int64
+	parentMissing atomic.Int64
 }
 
 func (ig *ingest) run(ctx context.Context) (IngestStats, error) {
@@ -208,16 +239,51 @@ func (ig *ingest) run(ctx context.Context) (IngestStats, error) {
 	if err != nil {
 		return IngestStats{}, fmt.Errorf("ingest: %w", err)
 	}
-	ig.stats.ReadBytes = ig.readBytes
+	ig.stats.ReadBytes = ig.readBytes.Load()
+	ig.stats.ParentBlocks = ig.parentBlocks.Load()
+	ig.stats.ParentMissing = ig.parentMissing.Load()
 	return ig.stats, nil
 }
 
-// read produces items in disk order, skipping holes of sparse sources.
+// extentCursor walks the extents a source reports (data, or changed)
+// in disk order.
+type extentCursor struct {
+	next       func(ctx context.Context, off int64) (int64, int64, error)
+	start, end int64
+	have, done bool
+}
+
+// overlaps reports whether [bStart, bEnd) overlaps an extent; calls must
+// come in disk order.
+func (c *extentCursor) overlaps(ctx context.Context, bStart, bEnd int64) (bool, error) {
+	for !c.done && (!c.have || c.end <= bStart) {
+		s, e, err := c.next(ctx, bStart)
+		if errors.Is(err, io.EOF) {
+			c.done = true
+			break
+		}
+		if err != nil {
+			return false, err
+		}
+		if e <= s || e <= bStart {
+			return false, fmt.Errorf("source reported extent [%d, %d) for offset %d", s, e, bStart)
+		}
+		c.start, c.end, c.have = s, e, true
+	}
+	return !c.done && c.start < bEnd && c.end > bStart, nil
+}
+
+// read produces items in disk order, skipping holes of sparse sources
+// and, with a parent, the blocks that did not change.
 func (ig *ingest) read(ctx context.Context, nblocks int64, perItem int, tokens chan struct{}, work chan<- *ingestItem) error {
-	sparse, _ := ig.src.(SparseSource)
-	var extStart, extEnd int64 = 0, ig.size // current data extent; whole disk if not sparse
-	haveExt := sparse == nil
-	extDone := false
+	var data, changed *extentCursor
+	if sparse, ok := ig.src.(SparseSource); ok {
+		data = &extentCursor{next: sparse.NextData}
+	}
+	parent := ig.opt.Parent
+	if cs, ok := ig.src.(ChangedSource); ok && parent != nil {
+		changed = &extentCursor{next: cs.NextChanged}
+	}
 	var seq int64
 	for first := int64(0); first < nblocks; first += int64(perItem) {
 		select {
@@ -229,21 +295,35 @@ func (ig *ingest) read(ctx context.Context, nblocks int64, perItem int, tokens c
 		it := &ingestItem{seq: seq, first: first, n: n, data: make([]bool, n)}
 		seq++
 		itemStart, itemEnd := first*ig.bs, min((first+int64(n))*ig.bs, ig.size)
-		// Mark blocks that overlap data extents, advancing through the extents.
 		for j := 0; j < n; j++ {
-			bStart, bEnd := (first+int64(j))*ig.bs, min((first+int64(j)+1)*ig.bs, ig.size)
-			for !extDone && (!haveExt || extEnd <= bStart) {
-				s, e, err := sparse.NextData(ctx, bStart)
-				if errors.Is(err, io.EOF) {
-					extDone = true
-					break
-				}
-				if err != nil {
+			i := first + int64(j)
+			bStart, bEnd := i*ig.bs, min((i+1)*ig.bs, ig.size)
+			inData := true
+			if data != nil {
+				var err error
+				if inData, err = data.overlaps(ctx, bStart, bEnd); err != nil {
 					return fmt.Errorf("find data in source at offset %d: %w", bStart, err)
 				}
-				extStart, extEnd, haveExt = s, e, true
 			}
-			it.data[j] = !extDone && extStart < bEnd && extEnd > bStart
+			it.data[j] = inData
+			if changed == nil || bEnd != min((i+1)*ig.bs, parent.Size) {
+				continue // no parent, or the block is not the same extent in the parent
+			}
+			isChanged, err := changed.overlaps(ctx, bStart, bEnd)
+			if err != nil {
+				return fmt.Errorf("find changed blocks in source at offset %d: %w", bStart, err)
+			}
+			if isChanged {
+				continue
+			}
+			h, err := parent.blockHash(ig.s, i)
+			if err != nil {
+				return fmt.Errorf("parent map %s block %d: %w", parent.ID, i, err)
+			}
+			if it.parent == nil {
+				it.parent, it.fromP = make([]Hash, n), make([]bool, n)
+			}
+			it.parent[j], it.fromP[j], it.data[j] = h, true, false
 		}
 		// Read runs of data blocks with one ReadAt each.
 		for j := 0; j < n; {
@@ -263,7 +343,7 @@ func (ig *ingest) read(ctx context.Context, nblocks int64, perItem int, tokens c
 			if _, err := ig.src.ReadAt(it.buf[off-itemStart:end-itemStart], off); err != nil && !(errors.Is(err, io.EOF) && end == ig.size) {
 				return fmt.Errorf("read source at offset %d: %w", off, err)
 			}
-			ig.readBytes += end - off
+			ig.readBytes.Add(end - off)
 			j = k
 		}
 		select {
@@ -284,18 +364,44 @@ func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) [
 		return scratch
 	}
 	for j := 0; j < it.n; j++ {
-		if !it.data[j] {
+		var b []byte
+		switch {
+		case it.fromP != nil && it.fromP[j]:
+			h := it.parent[j]
+			if h.IsZero() {
+				continue
+			}
+			// Held before the lookup, as any hash this ingest refers to.
+			ig.ref.hold(h)
+			ok, err := ig.s.HasBlock(h)
+			if err != nil {
+				it.err = err
+				return scratch
+			}
+			ig.s.hook(HookIngestLookup)
+			if ok {
+				it.hashes[j] = h
+				ig.parentBlocks.Add(1)
+				continue
+			}
+			// The parent's block is gone (scrub found it damaged): read it.
+			ig.ref.release([]Hash{h})
+			ig.parentMissing.Add(1)
+			if b, err = ig.readBlock(it.first + int64(j)); err != nil {
+				it.err = err
+				return scratch
+			}
+		case it.data[j]:
+			b = it.buf[int64(j)*ig.bs : int64(j+1)*ig.bs]
+		default:
 			continue
 		}
-		b := it.buf[int64(j)*ig.bs : int64(j+1)*ig.bs]
 		if IsZeroBlock(b) {
 			continue
 		}
 		h := HashBlock(b)
 		it.hashes[j] = h
-		// Register before the lookup: from here GC will not sweep h. (No
-		// shortcut through the previous backup's map: that backup may be
-		// deleted and swept meanwhile; the lookup is an LSM check.)
+		// Register before the lookup: from here GC will not sweep h.
 		ig.ref.hold(h)
 		ok, err := ig.s.HasBlock(h)
 		if err != nil {
@@ -312,6 +418,19 @@ func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) [
 	}
 	it.buf = nil
 	return scratch
+}
+
+// readBlock reads block i from the source (a worker's fallback when a
+// parent block is missing), zero-padded to a full block.
+func (ig *ingest) readBlock(i int64) ([]byte, error) {
+	b := make([]byte, ig.bs)
+	off := i * ig.bs
+	end := min(off+ig.bs, ig.size)
+	if _, err := ig.src.ReadAt(b[:end-off], off); err != nil && !(errors.Is(err, io.EOF) && end == ig.size) {
+		return nil, fmt.Errorf("read source at offset %d: %w", off, err)
+	}
+	ig.readBytes.Add(end - off)
+	return b, nil
 }
 
 // collect consumes results in disk order and writes them.

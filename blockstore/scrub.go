@@ -68,7 +68,7 @@ func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (Sc
 	rep.Damaged = removed
 
 	s.hook(HookScrubMaps)
-	rep.DamagedMaps, err = s.damagedMaps(ctx)
+	rep.DamagedMaps, err = s.damagedMaps(ctx, removed)
 	if err != nil {
 		return rep, err
 	}
@@ -260,25 +260,44 @@ func (s *Store) verifyPack(ctx context.Context, pi packInfo) (damaged []packEntr
 }
 
 // damagedMaps returns the committed maps that refer to a block missing
-// from the index, or whose map file is damaged. It reads a fresh view:
-// every map committed in it had all its blocks indexed before its commit.
-func (s *Store) damagedMaps(ctx context.Context) ([]MapID, error) {
+// from the index (removed by this scrub, checked exactly, or missing
+// otherwise, checked through a Bloom filter of the index), or whose map
+// file is damaged. It reads a fresh view: every map committed in it had
+// all its blocks indexed before its commit.
+func (s *Store) damagedMaps(ctx context.Context, removed []Hash) ([]MapID, error) {
 	snap := s.takeSnapshot(false)
 	defer snap.txn.Discard()
-	// Keyed like GC's mark set (16-byte prefixes): ~36 B per block.
-	present := markSet{}
-	err := eachIndexEntry(ctx, snap.txn, func(h Hash, _ location) error {
+	table, err := packTable(ctx, snap.txn)
+	if err != nil {
+		return nil, err
+	}
+	var n int64
+	for _, pi := range table {
+		n += int64(pi.Blocks)
+	}
+	present := newBloom(n)
+	err = eachIndexEntry(ctx, snap.txn, func(h Hash, _ location) error {
 		present.add(h)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	gone := make(map[Hash]struct{}, len(removed))
+	for _, h := range removed {
+		gone[h] = struct{}{}
+	}
 	var out []MapID
 	err = eachMapInfo(ctx, snap.txn, func(info MapInfo) error {
+		if info.Staged {
+			return nil // an import lacks blocks until it finishes
+		}
 		err := s.eachMapSegment(ctx, info.ID, &info, nil, func(_ int64, hs []Hash) error {
 			for _, h := range hs {
-				if !h.IsZero() && !present.has(h) {
+				if h.IsZero() {
+					continue
+				}
+				if _, bad := gone[h]; bad || !present.has(h) {
 					return errStop
 				}
 			}
@@ -340,7 +359,12 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		st.Packs++
 		st.PackBytes += pi.Size
 	}
-	err = eachMapInfo(ctx, snap.txn, func(MapInfo) error { st.Maps++; return nil })
+	err = eachMapInfo(ctx, snap.txn, func(info MapInfo) error {
+		if !info.Staged {
+			st.Maps++
+		}
+		return nil
+	})
 	if err != nil {
 		return st, err
 	}

@@ -75,13 +75,5 @@ func (s Store) validateBackend() error {
 	return nil
 }
 
-// resolveS3Paths makes a relative credentials file relative to the
-// config file's directory.
-func (c *Config) resolveS3Paths(configDir string) {
-	if f := c.Store.S3.CredentialsFile; f != "" && !filepath.IsAbs(f) {
-		c.Store.S3.CredentialsFile = filepath.Join(configDir, f)
-	}
-}
-
 // S3CacheDir is where the object-store backend keeps its local cache.
 func (c *Config) S3CacheDir() string { return filepath.Join(c.StoreDir(), "s3cache") }

@@ -13,6 +13,7 @@ import (
 	"csbs/blockstore"
 	"csbs/blockstore/s3packs"
 	"csbs/config"
+	"csbs/internal/durable"
 )
 
 // backendFile records, in the store directory, where the store's packs
@@ -82,7 +83,7 @@ func recordBackend(storeDir, want string) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	}
-	if err := writeFileAtomic(path, []byte(want+"\n"), 0o600); err != nil {
+	if err := durable.WriteFile(path, []byte(want+"\n"), 0o600); err != nil {
 		return fmt.Errorf("store %s: record the backend: %w", storeDir, err)
 	}
 	return nil

@@ -87,6 +87,12 @@ func Dial(ctx context.Context, uri string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return DialTarget(ctx, t, uri)
+}
+
+// DialTarget connects to a parsed target and negotiates the export; uri
+// names it in errors.
+func DialTarget(ctx context.Context, t Target, uri string) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, t.Network, t.Address)
 	if err != nil {

@@ -3,4 +3,11 @@
 // nbd+unix:///name?socket=PATH) read with the package nbd client. Every source is a
 // blockstore.Source; file sources are also blockstore.SparseSource, found
 // with SEEK_DATA/SEEK_HOLE so that holes in sparse images are not read.
+//
+// Only regular files and block devices are disks: a FIFO, character
+// device, socket or directory is refused (ErrNotADisk), and the open can
+// never block, since the type is checked on an O_PATH handle before the
+// file is opened for reading. A Guard sees where a source really is (the
+// kernel's path of the opened file or socket, or an nbd:// address)
+// before anything is read; the engine passes the host access rules.
 package source

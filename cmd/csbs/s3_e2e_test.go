@@ -266,6 +266,7 @@ cache_size = "8MiB"
 	if j := latestJob(a, "rebuild-index"); j.State != "succeeded" || !strings.Contains(j.Note, "listed") {
 		t.Fatalf("rebuild-index: %+v", j)
 	}
+	a.stop() // the log buffer is written by the daemon until it exits
 	noSecrets("daemon log", a.logs.String())
 }
 

@@ -25,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"slices"
 	"strconv"
@@ -58,6 +59,9 @@ func main() {
 	}
 	var results []*result
 	for _, f := range strings.Split(*sizes, ",") {
+		if strings.TrimSpace(f) == "" {
+			continue
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil {
 			log.Fatalf("-sizes: %v", err)
@@ -68,7 +72,7 @@ func main() {
 	}
 	gc := ""
 	if *gcBlocks > 0 {
-		gc = gcMemory(filepath.Join(dir, "gc"), *gcBlocks)
+		gc = gcFigures(dir, *gcBlocks)
 	}
 	t := table(results, gc)
 	fmt.Print(t)
@@ -470,9 +474,28 @@ func (g genSource) ReadAt(p []byte, off int64) (int, error) {
 	return int(n), nil
 }
 
-// gcMemory stores blocks distinct blocks and reports GC's peak heap
-// above what the process held before it, sampled every millisecond.
-func gcMemory(dir string, blocks int) string {
+// gcFigures measures GC at blocks/4 and blocks live blocks and reports
+// both and the slope between them: what each further block costs, which
+// is what grows with the store.
+func gcFigures(dir string, blocks int) string {
+	small, smallSt := gcMemory(filepath.Join(dir, "gc-small"), blocks/4)
+	large, largeSt := gcMemory(filepath.Join(dir, "gc-large"), blocks)
+	perTiB := float64(int64(1) << 40 / (64 << 10)) // blocks in a TiB at 64 KiB
+	slope := max(large-small, 0) / float64(blocks-blocks/4)
+	line := func(n int, grew float64, st blockstore.GCStats) string {
+		return fmt.Sprintf("- GC over %d live blocks: peak live heap %.1f MiB above the start, mark set %.1f MiB, took %s\n",
+			n, grew/(1<<20), float64(st.MarkBytes)/(1<<20), st.Duration.Round(time.Millisecond))
+	}
+	return line(blocks/4, small, smallSt) + line(blocks, large, largeSt) +
+		fmt.Sprintf("- GC heap per further block: %.1f bytes = %.2f MiB per million blocks = %.1f MiB per TiB of unique data at 64 KiB blocks (mark set alone: %.1f MiB per TiB)\n",
+			slope, slope*1e6/(1<<20), slope*perTiB/(1<<20), float64(largeSt.MarkBytes)/float64(blocks)*perTiB/(1<<20))
+}
+
+// gcMemory stores blocks distinct blocks and returns GC's peak live
+// heap above what the process held before it: the live heap measured by
+// each Go garbage collection during the run (with GOGC at 10 so that
+// they come often), so garbage not yet collected does not count.
+func gcMemory(dir string, blocks int) (float64, blockstore.GCStats) {
 	s, err := blockstore.Open(dir, blockstore.Options{BlockSize: 4096})
 	if err != nil {
 		log.Fatal(err)
@@ -486,13 +509,15 @@ func gcMemory(dir string, blocks int) string {
 	if err := s.Commit(ctx, []*blockstore.PendingMap{p}, nil); err != nil {
 		log.Fatal(err)
 	}
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	heap := func() uint64 {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	live := func() uint64 {
 		metrics.Read(sample)
 		return sample[0].Value.Uint64()
 	}
+	old := debug.SetGCPercent(10)
+	defer debug.SetGCPercent(old)
 	runtime.GC()
-	base := heap()
+	base := live()
 	var peak uint64
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -501,7 +526,7 @@ func gcMemory(dir string, blocks int) string {
 		t := time.NewTicker(time.Millisecond)
 		defer t.Stop()
 		for {
-			peak = max(peak, heap())
+			peak = max(peak, live())
 			select {
 			case <-stop:
 				return
@@ -515,9 +540,5 @@ func gcMemory(dir string, blocks int) string {
 	if err != nil {
 		log.Fatal(err)
 	}
-	perM := float64(peak-base) / float64(blocks) * 1e6
-	perTiB := float64(peak-base) / float64(blocks) * float64(int64(1)<<40/(64<<10))
-	markPerTiB := float64(st.MarkBytes) / float64(blocks) * float64(int64(1)<<40/(64<<10))
-	return fmt.Sprintf("GC over %d live blocks: peak heap %.1f MiB above the start (%.2f MiB per million blocks; %.1f MiB per TiB of unique data at 64 KiB blocks); mark set %.1f MiB (%.1f MiB per TiB); took %s",
-		st.Marked, float64(peak-base)/(1<<20), perM/(1<<20), perTiB/(1<<20), float64(st.MarkBytes)/(1<<20), markPerTiB/(1<<20), st.Duration.Round(time.Millisecond))
+	return float64(peak) - float64(base), st
 }

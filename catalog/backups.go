@@ -3,7 +3,6 @@ package catalog
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -117,18 +116,49 @@ func (tx *Txn) MountServers(project, serverID string) ([]MountDir, error) {
 	var out []MountDir
 	it := tx.t.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	defer it.Close()
+	times := tx.t.NewIterator(badger.IteratorOptions{Prefix: ixPrefix(ixMountTime, project), Reverse: true})
+	defer times.Close()
 	for it.Seek(prefix); it.Valid(); {
 		tx.countEntry()
 		escName, _, _ := strings.Cut(string(it.Item().Key()[len(prefix):]), "/")
-		dir, err := tx.MountServer(project, unesc(escName), serverID)
-		if err == nil {
-			out = append(out, dir)
-		} else if !errors.Is(err, ErrNotFound) {
+		name := unesc(escName)
+		newest, err := tx.newestMount(times, project, name, serverID)
+		if err != nil {
 			return nil, err
+		}
+		if !newest.IsZero() {
+			out = append(out, MountDir{Name: name, Newest: newest})
 		}
 		it.Seek(append(append(bytes.Clone(prefix), escName...), '/', 0xff))
 	}
 	return out, nil
+}
+
+// newestMount returns the creation time of the newest entry of server
+// name server (of server serverID, when set) in a project's mount-time
+// index, read with it, a reverse iterator over that index; zero if none.
+func (tx *Txn) newestMount(it *badger.Iterator, project, server, serverID string) (time.Time, error) {
+	prefix := ixPrefix(ixMountTime, project, server)
+	for it.Seek(append(bytes.Clone(prefix), 0xff)); it.ValidForPrefix(prefix); it.Next() {
+		tx.countEntry()
+		item := it.Item()
+		if serverID != "" {
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("read mount index entry %s: %w", item.Key(), err)
+			}
+			if string(v) != serverID {
+				continue
+			}
+		}
+		cursor := string(item.Key()[len(prefix):])
+		t, err := time.Parse(timeLayout, strings.SplitN(cursor, "/", 2)[0])
+		if err != nil {
+			return time.Time{}, fmt.Errorf("mount index entry %s: %w", item.Key(), err)
+		}
+		return t, nil
+	}
+	return time.Time{}, nil
 }
 
 // MountBackups lists the available Enhanced backups of a server name in

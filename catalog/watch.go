@@ -122,18 +122,9 @@ func randomHex(n int) string {
 // tree: the creation time of its newest available Enhanced backup (of
 // server serverID only, when set), from one index entry or a few.
 func (tx *Txn) MountServer(project, server, serverID string) (MountDir, error) {
-	var newest time.Time
-	err := tx.scan(ixPrefix(ixMountTime, project, server), true, true, "", func(cursor, _ string, val []byte) (bool, error) {
-		if serverID != "" && string(val) != serverID {
-			return true, nil
-		}
-		t, err := time.Parse(timeLayout, strings.SplitN(cursor, "/", 2)[0])
-		if err != nil {
-			return false, fmt.Errorf("mount index entry %s: %w", cursor, err)
-		}
-		newest = t
-		return false, nil
-	})
+	it := tx.t.NewIterator(badger.IteratorOptions{Prefix: ixPrefix(ixMountTime, project, server), Reverse: true})
+	defer it.Close()
+	newest, err := tx.newestMount(it, project, server, serverID)
 	if err != nil {
 		return MountDir{}, err
 	}

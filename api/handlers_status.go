@@ -103,7 +103,6 @@ func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any,
 			return err
 		}
 		for _, j := range active {
-			j = s.Runner.Live(j)
 			switch j.State {
 			case catalog.JobRunning:
 				st.JobsRunning++
@@ -180,6 +179,9 @@ func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any,
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i, j := range st.ActiveJobs {
+		st.ActiveJobs[i] = s.Runner.Live(j)
 	}
 	if s.Status != nil {
 		s.Status(ctx, p.admin, &st)

@@ -1,0 +1,259 @@
+package fusefs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"csbs/blockstore"
+	"csbs/catalog"
+)
+
+func needFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("FUSE tests need root in CI")
+		}
+		t.Skip("skipping: FUSE mounts need root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("FUSE tests need /dev/fuse in CI: %v", err)
+		}
+		t.Skipf("skipping: no /dev/fuse: %v", err)
+	}
+}
+
+// memTree is a tree held in a map (directory path → entries) that
+// counts what the file system asks of it.
+type memTree struct {
+	mu      sync.Mutex
+	dirs    map[string][]Entry
+	lists   map[string]int
+	lookups int
+	readErr error
+}
+
+func newMemTree() *memTree {
+	t := &memTree{dirs: map[string][]Entry{}, lists: map[string]int{}}
+	t.set("", "p1")
+	t.set("p1", "web", "db")
+	t.set("p1/web", "b1", "b2")
+	t.set("p1/db", "b3")
+	for _, b := range []string{"p1/web/b1", "p1/web/b2", "p1/db/b3"} {
+		t.dirs[b] = []Entry{{Name: "vda", Size: 8192}}
+	}
+	return t
+}
+
+func (t *memTree) set(dir string, names ...string) {
+	var es []Entry
+	for _, n := range names {
+		es = append(es, Entry{Name: n, Mtime: time.Unix(1700000000, 0)})
+	}
+	t.dirs[dir] = es
+}
+
+func (t *memTree) List(_ context.Context, path []string) ([]Entry, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := strings.Join(path, "/")
+	t.lists[key]++
+	es, ok := t.dirs[key]
+	if !ok {
+		return nil, catalog.ErrNotFound
+	}
+	return slices.Clone(es), nil
+}
+
+func (t *memTree) Open(_ context.Context, path []string) (Volume, func(), error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.readErr != nil {
+		return failing{t.readErr}, func() {}, nil
+	}
+	return sized{bytes.NewReader(bytes.Repeat([]byte(strings.Join(path, "/")), 1000)[:8192])}, func() {}, nil
+}
+
+func (t *memTree) listed(dir string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lists[dir]
+}
+
+// lookupTree is a memTree that also finds single entries.
+type lookupTree struct{ *memTree }
+
+func (t lookupTree) Lookup(_ context.Context, path []string) (Entry, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lookups++
+	for _, e := range t.dirs[strings.Join(path[:len(path)-1], "/")] {
+		if e.Name == path[len(path)-1] {
+			return e, nil
+		}
+	}
+	return Entry{}, catalog.ErrNotFound
+}
+
+type sized struct{ *bytes.Reader }
+
+func (s sized) Size() int64 { return s.Reader.Size() }
+
+type failing struct{ err error }
+
+func (f failing) ReadAt([]byte, int64) (int, error) { return 0, f.err }
+func (f failing) Size() int64                       { return 8192 }
+
+func mount(t *testing.T, tree Tree, cache bool) (*Mount, string) {
+	t.Helper()
+	dir := t.TempDir()
+	m, err := MountTree(dir, tree, Options{Name: "test", Cache: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	return m, dir
+}
+
+func names(t *testing.T, dir string) string {
+	t.Helper()
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("read %s: %v", dir, err)
+	}
+	var out []string
+	for _, d := range des {
+		out = append(out, d.Name())
+	}
+	return strings.Join(out, ",")
+}
+
+// TestCachedDirectories: with a cache, a directory is listed from the
+// Tree once however often it is read, lookups in it ask nothing more,
+// and a change shows only once Invalidate says so, at once, although the
+// kernel keeps entries for 30 s.
+func TestCachedDirectories(t *testing.T) {
+	needFUSE(t)
+	tree := newMemTree()
+	m, dir := mount(t, tree, true)
+	web := filepath.Join(dir, "p1", "web")
+	for range 3 {
+		if got := names(t, web); got != "b1,b2" {
+			t.Fatalf("web lists %q", got)
+		}
+		for _, b := range []string{"b1", "b2"} {
+			if fi, err := os.Stat(filepath.Join(web, b, "vda.img")); err != nil || fi.Size() != 8192 {
+				t.Fatalf("stat %s: %v", b, err)
+			}
+		}
+	}
+	if n := tree.listed("p1/web"); n != 1 {
+		t.Fatalf("p1/web listed %d times, want once", n)
+	}
+	tree.mu.Lock()
+	tree.set("p1/web", "b2", "b4")
+	tree.dirs["p1/web/b4"] = []Entry{{Name: "vda", Size: 4096}}
+	tree.mu.Unlock()
+	if got := names(t, web); got != "b1,b2" {
+		t.Fatalf("a cached directory changed without Invalidate: %q", got)
+	}
+	m.Invalidate([]string{"p1", "web"}, "b1", "b4")
+	if got := names(t, web); got != "b2,b4" {
+		t.Fatalf("after Invalidate web lists %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(web, "b1")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a removed entry is still there after Invalidate: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(web, "b4", "vda.img")); err != nil || fi.Size() != 4096 {
+		t.Fatalf("a new entry after Invalidate: %v", err)
+	}
+	// Invalidating an entry drops what is cached below it: a backup
+	// replaced under the same name shows its new disks.
+	tree.mu.Lock()
+	tree.dirs["p1/web/b2"] = []Entry{{Name: "vda", Size: 8192}, {Name: "vdb", Size: 512}}
+	tree.mu.Unlock()
+	m.Invalidate([]string{"p1", "web"}, "b2")
+	if got := names(t, filepath.Join(web, "b2")); got != "vda.img,vdb.img" {
+		t.Fatalf("disks of a replaced backup: %q", got)
+	}
+}
+
+// TestUncached: without a cache every readdir asks the Tree.
+func TestUncached(t *testing.T) {
+	needFUSE(t)
+	tree := newMemTree()
+	_, dir := mount(t, tree, false)
+	for range 3 {
+		names(t, filepath.Join(dir, "p1"))
+	}
+	if n := tree.listed("p1"); n < 3 {
+		t.Fatalf("p1 listed %d times uncached, want every time", n)
+	}
+}
+
+// TestLookupWithoutListing: a Tree that finds single entries answers a
+// deep stat in a fresh mount without listing any directory.
+func TestLookupWithoutListing(t *testing.T) {
+	needFUSE(t)
+	tree := lookupTree{newMemTree()}
+	_, dir := mount(t, tree, true)
+	if fi, err := os.Stat(filepath.Join(dir, "p1", "db", "b3", "vda.img")); err != nil || fi.Size() != 8192 {
+		t.Fatalf("stat: %v", err)
+	}
+	tree.mu.Lock()
+	defer tree.mu.Unlock()
+	if len(tree.lists) != 0 || tree.lookups != 4 {
+		t.Fatalf("a deep stat listed %v and looked up %d entries; want no listing and 4 lookups", tree.lists, tree.lookups)
+	}
+}
+
+// TestReads: an image reads its bytes; a damaged block is EIO and a
+// missing backup ENOENT, never other bytes; images are read-only.
+func TestReads(t *testing.T) {
+	needFUSE(t)
+	tree := newMemTree()
+	_, dir := mount(t, tree, true)
+	img := filepath.Join(dir, "p1", "web", "b1", "vda.img")
+	got, err := os.ReadFile(img)
+	if err != nil || !bytes.Equal(got, bytes.Repeat([]byte("p1/web/b1/vda"), 1000)[:8192]) {
+		t.Fatalf("read: %v", err)
+	}
+	if err := os.WriteFile(img, []byte("x"), 0o644); err == nil {
+		t.Fatal("an image accepted a write")
+	}
+	for _, tc := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{fmt.Errorf("read: %w", &blockstore.CorruptBlockError{}), syscall.EIO},
+		{fmt.Errorf("read: %w", blockstore.ErrMapNotFound), syscall.ENOENT},
+	} {
+		tree.mu.Lock()
+		tree.readErr = tc.err
+		tree.mu.Unlock()
+		f, err := os.Open(filepath.Join(dir, "p1", "web", "b2", "vda.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.ReadAt(make([]byte, 4096), 0)
+		f.Close()
+		if !errors.Is(err, tc.want) {
+			t.Fatalf("read failing with %v: %v, want %v", tc.err, err, tc.want)
+		}
+	}
+}

@@ -19,11 +19,22 @@ type AddServerRequest struct {
 	Disks []catalog.Disk `json:"disks"` // name and source; size is measured
 }
 
-// ServerView is a server with its policy's name.
+// ServerView is a server with its policy's name and what the Instant
+// Restore rules make of its next backups.
 type ServerView struct {
 	catalog.Server
 	Region     string `json:"region"`
 	PolicyName string `json:"policy_name,omitempty"`
+	// NextManual and NextAutomatic are the types the server's next plain
+	// manual backup (no --full) and next automatic backup would get.
+	NextManual    *NextBackupType `json:"next_manual_backup,omitempty"`
+	NextAutomatic *NextBackupType `json:"next_automatic_backup,omitempty"`
+}
+
+// NextBackupType is a backup type the IR rules would decide, and why.
+type NextBackupType struct {
+	Type   string `json:"type"`
+	Reason string `json:"reason"`
 }
 
 func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (any, error) {
@@ -62,13 +73,13 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 		req.Disks[i].Source, req.Disks[i].Size = src, size
 		req.Disks[i].ByAdmin = p.admin // the caller's token decides, never the request
 	}
-	var out catalog.Server
+	var out ServerView
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
-		var err error
-		out, err = tx.CreateServer(catalog.Server{Project: p.project.ID, Name: req.Name, AZ: req.AZ, Disks: req.Disks, Created: s.now()})
+		sv, err := tx.CreateServer(catalog.Server{Project: p.project.ID, Name: req.Name, AZ: req.AZ, Disks: req.Disks, Created: s.now()})
+		out = s.serverView(tx, sv)
 		return err
 	})
-	return ServerView{Server: out, Region: s.Region}, err
+	return out, err
 }
 
 func (s *Server) listServers(_ context.Context, p principal, _ *http.Request) (any, error) {
@@ -92,6 +103,16 @@ func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
 		if pol, err := tx.Policy(sv.Project, sv.PolicyID); err == nil {
 			v.PolicyName = pol.Name
 		}
+	}
+	if prj, err := tx.Project(sv.Project); err == nil {
+		next := func(trigger string) *NextBackupType {
+			d, err := catalog.DecideType(prj, sv, catalog.BackupRequest{Trigger: trigger})
+			if err != nil {
+				return nil
+			}
+			return &NextBackupType{Type: d.Type, Reason: d.Reason}
+		}
+		v.NextManual, v.NextAutomatic = next(catalog.TriggerManual), next(catalog.TriggerAuto)
 	}
 	return v
 }
@@ -196,6 +217,11 @@ func (req PolicyRequest) apply(p *catalog.Policy) {
 	set(&p.KeepYearly, req.KeepYearly)
 }
 
+// DefaultNextRuns is how many next run times a policy's view lists unless
+// asked for another number (GET ?next=N): the same after create, update
+// and show.
+const DefaultNextRuns = 5
+
 // PolicyView is a policy with its next runs and bound servers.
 type PolicyView struct {
 	catalog.Policy
@@ -228,7 +254,7 @@ func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (
 	var out PolicyView
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
 		created, err := tx.CreatePolicy(pol)
-		out = s.policyView(tx, created, 3)
+		out = s.policyView(tx, created, DefaultNextRuns)
 		return err
 	})
 	if err == nil {
@@ -250,7 +276,7 @@ func (s *Server) listPolicies(_ context.Context, p principal, _ *http.Request) (
 }
 
 func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
-	n := 5
+	n := DefaultNextRuns
 	if v := r.URL.Query().Get("next"); v != "" {
 		if _, err := fmt.Sscanf(v, "%d", &n); err != nil || n < 0 || n > 100 {
 			return nil, fmt.Errorf("%w: next=%q: want 0..100", catalog.ErrInvalid, v)
@@ -278,7 +304,7 @@ func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (
 		}
 		req.apply(&pol)
 		updated, err := tx.UpdatePolicy(pol)
-		out = s.policyView(tx, updated, 3)
+		out = s.policyView(tx, updated, DefaultNextRuns)
 		return err
 	})
 	if err == nil {

@@ -237,25 +237,30 @@ type RestoreTarget struct {
 
 // Restore is a restore of a backup's disks, normal or instant.
 type Restore struct {
-	ID       string          `json:"id"`
-	Project  string          `json:"project"`
-	BackupID string          `json:"backup_id"`
-	Instant  bool            `json:"instant"`
-	Force    bool            `json:"force"`
-	Rate     int64           `json:"rate"`
-	Targets  []RestoreTarget `json:"targets"`
-	State    string          `json:"state"`
-	JobID    string          `json:"job_id"`
-	Created  time.Time       `json:"created"`
-	Ended    time.Time       `json:"ended,omitzero"`
-	Done     int64           `json:"bytes_done"`
-	Total    int64           `json:"bytes_total"`
-	Error    string          `json:"error,omitempty"`
+	ID       string `json:"id"`
+	Project  string `json:"project"`
+	BackupID string `json:"backup_id"`
+	// BackupName is the backup's name when the restore started (it stays
+	// after the backup is deleted).
+	BackupName string          `json:"backup_name,omitempty"`
+	Instant    bool            `json:"instant"`
+	Force      bool            `json:"force"`
+	Rate       int64           `json:"rate"`
+	Targets    []RestoreTarget `json:"targets"`
+	State      string          `json:"state"`
+	JobID      string          `json:"job_id"`
+	Created    time.Time       `json:"created"`
+	Ended      time.Time       `json:"ended,omitzero"`
+	Done       int64           `json:"bytes_done"`
+	Total      int64           `json:"bytes_total"`
+	Error      string          `json:"error,omitempty"`
 	// ByAdmin: the admin token started the restore, so its targets are
 	// checked under the admin's host access when they are opened (also
 	// after a restart); otherwise under the project's.
 	ByAdmin bool `json:"by_admin,omitempty"`
-	// Live figures of an instant restore (not stored).
+	// Live figures of an instant restore (not stored): the rate at which
+	// hydration copies data (blocks it need not write excluded; the limit
+	// is Rate) and the time left at the pace so far.
 	RateBps    float64 `json:"rate_bytes_per_second,omitempty"`
 	ETASeconds float64 `json:"eta_seconds,omitempty"`
 }

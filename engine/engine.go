@@ -169,11 +169,23 @@ func (e *Engine) TargetGuard(c access.Caller) func(real string) error {
 // file, an existing regular file or a block device. It returns the
 // target cleaned.
 func (e *Engine) CheckTarget(c access.Caller, target string) (string, error) {
+	return e.checkTarget(c, target, func(t string) error { return restore.Inspect(t, e.TargetGuard(c)) })
+}
+
+// CheckRestoreTarget is CheckTarget for a normal restore of a disk of
+// size bytes: it also refuses a target that holds data (without force),
+// a device too small for the disk or in use, which the restore's job
+// would otherwise find only when it starts.
+func (e *Engine) CheckRestoreTarget(c access.Caller, target string, size int64, force bool) (string, error) {
+	return e.checkTarget(c, target, func(t string) error { return restore.InspectWrite(t, size, force, e.TargetGuard(c)) })
+}
+
+func (e *Engine) checkTarget(c access.Caller, target string, inspect func(string) error) (string, error) {
 	target, err := e.checkNamed(c, access.Target, target)
 	if err != nil {
 		return "", err
 	}
-	err = restore.Inspect(target, e.TargetGuard(c))
+	err = inspect(target)
 	if errors.Is(err, access.ErrDenied) {
 		return "", err
 	}

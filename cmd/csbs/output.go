@@ -131,10 +131,19 @@ func waitJob(c *cli.Context, cl *api.Client, id string) (catalog.Job, error) {
 		if j.Total > 0 && !quietMode(c) {
 			if isTerminal(out) {
 				if bar == nil {
+					what := fmt.Sprintf("%s %s", j.Kind, j.ID)
+					if j.Kind == catalog.JobHydrate {
+						// Counts the disk's bytes in place, holes included:
+						// csbs restore show has the rate of data copied.
+						what += " (disk in place)"
+					}
 					bar = progressbar.NewOptions64(j.Total,
 						progressbar.OptionSetWriter(out),
-						progressbar.OptionSetDescription(fmt.Sprintf("%s %s", j.Kind, j.ID)),
+						progressbar.OptionSetDescription(what),
 						progressbar.OptionShowBytes(true),
+						progressbar.OptionShowCount(),
+						progressbar.OptionShowTotalBytes(true),
+						progressbar.OptionUseIECUnits(true),
 						progressbar.OptionSetPredictTime(true),
 						progressbar.OptionThrottle(200*time.Millisecond),
 						progressbar.OptionClearOnFinish())

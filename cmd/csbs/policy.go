@@ -99,6 +99,7 @@ func policyCommand() *cli.Command {
    csbs policy create --name twice --time 02:00 --time 14:00 --weekdays mon,thu --timezone Asia/Shanghai --retention-days 30`,
 				Flags:    policyFlags(true),
 				Required: []string{"name", "time"},
+				JSON:     true,
 				Method:   "POST", Path: apiPath("/v1/policies"),
 				Body: func(c *cli.Context) (any, error) { return policyRequest(c), nil },
 				Done: func(_ *cli.Context, p api.PolicyView) string {
@@ -118,7 +119,7 @@ func policyCommand() *cli.Command {
 					}
 					return []any{p.ID, p.Name, status(p.Policy), schedule(p.Policy), retention(p.Policy), len(p.Servers), next}
 				},
-				Empty: "no policies (create one: csbs policy create --name daily --time 02:00 --every-days 1 --max-backups 7)",
+				Empty: "no policies (create one: csbs policy create --name NAME --time 02:00 --every-days 1 --max-backups 7)",
 			}.command(),
 			verb[api.PolicyView]{
 				Name: "show", Usage: "show a policy with its next run times", Args: "POLICY", JSON: true,

@@ -59,7 +59,7 @@ func serverCommand() *cli.Command {
 					}
 					return []any{s.ID, s.Name, s.AZ, strings.Join(names, ","), bytesH(size), orDash(s.PolicyName)}
 				},
-				Empty: "no servers (add one: csbs server add --name web1 --disk vda=/path/to/disk.img)",
+				Empty: "no servers (add one: csbs server add --name NAME --disk vda=/path/to/disk.img)",
 			}.command(),
 			verb[api.ServerView]{
 				Name: "show", Usage: "show a server", Args: "SERVER", JSON: true,

@@ -12,10 +12,16 @@ import (
 
 // maintenanceCommand runs gc or scrub and waits for the result.
 func maintenanceCommand(name, usage string) *cli.Command {
+	return jobVerb(name, usage, "/v1/"+name)
+}
+
+// jobVerb is a command that starts a store-wide job (gc, scrub,
+// rebuild-index) and waits for it unless --no-wait.
+func jobVerb(name, usage, path string) *cli.Command {
 	return verb[catalog.Job]{
 		Name: name, Usage: usage, JSON: true,
 		Flags:  []cli.Flag{&cli.BoolFlag{Name: "no-wait", Usage: "start the job and return"}},
-		Method: "POST", Path: apiPath("/v1/" + name),
+		Method: "POST", Path: apiPath(path),
 		Then: func(c *cli.Context, cl *api.Client, j catalog.Job) (catalog.Job, error) {
 			if c.Bool("no-wait") {
 				return j, nil
@@ -26,7 +32,7 @@ func maintenanceCommand(name, usage string) *cli.Command {
 			if c.Bool("no-wait") {
 				return fmt.Sprintf("started %s job %s (follow it: csbs job wait %s)", name, j.ID, j.ID)
 			}
-			return fmt.Sprintf("%s job %s %s: %s", name, j.ID, j.State, j.Note)
+			return fmt.Sprintf("%s job %s %s: %s", name, j.ID, j.State, orDash(j.Note))
 		},
 		Quiet: jobID,
 	}.command()
@@ -37,6 +43,7 @@ func storeCommand() *cli.Command {
 		Name:  "store",
 		Usage: "the block store",
 		Subcommands: []*cli.Command{
+			rebuildIndexCommand(),
 			verb[api.StoreStats]{
 				Name: "stats", Usage: "logical and stored bytes, dedupe and compression ratios, per project", JSON: true,
 				Path:  apiPath("/v1/store/stats"),

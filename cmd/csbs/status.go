@@ -47,6 +47,12 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 	if st.Admin {
 		fmt.Fprintf(w, "store:    %s, %s of disks in %s on disk (allocated)%s\n", count(s.Backups, "backup"), bytesH(s.LogicalBytes), bytesH(s.DiskBytes), ratio(s.LogicalBytes, s.DiskBytes))
 		fmt.Fprintf(w, "          %s free (backups stop below %s), block cache %.0f%% hits\n", bytesH(s.FreeBytes), bytesH(s.MinFreeBytes), s.CacheHitRatio*100)
+		if o := s.ObjectStore; o != nil {
+			fmt.Fprintf(w, "          packs in %s\n", o.Location)
+			fmt.Fprintf(w, "          %d PUTs (%s up), %d GETs (%s down), %d retries; cache %s of %s, %.0f%% hits\n",
+				o.Requests["PUT"], bytesH(o.BytesUp), o.Requests["GET"], bytesH(o.BytesDown), o.Retries,
+				bytesH(o.CacheBytes), bytesH(o.CacheLimit), o.CacheHitRatio*100)
+		}
 	} else {
 		fmt.Fprintf(w, "store:    %s, %s of disks; they added %s to the store\n", count(s.Backups, "backup"), bytesH(s.LogicalBytes), bytesH(s.AddedBytes))
 	}

@@ -453,14 +453,9 @@ func (s *serving) run(inst *instant) error {
 		inst.ended()
 		return err
 	}
-	r, err := s.setState(inst.r, func(x *catalog.Restore) { x.JobID = j.ID })
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	inst.r.JobID = r.JobID
-	s.mu.Unlock()
-	return nil
+	// inst.r stays as opened (the job reads it); the record has the job.
+	_, err = s.setState(inst.r, func(x *catalog.Restore) { x.JobID = j.ID })
+	return err
 }
 
 // progressReport is how often a hydration job's progress is updated.

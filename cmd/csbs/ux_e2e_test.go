@@ -58,6 +58,7 @@ func oneLine(t *testing.T, what, s string, want ...string) {
 // stderr naming it as typed (--ful, not -ful) with the closest name, not
 // the error twice around the whole help; --help shows the synopsis.
 func TestUsageErrorsAreOneLine(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cases := []struct {
 		args []string
@@ -119,6 +120,7 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 // how to point at one, not that a token file cannot be read; a data dir
 // without a running daemon says that no daemon answers.
 func TestNoDaemonHereSaysWhereToLook(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	out, errOut, code := runBare(t, dir, "server", "ls")
 	if code == 0 {
@@ -145,6 +147,7 @@ func TestNoDaemonHereSaysWhereToLook(t *testing.T) {
 // for a job is one line saying so and what to run later, not a raw
 // "POST /v1/jobs/…/wait: EOF".
 func TestWaitingForAJobWhoseDaemonDies(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 32, 16, 31)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -199,6 +202,7 @@ type restoreView struct {
 // a new job. restore show gives the rate of bytes copied beside the
 // limit, no export once the exports are gone, and lists name the backup.
 func TestInstantRestoreIsAJob(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 32, 12, 41)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -301,6 +305,7 @@ func TestInstantRestoreIsAJob(t *testing.T) {
 // refuse when it opens its target is refused by restore start itself,
 // with or without --wait, and nothing is recorded.
 func TestRestoreStartChecksTargetAtOnce(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Sparse(t, a.dir, 4<<20, 51, 0)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -327,6 +332,7 @@ func TestRestoreStartChecksTargetAtOnce(t *testing.T) {
 // so in one line (--quiet and -q before the command silence it, or leave
 // only the new object's id); an empty list says how to fill it.
 func TestEveryCommandSaysWhatItDid(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	for _, tc := range []struct{ args, want string }{
 		{"server ls", "no servers (add one: csbs server add"},
@@ -408,6 +414,7 @@ func TestEveryCommandSaysWhatItDid(t *testing.T) {
 // TestServerAddSaysNextBackupTypes: server add and show say in words what
 // type the next backups get, instead of the IR rules' internal state.
 func TestServerAddSaysNextBackupTypes(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Sparse(t, a.dir, 4<<20, 71, 0)
 	out := a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -442,6 +449,7 @@ func TestServerAddSaysNextBackupTypes(t *testing.T) {
 // CSBS_TOKEN_FILE) works like CSBS_TOKEN, keeping it out of the process
 // list.
 func TestTokenFile(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	a.ok("project", "create", "team-a")
 	secret := strings.TrimSpace(a.ok("token", "create", "--project", "team-a", "--name", "ci", "--quiet"))
@@ -475,6 +483,7 @@ func TestTokenFile(t *testing.T) {
 // its lines are short; next runs carry a zone; policy create and policy
 // show list as many next runs.
 func TestStatusFiguresAndLines(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 64, 3, 81)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -540,6 +549,7 @@ func TestStatusFiguresAndLines(t *testing.T) {
 // TestStatusWarnsOfDamagedBackupsByName: the damaged-backups warning
 // names them in words, not as a Go slice.
 func TestStatusWarnsOfDamagedBackupsByName(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "[store]\ncompression = \"none\"\n")
 	disk := filepath.Join(a.dir, "disk.img")
 	data := make([]byte, 4<<20)

@@ -27,7 +27,10 @@ func Open(ctx context.Context, spec string) (Disk, error) {
 		return nil, err
 	}
 	if strings.HasPrefix(spec, "nbd://") || strings.HasPrefix(spec, "nbd+unix://") {
-		return openNBD(ctx, spec)
+		return OpenNBD(ctx, spec)
+	}
+	if strings.Contains(spec, "://") {
+		return nil, fmt.Errorf("open source %s: not a path or an NBD URI (a qmp+unix:// live VM disk is read through a VM session)", spec)
 	}
 	return OpenFile(spec)
 }

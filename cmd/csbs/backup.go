@@ -204,9 +204,26 @@ func printBackup(w io.Writer, b api.BackupView) error {
 	fmt.Fprintf(w, "id:        %s\nname:      %s\nserver:    %s (%s)\nstatus:    %s\ntype:      %s\n", b.ID, b.Name, b.ServerName, b.ServerID, b.Status, b.Type)
 	fmt.Fprintf(w, "why:       %s\n", b.TypeReason)
 	fmt.Fprintf(w, "trigger:   %s\ncreated:   %s\nsize:      %s\nprotected: %v\nin use:    %v\n", b.Trigger, timeH(b.Created), bytesH(b.Size), b.Protected, b.InUse)
-	t := newTable(w, "DISK", "SIZE", "DATA BLOCKS", "NEW BYTES", "MAP")
-	for _, d := range b.Disks {
-		t.row(d.Name, bytesH(d.Size), d.Blocks, bytesH(d.NewBytes), d.MapID)
+	if b.Consistency != "" {
+		fmt.Fprintf(w, "consistency: %s\n", b.Consistency)
 	}
-	return t.flush()
+	if b.Note != "" {
+		fmt.Fprintf(w, "note:      %s\n", b.Note)
+	}
+	t := newTable(w, "DISK", "SIZE", "DATA BLOCKS", "NEW BYTES", "READ", "MAP")
+	for _, d := range b.Disks {
+		t.row(d.Name, bytesH(d.Size), d.Blocks, bytesH(d.NewBytes), bytesH(d.ReadBytes), d.MapID)
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	for _, d := range b.Disks {
+		switch {
+		case d.ChangedFrom != "":
+			fmt.Fprintf(w, "disk %s: changed blocks since backup %s (dirty bitmap), next backup tracked by %s\n", d.Name, d.ChangedFrom, d.Bitmap)
+		case d.FullRead != "":
+			fmt.Fprintf(w, "disk %s: full read: %s; next backup tracked by %s\n", d.Name, d.FullRead, d.Bitmap)
+		}
+	}
+	return nil
 }

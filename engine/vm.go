@@ -1,0 +1,362 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"csbs/blockstore"
+	"csbs/catalog"
+	"csbs/qemu"
+	"csbs/source"
+)
+
+// diskRead is how one disk of a backup is read: its open source and,
+// with changed-block tracking, the parent map whose blocks stand in for
+// the unchanged ones.
+type diskRead struct {
+	src source.Disk
+	// tracks: the source can report changed blocks (a live VM disk, or
+	// an NBD URI that names a dirty bitmap); only then are bitmap,
+	// parent and fullRead meaningful.
+	tracks   bool
+	bitmap   string
+	parent   *blockstore.MapInfo // non-nil: read only changed blocks
+	parentID string
+	fullRead string // why the whole disk is read (tracks, no parent)
+}
+
+// parentCandidate is a backup that may serve as a changed-block parent.
+type parentCandidate struct {
+	backup catalog.Backup
+	disk   catalog.BackupDisk
+	info   blockstore.MapInfo
+}
+
+// cbtParent finds the parent for changed-block tracking of disk d: only
+// the last backup that saved the disk qualifies (a bitmap tracks changes
+// since that backup's point in time and says nothing about older ones),
+// and only if it is available, undamaged, recorded a bitmap and its map
+// is readable. It returns the reason when there is none. A found parent
+// is marked in use (release it with the returned func) so that it cannot
+// be deleted while the ingest takes blocks from it.
+func (e *Engine) cbtParent(project string, d catalog.Disk, job catalog.Job) (parentCandidate, func(), string) {
+	none := func() {}
+	if job.Full {
+		return parentCandidate{}, none, "full backup requested (--full)"
+	}
+	if d.LastBackup == "" {
+		return parentCandidate{}, none, "no earlier backup of this disk"
+	}
+	release := e.Acquire(d.LastBackup)
+	// Read after Acquire: a deletion that passed its in-use check before
+	// is then visible, and one after it is refused.
+	var b catalog.Backup
+	err := e.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		b, err = tx.Backup(project, d.LastBackup)
+		return err
+	})
+	fail := func(reason string) (parentCandidate, func(), string) {
+		release()
+		return parentCandidate{}, none, reason
+	}
+	switch {
+	case errors.Is(err, catalog.ErrNotFound):
+		return fail(fmt.Sprintf("the last backup of this disk (%s) was deleted", d.LastBackup))
+	case err != nil:
+		return fail(fmt.Sprintf("the last backup of this disk (%s) cannot be read: %v", d.LastBackup, err))
+	case b.Status != catalog.StatusAvailable:
+		return fail(fmt.Sprintf("the last backup %s is %s", b.Name, b.Status))
+	case b.Damaged:
+		return fail(fmt.Sprintf("the last backup %s is damaged (scrub found bad blocks)", b.Name))
+	}
+	bd, ok := diskOf(b, d.Name)
+	if !ok {
+		return fail(fmt.Sprintf("the last backup %s has no disk %s", b.Name, d.Name))
+	}
+	if bd.Bitmap == "" {
+		return fail(fmt.Sprintf("the last backup %s has no dirty bitmap for this disk", b.Name))
+	}
+	id, err := blockstore.ParseMapID(bd.MapID)
+	if err != nil {
+		return fail(fmt.Sprintf("the last backup %s has a bad map id: %v", b.Name, err))
+	}
+	info, err := e.Store.MapInfo(id)
+	if err != nil {
+		return fail(fmt.Sprintf("the block map of the last backup %s cannot be read: %v", b.Name, err))
+	}
+	return parentCandidate{backup: b, disk: bd, info: info}, release, ""
+}
+
+// bitmapPrefix names csbs's dirty bitmaps of one disk of one server in a
+// VM; the suffix is the backup id.
+func bitmapPrefix(serverID, disk string) string {
+	return fmt.Sprintf("csbs-%s-%s-", serverID, disk)
+}
+
+// lockVM serializes backups of one VM (by QMP socket): QEMU has one NBD
+// server and its monitor one client.
+func (e *Engine) lockVM(ctx context.Context, socket string) (func(), error) {
+	e.mu.Lock()
+	if e.vmLocks == nil {
+		e.vmLocks = map[string]chan struct{}{}
+	}
+	ch, ok := e.vmLocks[socket]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		e.vmLocks[socket] = ch
+	}
+	e.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for another backup of the VM at %s: %w", socket, ctx.Err())
+	}
+}
+
+// vmDir is where live VM sessions keep their files.
+func (e *Engine) vmDir() (string, error) {
+	if e.VMDir == "" {
+		return "", errors.New("live VM backups need a work directory (Engine.VMDir)")
+	}
+	return e.VMDir, nil
+}
+
+// committed reports whether a backup record exists (a session's backup
+// was saved before a crash interrupted its cleanup).
+func (e *Engine) committed(id string) (bool, error) {
+	found := false
+	err := e.Catalog.View(func(tx *catalog.Txn) error {
+		bs, err := tx.AllBackups()
+		for _, b := range bs {
+			if b.ID == id {
+				found = true
+			}
+		}
+		return err
+	})
+	return found, err
+}
+
+// RecoverVMSessions undoes what interrupted live VM backups left in their
+// VMs (the daemon calls it at start; a backup of a VM also calls it for
+// that VM first).
+func (e *Engine) RecoverVMSessions(ctx context.Context) error {
+	dir, err := e.vmDir()
+	if err != nil {
+		return nil
+	}
+	sockets, err := qemu.Sockets(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range sockets {
+		// Under the VM's lock no session of it is open: every record of
+		// it is a leftover.
+		unlock, err := e.lockVM(ctx, s)
+		if err != nil {
+			return err
+		}
+		errs = append(errs, qemu.Recover(ctx, dir, s, e.committed, e.Log))
+		unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// openVM opens the live VM disks of a server (indices idx into
+// server.Disks, all on one QMP socket) in one session, and fills reads.
+func (e *Engine) openVM(ctx context.Context, server catalog.Server, job catalog.Job, backupID string, idx []int, reads []diskRead, parents []parentCandidate) (*qemu.Session, func(), error) {
+	dir, err := e.vmDir()
+	if err != nil {
+		return nil, nil, err
+	}
+	var targets []qemu.Target
+	for _, i := range idx {
+		t, err := qemu.ParseURI(server.Disks[i].Source)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(targets) > 0 && t.Socket != targets[0].Socket {
+			return nil, nil, fmt.Errorf("%w: server %s has disks in two VMs (%s and %s); one server is one VM", catalog.ErrInvalid, server.Name, targets[0].Socket, t.Socket)
+		}
+		targets = append(targets, t)
+	}
+	unlock, err := e.lockVM(ctx, targets[0].Socket)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := qemu.Recover(ctx, dir, targets[0].Socket, e.committed, e.Log); err != nil {
+		unlock()
+		return nil, nil, fmt.Errorf("server %s: earlier backup left objects in the VM that cannot be removed now: %w", server.Name, err)
+	}
+	opt := qemu.Options{Socket: targets[0].Socket, Agent: targets[0].Agent, Dir: filepath.Join(dir, backupID), ID: backupID, Log: e.Log}
+	if e.hooks != nil {
+		opt.AfterPointInTime = e.hooks.AfterPointInTime
+	}
+	for k, i := range idx {
+		d := server.Disks[i]
+		if t := targets[k].Agent; t != "" && t != targets[0].Agent {
+			unlock()
+			return nil, nil, fmt.Errorf("%w: server %s: disks name different guest agents", catalog.ErrInvalid, server.Name)
+		}
+		spec := qemu.DiskSpec{
+			Name: d.Name, Ref: targets[k].Ref,
+			NewBitmap:   bitmapPrefix(server.ID, d.Name) + backupID,
+			StalePrefix: bitmapPrefix(server.ID, d.Name),
+		}
+		if p := parents[i]; p.backup.ID != "" {
+			spec.ParentBitmap, spec.ParentSize = p.disk.Bitmap, p.disk.Size
+		} else {
+			spec.NoParentReason = reads[i].fullRead
+		}
+		opt.Disks = append(opt.Disks, spec)
+	}
+	sess, err := qemu.Begin(ctx, opt)
+	if err != nil {
+		unlock()
+		if errors.Is(err, qemu.ErrVMGone) {
+			return nil, nil, fmt.Errorf("server %s: the VM stopped or crashed during the backup; nothing was saved: %w", server.Name, err)
+		}
+		return nil, nil, fmt.Errorf("server %s: %w", server.Name, err)
+	}
+	fail := func(err error) (*qemu.Session, func(), error) {
+		for _, i := range idx {
+			if reads[i].src != nil {
+				reads[i].src.Close()
+				reads[i].src = nil
+			}
+		}
+		if cerr := sess.End(context.WithoutCancel(ctx), false); cerr != nil {
+			e.Log.Warn("clean up VM after a failed backup", "server", server.Name, "err", cerr)
+		}
+		unlock()
+		return nil, nil, err
+	}
+	for k, i := range idx {
+		vd := sess.Disks()[k]
+		r := &reads[i]
+		r.tracks, r.bitmap = true, vd.Spec.NewBitmap
+		bitmap := ""
+		if vd.CBT {
+			bitmap = vd.ChangedBitmap
+		}
+		src, err := source.OpenNBDBitmap(ctx, sess.ExportURI(k), bitmap)
+		if err != nil {
+			return fail(fmt.Errorf("server %s disk %s: read the VM's frozen disk: %w", server.Name, server.Disks[i].Name, err))
+		}
+		r.src = src
+		switch {
+		case !vd.CBT:
+			r.fullRead = vd.FullReason
+		case !src.HasBitmap():
+			r.fullRead = "QEMU's export does not offer the changed-block bitmap"
+		default:
+			info := parents[i].info
+			r.parent, r.parentID, r.fullRead = &info, parents[i].backup.ID, ""
+		}
+	}
+	return sess, unlock, nil
+}
+
+// openNBDTracked opens an NBD source whose URI names a dirty bitmap and
+// decides whether the bitmap may stand for the changes since the parent.
+func openNBDTracked(ctx context.Context, d catalog.Disk, bitmap string, p parentCandidate, r *diskRead) error {
+	src, err := source.OpenNBD(ctx, d.Source)
+	if err != nil {
+		return err
+	}
+	r.src, r.tracks, r.bitmap = src, true, bitmap
+	switch {
+	case p.backup.ID == "":
+		// r.fullRead says why already.
+	case p.disk.Bitmap != bitmap:
+		r.fullRead = fmt.Sprintf("the last backup %s was tracked by dirty bitmap %q, this source names %q", p.backup.Name, p.disk.Bitmap, bitmap)
+	case !src.HasBitmap():
+		r.fullRead = fmt.Sprintf("the NBD export does not offer qemu:dirty-bitmap:%s", bitmap)
+	case src.Size() != p.disk.Size:
+		r.fullRead = fmt.Sprintf("disk size changed from %d to %d bytes since the last backup", p.disk.Size, src.Size())
+	default:
+		info := p.info
+		r.parent, r.parentID, r.fullRead = &info, p.backup.ID, ""
+	}
+	return nil
+}
+
+// nbdBitmap returns the dirty-bitmap=NAME of an NBD URI ("" if none).
+func nbdBitmap(spec string) string {
+	if !strings.HasPrefix(spec, "nbd://") && !strings.HasPrefix(spec, "nbd+unix://") {
+		return ""
+	}
+	u, err := url.Parse(spec)
+	if err != nil {
+		return ""
+	}
+	return u.Query().Get(source.BitmapParam)
+}
+
+// checkVMSource validates a live VM disk source: the socket path must be
+// allowed, the VM must answer on it and have the disk.
+func (e *Engine) checkVMSource(ctx context.Context, spec string) (int64, error) {
+	t, err := qemu.ParseURI(spec)
+	if err != nil {
+		return 0, fmt.Errorf("%w: disk source: %v", catalog.ErrInvalid, err)
+	}
+	if err := e.allowedPath(t.Socket); err != nil {
+		return 0, err
+	}
+	if t.Agent != "" && t.Agent != "none" {
+		if err := e.allowedPath(t.Agent); err != nil {
+			return 0, err
+		}
+	}
+	unlock, err := e.lockVM(ctx, t.Socket)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	c, err := qemu.Dial(ctx, t.Socket)
+	if err != nil {
+		return 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+	}
+	defer c.Close()
+	n, err := qemu.Resolve(ctx, c, t.Ref)
+	if err != nil {
+		return 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+	}
+	return n.Size, nil
+}
+
+// DiscoverVM lists the disks of the running VM behind a QMP socket, each
+// with a ready source URI (server add --qmp, server discover).
+func (e *Engine) DiscoverVM(ctx context.Context, socket, agent string) ([]qemu.DiscoveredDisk, error) {
+	if !filepath.IsAbs(socket) {
+		return nil, fmt.Errorf("%w: QMP socket %q: use an absolute path", catalog.ErrInvalid, socket)
+	}
+	if err := e.allowedPath(socket); err != nil {
+		return nil, err
+	}
+	if agent != "" && agent != "none" {
+		if !filepath.IsAbs(agent) {
+			return nil, fmt.Errorf("%w: guest agent socket %q: use an absolute path", catalog.ErrInvalid, agent)
+		}
+		if err := e.allowedPath(agent); err != nil {
+			return nil, err
+		}
+	}
+	unlock, err := e.lockVM(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	disks, err := qemu.Discover(ctx, socket, agent)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", catalog.ErrInvalid, err)
+	}
+	return disks, nil
+}

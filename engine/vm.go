@@ -92,6 +92,25 @@ func (e *Engine) cbtParent(project string, d catalog.Disk, job catalog.Job) (par
 	return parentCandidate{backup: b, disk: bd, info: info}, release, ""
 }
 
+// lastBitmap returns the bitmap recorded by the disk's last backup ("" if
+// it is gone or has none).
+func (e *Engine) lastBitmap(project string, d catalog.Disk) string {
+	if d.LastBackup == "" {
+		return ""
+	}
+	var name string
+	_ = e.Catalog.View(func(tx *catalog.Txn) error {
+		b, err := tx.Backup(project, d.LastBackup)
+		if err == nil {
+			if bd, ok := diskOf(b, d.Name); ok {
+				name = bd.Bitmap
+			}
+		}
+		return err
+	})
+	return name
+}
+
 // bitmapPrefix names csbs's dirty bitmaps of one disk of one server in a
 // VM; the suffix is the backup id.
 func bitmapPrefix(serverID, disk string) string {
@@ -214,6 +233,7 @@ func (e *Engine) openVM(ctx context.Context, server catalog.Server, job catalog.
 			spec.ParentBitmap, spec.ParentSize = p.disk.Bitmap, p.disk.Size
 		} else {
 			spec.NoParentReason = reads[i].fullRead
+			spec.KeepBitmap = e.lastBitmap(server.Project, d)
 		}
 		opt.Disks = append(opt.Disks, spec)
 	}

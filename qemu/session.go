@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -41,6 +42,10 @@ type DiskSpec struct {
 	// NewBitmap is the dirty bitmap to create at this backup's point in
 	// time: it tracks the changes for the next backup.
 	NewBitmap string
+	// KeepBitmap is the bitmap of the disk's last backup when it is not
+	// the parent (a --full backup, say): it stays until this backup is
+	// saved, so that a failure leaves the chain as it was.
+	KeepBitmap string
 	// StalePrefix: other bitmaps with this prefix are left over from
 	// earlier backups or failed runs and are removed.
 	StalePrefix string
@@ -225,12 +230,14 @@ func (s *Session) begin(ctx context.Context) error {
 			d.CBT = true
 			d.ChangedBitmap = spec.NewBitmap + "-changes"
 		}
-		if spec.ParentBitmap != "" {
-			s.st.ParentBitmaps = append(s.st.ParentBitmaps, bitmapRef{n.Name, spec.ParentBitmap})
+		for _, name := range []string{spec.ParentBitmap, spec.KeepBitmap} {
+			if name != "" && !slices.Contains(s.st.ParentBitmaps, bitmapRef{n.Name, name}) {
+				s.st.ParentBitmaps = append(s.st.ParentBitmaps, bitmapRef{n.Name, name})
+			}
 		}
 		// Bitmaps left by failed runs or by deleted backups.
 		for _, b := range n.Bitmaps {
-			if spec.StalePrefix != "" && strings.HasPrefix(b.Name, spec.StalePrefix) && b.Name != spec.ParentBitmap && !b.Busy {
+			if spec.StalePrefix != "" && strings.HasPrefix(b.Name, spec.StalePrefix) && b.Name != spec.ParentBitmap && b.Name != spec.KeepBitmap && !b.Busy {
 				if err := s.c.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": n.Name, "name": b.Name}, nil); err != nil && !isMissing(err) {
 					return fmt.Errorf("disk %s: remove stale bitmap %s: %w", spec.Name, b.Name, err)
 				}

@@ -35,6 +35,10 @@ type Options struct {
 	// named block backend) instead of -blockdev with named nodes.
 	Drive   bool
 	NoAgent bool // no guest agent channel
+	// ReadBps throttles reads of the disk's image file (bytes per
+	// second; 0: no limit), which slows a backup down without slowing the
+	// guest's writes.
+	ReadBps int
 	// Writer: records per second (default 50), a 64 KiB blob overwrite
 	// every N records (default 10; -1 never), blob size (default 8 MiB).
 	Rate, OverwriteEvery, BlobMiB int
@@ -126,8 +130,15 @@ func Start(t testing.TB, g Guest, opt Options) *VM {
 			"-device", "virtio-blk-pci,drive=drive-vda,id=vda")
 	} else {
 		vm.Node = "vda-fmt"
+		if opt.ReadBps > 0 {
+			args = append(args,
+				"-object", fmt.Sprintf("throttle-group,id=tg0,x-bps-read=%d", opt.ReadBps),
+				"-blockdev", fmt.Sprintf("driver=file,filename=%s,node-name=vda-raw", disk),
+				"-blockdev", "driver=throttle,throttle-group=tg0,file=vda-raw,node-name=vda-file")
+		} else {
+			args = append(args, "-blockdev", fmt.Sprintf("driver=file,filename=%s,node-name=vda-file", disk))
+		}
 		args = append(args,
-			"-blockdev", fmt.Sprintf("driver=file,filename=%s,node-name=vda-file", disk),
 			"-blockdev", fmt.Sprintf("driver=%s,file=vda-file,node-name=vda-fmt", format),
 			"-device", "virtio-blk-pci,drive=vda-fmt,id=vda")
 	}

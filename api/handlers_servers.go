@@ -155,8 +155,9 @@ func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
-	return nil, s.Catalog.Update(func(tx *catalog.Txn) error {
+func (s *Server) removeServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var removed catalog.Server
+	err := s.Catalog.Update(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -164,8 +165,18 @@ func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (
 		if s.Runner.ServerBusy(sv.ID) {
 			return fmt.Errorf("%w: server %s has a backup job queued or running; wait for it or cancel it", catalog.ErrConflict, sv.Name)
 		}
+		removed = sv
 		return tx.DeleteServer(sv)
 	})
+	if err != nil {
+		return nil, err
+	}
+	// A live VM keeps csbs's dirty bitmaps; nothing needs them now.
+	if err := s.Engine.ForgetVM(ctx, removed); err != nil {
+		s.Log.Warn("server removed; its VM keeps csbs's dirty bitmaps", "server", removed.Name, "err", err)
+		return map[string]any{"removed": removed.ID, "warning": err.Error()}, nil
+	}
+	return nil, nil
 }
 
 func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {

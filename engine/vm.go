@@ -380,3 +380,33 @@ func (e *Engine) DiscoverVM(ctx context.Context, socket, agent string) ([]qemu.D
 	}
 	return disks, nil
 }
+
+// ForgetVM removes the dirty bitmaps csbs keeps in a removed server's VM
+// (best effort: a VM that is not running keeps them in its qcow2 images
+// until removed by hand with block-dirty-bitmap-remove or qemu-img
+// bitmap --remove).
+func (e *Engine) ForgetVM(ctx context.Context, server catalog.Server) error {
+	var errs []error
+	for _, d := range server.Disks {
+		t, err := qemu.ParseURI(d.Source)
+		if err != nil {
+			continue
+		}
+		if err := func() error {
+			unlock, err := e.lockVM(ctx, t.Socket)
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			c, err := qemu.Dial(ctx, t.Socket)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return qemu.RemoveBitmaps(ctx, c, t.Ref, bitmapPrefix(server.ID, d.Name))
+		}(); err != nil {
+			errs = append(errs, fmt.Errorf("server %s disk %s: remove csbs dirty bitmaps: %w", server.Name, d.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -288,9 +288,12 @@ func updateSource(t *testing.T, e *testEngine, s catalog.Server, src string) cat
 func TestLiveVMIncrementalsEqualPausedCopies(t *testing.T) {
 	t.Parallel()
 	g := testvm.Build(t)
-	vm := testvm.Start(t, g, testvm.Options{Rate: 40, OverwriteEvery: 3, NoAgent: true})
+	vm := testvm.Start(t, g, testvm.Options{Rate: 40, OverwriteEvery: 3, NoAgent: true, SecondDiskMiB: 16})
 	e := newTestEngine(t)
-	s := e.addServer("vm2", catalog.Disk{Name: "vda", Source: "qmp+unix:///vda-fmt?socket=" + vm.QMP})
+	// Two disks of one VM, one named by node, one by device id, both fixed
+	// in one transaction; vdb is a raw image (bitmap in memory only).
+	s := e.addServer("vm2", catalog.Disk{Name: "vda", Source: "qmp+unix:///vda-fmt?socket=" + vm.QMP},
+		catalog.Disk{Name: "vdb", Source: "qmp+unix:///vdb?socket=" + vm.QMP})
 	ctx := ctxT(t, 5*time.Minute)
 
 	var copyPath string
@@ -328,6 +331,8 @@ func TestLiveVMIncrementalsEqualPausedCopies(t *testing.T) {
 		}
 		copyPath = filepath.Join(t.TempDir(), fmt.Sprintf("paused-%d.raw", i))
 		vm.CopyDisk(t, copyPath)
+		copy2 := filepath.Join(t.TempDir(), fmt.Sprintf("paused-%d-vdb.raw", i))
+		vm.CopyDisk2(t, copy2)
 		b, err := e.backup(s, false)
 		if err != nil {
 			t.Fatal(err)
@@ -348,6 +353,17 @@ func TestLiveVMIncrementalsEqualPausedCopies(t *testing.T) {
 		}
 		if !bytes.Equal(got, want) {
 			t.Fatalf("backup %d differs from the disk copied while the VM was paused at its point in time (first difference at %d)", i, firstDiff(got, want))
+		}
+		got2, _ := os.ReadFile(e.restoreDisk(b, "vdb"))
+		want2, _ := os.ReadFile(copy2)
+		if len(want2) != 16<<20 || !bytes.Equal(got2, want2) {
+			t.Fatalf("backup %d disk vdb differs from its paused copy (at %d)", i, firstDiff(got2, want2))
+		}
+		if !strings.Contains(b.Note, "disk vdb: raw image") {
+			t.Fatalf("note of a backup with a raw disk: %q", b.Note)
+		}
+		if i > 0 && b.Disks[1].ChangedFrom != prev.ID {
+			t.Fatalf("vdb not incremental: %+v", b.Disks[1])
 		}
 		d := b.Disks[0]
 		if i == 0 {

@@ -346,3 +346,21 @@ func findAgent(ctx context.Context, c *Conn) (string, error) {
 	}
 	return "", nil
 }
+
+// RemoveBitmaps removes the dirty bitmaps whose names start with prefix
+// from the disk ref.
+func RemoveBitmaps(ctx context.Context, c *Conn, ref, prefix string) error {
+	n, err := Resolve(ctx, c, ref)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, b := range n.Bitmaps {
+		if strings.HasPrefix(b.Name, prefix) {
+			if err := c.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": n.Name, "name": b.Name}, nil); err != nil && !isMissing(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

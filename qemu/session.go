@@ -277,13 +277,23 @@ func (s *Session) begin(ctx context.Context) error {
 		}})
 		s.st.Jobs = append(s.st.Jobs, job)
 	}
+	s.consistency = CrashConsistent
+	if agent != nil {
+		// Someone else's freeze is left as found: thawing it would break
+		// their snapshot.
+		if st, err := agent.FreezeStatus(ctx); err == nil && st == "frozen" {
+			s.notes = append(s.notes, "guest file systems were already frozen by someone else (left frozen)")
+			s.consistency = FSConsistent
+			agent.Close()
+			agent = nil
+		}
+	}
 	if agent != nil {
 		s.st.Frozen = true
 	}
 	if err := s.st.save(); err != nil {
 		return err
 	}
-	s.consistency = CrashConsistent
 	if agent != nil {
 		n, err := agent.Freeze(ctx)
 		switch {

@@ -154,7 +154,16 @@ func serverCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					return cl.Do(c.Context, "DELETE", "/v1/servers/"+c.Args().First(), nil, nil, nil)
+					var out struct {
+						Warning string `json:"warning"`
+					}
+					if err := cl.Do(c.Context, "DELETE", "/v1/servers/"+c.Args().First(), nil, nil, &out); err != nil {
+						return err
+					}
+					if out.Warning != "" {
+						fmt.Fprintln(c.App.ErrWriter, "warning:", out.Warning)
+					}
+					return nil
 				},
 			},
 		},

@@ -163,4 +163,9 @@ func TestLiveVMThroughCLI(t *testing.T) {
 		raw, _ := json.Marshal(bms)
 		t.Fatalf("bitmaps in the VM: %s, want only %s", raw, b3.Disks[0].Bitmap)
 	}
+	// Removing the server removes the bitmap: nothing of csbs is left.
+	a.ok("server", "rm", "vm1")
+	if bms, err := vm.Bitmaps(ctx); err != nil || len(bms) != 0 {
+		t.Fatalf("bitmaps after server rm: %+v, %v", bms, err)
+	}
 }

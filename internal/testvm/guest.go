@@ -73,7 +73,7 @@ func guestModules() []string {
 	return []string{"crc32c_generic", "virtio_pci", "virtio_blk", "virtio_console", "ext4"}
 }
 
-const builderVersion = "3"
+const builderVersion = "4"
 
 // Build returns the cached guest, building it first if needed.
 func Build(t testing.TB) Guest {
@@ -229,6 +229,10 @@ if [ "$(arg csbs.agent)" != 0 ]; then
       echo "csbs-guest: agent on ${p##*/}"
     fi
   done
+fi
+if [ -b /dev/vdb ]; then
+  (n=$(( $(cat /sys/block/vdb/size) / 128 )); i=0
+   while true; do dd if=/dev/urandom of=/dev/vdb bs=64k count=1 seek=$(( (i * 7919) % n )) conv=fsync 2>/dev/null; i=$((i+1)); sleep 0.2; done) &
 fi
 echo "csbs-guest: ready"
 /guestwriter -rate "$(arg csbs.rate)" -overwrite-every "$(arg csbs.every)" -blob-mib "$(arg csbs.blob)" 2>&1

@@ -42,6 +42,13 @@ type Options struct {
 	// Writer: records per second (default 50), a 64 KiB blob overwrite
 	// every N records (default 10; -1 never), blob size (default 8 MiB).
 	Rate, OverwriteEvery, BlobMiB int
+	// SecondDiskMiB adds a second disk, raw and without a file system
+	// (device vdb, node vdb-fmt), that the guest keeps overwriting in
+	// 64 KiB chunks.
+	SecondDiskMiB int
+	// ShareRW lets other users of the disk's node write it beside the
+	// guest (QEMU's qemu-io monitor command, in benchmarks).
+	ShareRW bool
 	// Extra QEMU arguments.
 	Extra []string
 }
@@ -55,6 +62,8 @@ type VM struct {
 	Ctl  string
 	QGA  string // guest agent socket ("" without agent)
 	Disk string // data disk image
+	// Disk2 is the second disk's raw image (Options.SecondDiskMiB).
+	Disk2 string
 	// Node is the data disk's format node name (-blockdev) or "" with
 	// Drive; Device is the virtio-blk device id ("vda").
 	Node, Device string
@@ -138,9 +147,26 @@ func Start(t testing.TB, g Guest, opt Options) *VM {
 		} else {
 			args = append(args, "-blockdev", fmt.Sprintf("driver=file,filename=%s,node-name=vda-file", disk))
 		}
+		dev := "virtio-blk-pci,drive=vda-fmt,id=vda"
+		if opt.ShareRW {
+			dev += ",share-rw=on"
+		}
 		args = append(args,
 			"-blockdev", fmt.Sprintf("driver=%s,file=vda-file,node-name=vda-fmt", format),
-			"-device", "virtio-blk-pci,drive=vda-fmt,id=vda")
+			"-device", dev)
+	}
+	if opt.SecondDiskMiB > 0 {
+		vm.Disk2 = filepath.Join(dir, "vdb.raw")
+		f, err := os.Create(vm.Disk2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(int64(opt.SecondDiskMiB) << 20)
+		f.Close()
+		args = append(args,
+			"-blockdev", fmt.Sprintf("driver=file,filename=%s,node-name=vdb-file", vm.Disk2),
+			"-blockdev", "driver=raw,file=vdb-file,node-name=vdb-fmt",
+			"-device", "virtio-blk-pci,drive=vdb-fmt,id=vdb")
 	}
 	if !opt.NoAgent {
 		vm.QGA = filepath.Join(dir, "qga.sock")
@@ -325,9 +351,14 @@ func (vm *VM) Cont(ctx context.Context) error {
 
 // CopyDisk copies the data disk as raw to dst with qemu-img, sharing the
 // image with the running QEMU (-U): call it while the VM is paused.
-func (vm *VM) CopyDisk(t testing.TB, dst string) {
+func (vm *VM) CopyDisk(t testing.TB, dst string) { vm.copyImage(t, vm.Disk, dst) }
+
+// CopyDisk2 copies the second disk like CopyDisk.
+func (vm *VM) CopyDisk2(t testing.TB, dst string) { vm.copyImage(t, vm.Disk2, dst) }
+
+func (vm *VM) copyImage(t testing.TB, src, dst string) {
 	t.Helper()
-	out, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", vm.Disk, dst).CombinedOutput()
+	out, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", src, dst).CombinedOutput()
 	if err != nil {
 		t.Fatalf("copy disk of paused VM: %v\n%s", err, out)
 	}

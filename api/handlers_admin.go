@@ -2,10 +2,12 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
+	"csbs/access"
 	"csbs/catalog"
 )
 
@@ -13,21 +15,55 @@ import (
 type ProjectView struct {
 	catalog.Project
 	InstantRestore bool `json:"instant_restore"`
+	// HostAccess is what the project's tokens may name on the host
+	// (access.* of the config, global and the project's own); the admin
+	// token may name any path outside the appliance's data.
+	HostAccess access.Grant `json:"host_access"`
+}
+
+func (s *Server) projectView(pr catalog.Project) ProjectView {
+	g := access.Grant{}
+	if s.Engine != nil && s.Engine.Access != nil {
+		g = s.Engine.Access.For(pr.Name)
+	}
+	return ProjectView{Project: pr, InstantRestore: pr.IREnabled(), HostAccess: g}
 }
 
 func (s *Server) listProjects(_ context.Context, p principal, _ *http.Request) (any, error) {
 	if !p.admin {
-		return []ProjectView{{p.project, p.project.IREnabled()}}, nil
+		return []ProjectView{s.projectView(p.project)}, nil
 	}
 	var out []ProjectView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		ps, err := tx.Projects()
 		for _, pr := range ps {
-			out = append(out, ProjectView{pr, pr.IREnabled()})
+			out = append(out, s.projectView(pr))
 		}
 		return err
 	})
 	return nonNil(out), err
+}
+
+// showProject shows a project by name or id; a project token sees only
+// its own.
+func (s *Server) showProject(_ context.Context, p principal, r *http.Request) (any, error) {
+	ref := r.PathValue("ref")
+	if !p.admin {
+		if ref != p.project.Name && ref != p.project.ID {
+			return nil, fmt.Errorf("project %q %w", ref, catalog.ErrNotFound)
+		}
+		return s.projectView(p.project), nil
+	}
+	var out ProjectView
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		pr, err := tx.ProjectByName(ref)
+		if errors.Is(err, catalog.ErrNotFound) {
+			pr, err = tx.Project(ref)
+		}
+		out = s.projectView(pr)
+		return err
+	})
+	return out, err
 }
 
 // CreateProjectRequest is the body of POST /v1/projects.
@@ -56,7 +92,7 @@ func (s *Server) deleteProject(_ context.Context, p principal, r *http.Request) 
 	if !p.admin {
 		return nil, errAdminOnly
 	}
-	return nil, s.Catalog.Update(func(tx *catalog.Txn) error {
+	return nil, s.Catalog.Release(func(tx *catalog.Txn) error {
 		pr, err := tx.ProjectByName(r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -137,7 +173,7 @@ func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (a
 
 func (s *Server) revokeToken(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out TokenView
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		t, err := tx.Token(r.PathValue("id"))
 		if err != nil {
 			return err

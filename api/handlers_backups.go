@@ -63,14 +63,30 @@ func (s *Server) createBackup(_ context.Context, p principal, r *http.Request) (
 // BackupView is a backup as the API shows it.
 type BackupView struct {
 	catalog.Backup
-	Size  int64 `json:"size"`
-	InUse bool  `json:"in_use"`
+	// Damaged shadows the record's field (omitted when false there) so
+	// that scripts always find it.
+	Damaged bool `json:"damaged"`
+	// Damage says, for a damaged backup, what that means and what to do.
+	Damage string `json:"damage,omitempty"`
+	Size   int64  `json:"size"`
+	InUse  bool   `json:"in_use"`
 	// SupportLLD mirrors the CSBS API's marker of Enhanced backups.
 	SupportLLD bool `json:"support_lld"`
 }
 
 func (s *Server) backupView(b catalog.Backup) BackupView {
-	return BackupView{Backup: b, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced}
+	v := BackupView{Backup: b, Damaged: b.Damaged, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced}
+	if b.Damaged {
+		v.Damage = damageAdvice(b)
+	}
+	return v
+}
+
+// damageAdvice explains a backup that scrub marked damaged.
+func damageAdvice(b catalog.Backup) string {
+	return fmt.Sprintf("scrub found blocks of this backup damaged or missing; reading them (restore, attach, mount) fails with an I/O error, never wrong data. "+
+		"To repair, back up the same data again (csbs backup create %s --wait stores those blocks anew if the server's disks still hold them) and run csbs scrub to clear the mark; "+
+		"or delete the backup (csbs backup rm %s)", b.ServerName, b.ID)
 }
 
 func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (any, error) {
@@ -181,7 +197,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		return nil, fmt.Errorf("%w: name at least one target (--disk vda=/path/to/target)", catalog.ErrInvalid)
 	}
 	seen := map[string]bool{}
-	for _, t := range req.Targets {
+	for i, t := range req.Targets {
 		found := false
 		for _, d := range b.Disks {
 			found = found || d.Name == t.Disk
@@ -189,13 +205,15 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		if !found {
 			return nil, fmt.Errorf("%w: backup %s has no disk %q", catalog.ErrInvalid, b.Name, t.Disk)
 		}
-		if seen[t.Disk] || seen["target:"+t.Target] {
-			return nil, fmt.Errorf("%w: disk or target given twice (%s=%s)", catalog.ErrInvalid, t.Disk, t.Target)
-		}
-		seen[t.Disk], seen["target:"+t.Target] = true, true
-		if err := s.Engine.CheckTarget(t.Target); err != nil {
+		target, err := s.Engine.CheckTarget(p.caller(), t.Target)
+		if err != nil {
 			return nil, err
 		}
+		req.Targets[i].Target = target
+		if seen[t.Disk] || seen["target:"+target] {
+			return nil, fmt.Errorf("%w: disk or target given twice (%s=%s)", catalog.ErrInvalid, t.Disk, t.Target)
+		}
+		seen[t.Disk], seen["target:"+target] = true, true
 	}
 	if req.Rate < -1 {
 		return nil, fmt.Errorf("%w: rate %d: want bytes per second, 0 for the default or -1 for unlimited", catalog.ErrInvalid, req.Rate)
@@ -203,6 +221,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 	rs := catalog.Restore{
 		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID, Instant: req.Instant,
 		Force: req.Force, Rate: req.Rate, Targets: req.Targets, State: catalog.RestoreRunning, Created: s.now(),
+		ByAdmin: p.admin,
 	}
 	for _, d := range b.Disks {
 		if seen[d.Name] {
@@ -213,7 +232,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		return s.Serving.StartInstant(ctx, rs, b)
 	}
 	rs.JobID = catalog.NewID(catalog.KindJob)
-	if err := s.Catalog.Update(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
+	if err := s.Catalog.Release(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
 		return nil, err
 	}
 	if _, err := s.Runner.Submit(catalog.Job{ID: rs.JobID, Project: p.project.ID, Kind: catalog.JobRestore, BackupID: b.ID, RestoreID: rs.ID}); err != nil {

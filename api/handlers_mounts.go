@@ -26,7 +26,7 @@ func (s *Server) mount(_ context.Context, p principal, r *http.Request) (any, er
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	rec := catalog.MountRecord{Path: req.Path, Project: p.project.ID}
+	rec := catalog.MountRecord{Path: req.Path, Project: p.project.ID, ByAdmin: p.admin}
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		if req.Server != "" {
 			sv, err := tx.Server(p.project.ID, req.Server)
@@ -73,7 +73,7 @@ func (s *Server) browse(_ context.Context, p principal, r *http.Request) (any, e
 	if req.Disk == "" && len(b.Disks) > 0 {
 		req.Disk = b.Disks[0].Name
 	}
-	return s.Mounts.Browse(b, req.Disk, req.Path)
+	return s.Mounts.Browse(b, req.Disk, req.Path, p.admin)
 }
 
 func (s *Server) unbrowse(_ context.Context, p principal, r *http.Request) (any, error) {

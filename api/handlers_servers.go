@@ -32,7 +32,7 @@ type DiscoverRequest struct {
 }
 
 // discoverServer lists the disks of a running VM from QEMU.
-func (s *Server) discoverServer(ctx context.Context, _ principal, r *http.Request) (any, error) {
+func (s *Server) discoverServer(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req DiscoverRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -40,7 +40,7 @@ func (s *Server) discoverServer(ctx context.Context, _ principal, r *http.Reques
 	if req.QMP == "" {
 		return nil, fmt.Errorf("%w: name the VM's QMP socket (--qmp PATH)", catalog.ErrInvalid)
 	}
-	return s.Engine.DiscoverVM(ctx, req.QMP, req.QGA)
+	return s.Engine.DiscoverVM(ctx, p.caller(), req.QMP, req.QGA)
 }
 
 // ServerView is a server with its policy's name.
@@ -68,7 +68,7 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 		if len(req.Disks) > 0 {
 			return nil, fmt.Errorf("%w: give either --qmp (all disks of the VM) or --disk, not both", catalog.ErrInvalid)
 		}
-		found, err := s.Engine.DiscoverVM(ctx, req.QMP, req.QGA)
+		found, err := s.Engine.DiscoverVM(ctx, p.caller(), req.QMP, req.QGA)
 		if err != nil {
 			return nil, err
 		}
@@ -96,11 +96,12 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 			return nil, fmt.Errorf("%w: disk %s given twice", catalog.ErrInvalid, d.Name)
 		}
 		seen[d.Name] = true
-		size, err := s.Engine.CheckSource(ctx, d.Source)
+		src, size, err := s.Engine.CheckSource(ctx, p.caller(), d.Source)
 		if err != nil {
 			return nil, err
 		}
-		req.Disks[i].Size = size
+		req.Disks[i].Source, req.Disks[i].Size = src, size
+		req.Disks[i].ByAdmin = p.admin // the caller's token decides, never the request
 	}
 	vms := map[string]bool{}
 	for _, d := range req.Disks {
@@ -157,7 +158,7 @@ func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (an
 
 func (s *Server) removeServer(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var removed catalog.Server
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -181,7 +182,7 @@ func (s *Server) removeServer(ctx context.Context, p principal, r *http.Request)
 
 func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out catalog.Server
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -348,7 +349,7 @@ func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (
 }
 
 func (s *Server) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"csbs/api"
 	"csbs/catalog"
+	"csbs/config"
 	"csbs/internal/testdaemon"
 	"csbs/internal/testdisk"
 )
@@ -48,7 +50,13 @@ func p1State(t *testing.T, c *api.Client) string {
 // act on project p1's objects; the others change nothing and learn
 // nothing (another project's id answers exactly like an unknown id).
 func TestProjectIsolation(t *testing.T) {
-	d := testdaemon.Start(t, nil, nil)
+	d := testdaemon.Start(t, nil, func(c *config.Config) {
+		// Both projects may use the test's directory (the data dir in it
+		// stays off limits).
+		dir := filepath.Dir(c.DataDir)
+		g := config.Grant{SourceDirs: []string{dir}, TargetDirs: []string{dir}, MountDirs: []string{dir}}
+		c.Access.Projects = map[string]config.Grant{"p1": g, "p2": g}
+	})
 	ctx := context.Background()
 	admin := d.Admin
 	do[catalog.Project](t, admin, "POST", "/v1/projects", api.CreateProjectRequest{Name: "p1"})

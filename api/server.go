@@ -18,8 +18,10 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
+	"csbs/access"
 	"csbs/catalog"
 	"csbs/engine"
 	"csbs/scheduler"
@@ -75,6 +77,8 @@ func errorStatus(err error) *Error {
 		return ae
 	}
 	switch {
+	case errors.Is(err, access.ErrDenied):
+		return &Error{http.StatusForbidden, "forbidden", strings.TrimPrefix(err.Error(), access.ErrDenied.Error()+": ")}
 	case errors.Is(err, catalog.ErrNotFound):
 		return &Error{http.StatusNotFound, "not_found", err.Error()}
 	case errors.Is(err, catalog.ErrInvalid), errors.Is(err, catalog.ErrIRNeedsFull):
@@ -83,6 +87,8 @@ func errorStatus(err error) *Error {
 		return &Error{http.StatusConflict, "conflict", strings.TrimPrefix(err.Error(), "conflict: ")}
 	case errors.Is(err, errBadBody):
 		return &Error{http.StatusBadRequest, "bad_request", err.Error()}
+	case errors.Is(err, syscall.ENOSPC):
+		return &Error{http.StatusInsufficientStorage, "insufficient_storage", err.Error()}
 	}
 	return &Error{http.StatusInternalServerError, "internal", err.Error()}
 }
@@ -94,6 +100,11 @@ type principal struct {
 	admin   bool
 	token   catalog.Token
 	project catalog.Project
+}
+
+// caller is the principal as the host access rules see it.
+func (p principal) caller() access.Caller {
+	return access.Caller{Admin: p.admin, Project: p.project.Name}
 }
 
 type handlerFunc func(ctx context.Context, p principal, r *http.Request) (any, error)
@@ -113,6 +124,7 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("GET /v1/status", s.status)
 	route("GET /v1/projects", s.listProjects)
 	route("POST /v1/projects", s.createProject)
+	route("GET /v1/projects/{ref}", s.showProject)
 	route("DELETE /v1/projects/{ref}", s.deleteProject)
 	route("GET /v1/tokens", s.listTokens)
 	route("POST /v1/tokens", s.createToken)

@@ -33,9 +33,13 @@ type Serving interface {
 
 // Mounter is what the API needs from the daemon's FUSE side.
 type Mounter interface {
+	// Mount mounts at rec.Path; rec.ByAdmin says whose host access the
+	// path is checked under.
 	Mount(rec catalog.MountRecord) (catalog.MountRecord, error)
 	Unmount(project, path string) error
 	List(project string) []catalog.MountRecord
-	Browse(b catalog.Backup, disk, path string) (catalog.MountRecord, error)
+	// Browse loop-mounts a disk of b at path; byAdmin says whose host
+	// access the path is checked under (the project's otherwise).
+	Browse(b catalog.Backup, disk, path string, byAdmin bool) (catalog.MountRecord, error)
 	Unbrowse(project, path string) error
 }

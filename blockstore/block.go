@@ -80,6 +80,15 @@ func (s *Store) ReadBlock(ctx context.Context, h Hash) ([]byte, error) {
 	return s.cache.fill(ctx, h, func() ([]byte, error) { return s.loadBlock(ctx, h) })
 }
 
+// cachedBlock returns block h if the cache holds it (the zero block
+// always).
+func (s *Store) cachedBlock(h Hash) ([]byte, bool) {
+	if h.IsZero() {
+		return s.zero, true
+	}
+	return s.cache.get(h)
+}
+
 // loadBlock reads, decodes and verifies a block, bypassing the cache.
 // GC may move a block to another pack between the lookup and the read;
 // the old pack is deleted only after the index points at the new one, so
@@ -114,13 +123,20 @@ func (s *Store) readAt(ctx context.Context, h Hash, loc location) ([]byte, error
 	if loc.len == 0 || int64(loc.len) > int64(s.blockSize)+64<<10 {
 		return nil, &CorruptBlockError{Hash: h, Block: -1, Reason: fmt.Sprintf("index entry has length %d", loc.len)}
 	}
-	v := make([]byte, loc.len)
+	buf := s.valueBufs.Get().(*[]byte)
+	defer s.valueBufs.Put(buf)
+	if cap(*buf) < int(loc.len) {
+		*buf = make([]byte, loc.len)
+	}
+	v := (*buf)[:loc.len]
 	if _, err := s.packs.ReadAt(ctx, loc.pack, v, int64(loc.off)); err != nil {
 		if errors.Is(err, ErrPackNotFound) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("read block %s (%s): %w", h, loc, err)
 	}
+	// The block gets its own buffer (the cache keeps it); the value's
+	// buffer goes back to the pool.
 	return s.decodeVerify(h, v, make([]byte, 0, s.blockSize))
 }
 

@@ -4,20 +4,32 @@ import (
 	"container/list"
 	"context"
 	"sync"
+	"sync/atomic"
 )
 
-// blockCache is a byte-bounded LRU of verified, decompressed blocks keyed
-// by hash, shared by all volumes (dedupe makes blocks common across
-// backups). fill collapses concurrent misses of one block into one load.
+// blockCache is a byte-bounded cache of verified, decompressed blocks
+// keyed by hash, shared by all volumes (dedupe makes blocks common across
+// backups). It is split into shards by hash so that readers on many cores
+// do not queue on one lock; each shard is an LRU with its share of the
+// bytes. fill collapses concurrent misses of one block into one load.
 type blockCache struct {
+	shards []cacheShard
+	limit  int64
+	hits   atomic.Uint64
+	misses atomic.Uint64
+}
+
+// maxCacheShards bounds the shards; a shard holds at least 1 MiB, so a
+// small cache has few shards and stays a useful LRU.
+const maxCacheShards = 64
+
+type cacheShard struct {
 	mu       sync.Mutex
 	limit    int64
 	size     int64
 	lru      *list.List // of *cacheEntry, front = newest
 	entries  map[Hash]*list.Element
 	inflight map[Hash]*pendingLoad
-	hits     uint64
-	misses   uint64
 }
 
 type cacheEntry struct {
@@ -32,33 +44,50 @@ type pendingLoad struct {
 }
 
 func newBlockCache(limit int64) *blockCache {
-	return &blockCache{limit: limit, lru: list.New(), entries: map[Hash]*list.Element{}, inflight: map[Hash]*pendingLoad{}}
+	n := 1
+	for n < maxCacheShards && limit/int64(2*n) >= 1<<20 {
+		n *= 2
+	}
+	c := &blockCache{limit: limit, shards: make([]cacheShard, n)}
+	for i := range c.shards {
+		c.shards[i] = cacheShard{limit: limit / int64(n), lru: list.New(), entries: map[Hash]*list.Element{}, inflight: map[Hash]*pendingLoad{}}
+	}
+	return c
 }
 
+// shard picks h's shard from hash bytes that the map key does not start
+// with, so shards and map buckets spread independently.
+func (c *blockCache) shard(h Hash) *cacheShard { return &c.shards[int(h[31])%len(c.shards)] }
+
 func (c *blockCache) get(h Hash) ([]byte, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.entries[h]; ok {
-		c.lru.MoveToFront(e)
-		c.hits++
-		return e.Value.(*cacheEntry).b, true
+	sh := c.shard(h)
+	sh.mu.Lock()
+	e, ok := sh.entries[h]
+	if ok {
+		sh.lru.MoveToFront(e)
 	}
-	return nil, false
+	sh.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	c.hits.Add(1)
+	return e.Value.(*cacheEntry).b, true
 }
 
 // fill loads h once however many goroutines ask for it at the same time.
 // Errors are not cached: a transient failure may succeed on retry, and a
 // corrupt block fails again anyway.
 func (c *blockCache) fill(ctx context.Context, h Hash, load func() ([]byte, error)) ([]byte, error) {
-	c.mu.Lock()
-	if e, ok := c.entries[h]; ok {
-		c.lru.MoveToFront(e)
-		c.hits++
-		c.mu.Unlock()
+	sh := c.shard(h)
+	sh.mu.Lock()
+	if e, ok := sh.entries[h]; ok {
+		sh.lru.MoveToFront(e)
+		sh.mu.Unlock()
+		c.hits.Add(1)
 		return e.Value.(*cacheEntry).b, nil
 	}
-	if p, ok := c.inflight[h]; ok {
-		c.mu.Unlock()
+	if p, ok := sh.inflight[h]; ok {
+		sh.mu.Unlock()
 		select {
 		case <-p.done:
 			return p.b, p.err
@@ -67,48 +96,49 @@ func (c *blockCache) fill(ctx context.Context, h Hash, load func() ([]byte, erro
 		}
 	}
 	p := &pendingLoad{done: make(chan struct{})}
-	c.inflight[h] = p
-	c.misses++
-	c.mu.Unlock()
+	sh.inflight[h] = p
+	sh.mu.Unlock()
+	c.misses.Add(1)
 
 	p.b, p.err = load()
 
-	c.mu.Lock()
-	delete(c.inflight, h)
+	sh.mu.Lock()
+	delete(sh.inflight, h)
 	if p.err == nil {
-		c.insertLocked(h, p.b)
+		sh.insertLocked(h, p.b)
 	}
-	c.mu.Unlock()
+	sh.mu.Unlock()
 	close(p.done)
 	return p.b, p.err
 }
 
-func (c *blockCache) insertLocked(h Hash, b []byte) {
-	if int64(len(b)) > c.limit {
+func (sh *cacheShard) insertLocked(h Hash, b []byte) {
+	if int64(len(b)) > sh.limit {
 		return
 	}
-	if _, ok := c.entries[h]; ok {
+	if _, ok := sh.entries[h]; ok {
 		return
 	}
-	c.entries[h] = c.lru.PushFront(&cacheEntry{h: h, b: b})
-	c.size += int64(len(b))
-	for c.size > c.limit {
-		old := c.lru.Back()
+	sh.entries[h] = sh.lru.PushFront(&cacheEntry{h: h, b: b})
+	sh.size += int64(len(b))
+	for sh.size > sh.limit {
+		old := sh.lru.Back()
 		ent := old.Value.(*cacheEntry)
-		c.lru.Remove(old)
-		delete(c.entries, ent.h)
-		c.size -= int64(len(ent.b))
+		sh.lru.Remove(old)
+		delete(sh.entries, ent.h)
+		sh.size -= int64(len(ent.b))
 	}
 }
 
 // drop removes h, used after a block is found damaged or swept.
 func (c *blockCache) drop(h Hash) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.entries[h]; ok {
-		c.lru.Remove(e)
-		delete(c.entries, h)
-		c.size -= int64(len(e.Value.(*cacheEntry).b))
+	sh := c.shard(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e, ok := sh.entries[h]; ok {
+		sh.lru.Remove(e)
+		delete(sh.entries, h)
+		sh.size -= int64(len(e.Value.(*cacheEntry).b))
 	}
 }
 
@@ -119,9 +149,14 @@ type CacheStats struct {
 }
 
 func (c *blockCache) stats() CacheStats {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return CacheStats{Hits: c.hits, Misses: c.misses, Bytes: c.size, Limit: c.limit}
+	st := CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Limit: c.limit}
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		st.Bytes += sh.size
+		sh.mu.Unlock()
+	}
+	return st
 }
 
 // CacheStats returns the block cache's hit and miss counts and size.

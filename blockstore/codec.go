@@ -50,12 +50,14 @@ type codecSet struct {
 	zdec *zstd.Decoder
 }
 
-func newCodecSet() (*codecSet, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(4), zstd.WithLowerEncoderMem(true))
+// newCodecSet sizes the zstd encoder and decoder pools for workers
+// concurrent calls (the store's Workers, GOMAXPROCS by default).
+func newCodecSet(workers int) (*codecSet, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(workers), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(4), zstd.WithDecoderMaxMemory(64<<20))
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(workers), zstd.WithDecoderMaxMemory(64<<20))
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}

@@ -119,12 +119,14 @@ type Store struct {
 	gate      *gcGate
 	packs     PackStore
 	mapFiles  *fileCache
+	valueBufs sync.Pool // *[]byte: stored values read for decoding
 
 	// mu orders commits against GC's and scrub's snapshots: a map leaves
 	// pending only in the same critical section that makes its header
 	// visible, and a pack leaves writing only once its blocks are indexed.
 	mu        sync.Mutex
 	pending   map[MapID]*mapWriter // maps being written (or written, not yet committed)
+	importing map[MapID]*mapWriter // staged imports open for writing
 	writing   map[uint64]struct{}  // packs allocated whose blocks are not yet indexed
 	nextPack  uint64
 	packLimit uint64 // numbers below it are reserved in meta/packseq
@@ -185,7 +187,7 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	codecs, err := newCodecSet()
+	codecs, err := newCodecSet(opts.Workers)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -202,7 +204,9 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 		gate:      newGCGate(),
 		packs:     packs,
 		mapFiles:  newFileCache(64),
+		valueBufs: sync.Pool{New: func() any { b := make([]byte, 0, bs+bs/8); return &b }},
 		pending:   map[MapID]*mapWriter{},
+		importing: map[MapID]*mapWriter{},
 		writing:   map[uint64]struct{}{},
 	}
 	if err := s.loadPackSeq(); err != nil {

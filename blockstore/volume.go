@@ -17,11 +17,12 @@ type Volume struct {
 	info MapInfo
 	bs   int64
 
-	// Sequential read-ahead state.
+	// Sequential read-ahead, per stream: several readers (NBD
+	// connections, a guest's parallel I/O) read one volume at once, and
+	// one reader's random reads must not reset another's stream.
 	mu        sync.Mutex
-	lastEnd   int64 // offset right after the previous read
-	window    int64 // current read-ahead, in blocks
-	aheadTo   int64 // blocks below this index were already scheduled
+	streams   [maxStreams]stream
+	tick      uint64
 	prefetch  chan struct{}
 	closeOnce sync.Once
 	closedCh  chan struct{}
@@ -29,6 +30,17 @@ type Volume struct {
 
 // MaxReadAhead is the largest sequential read-ahead window, in bytes.
 const MaxReadAhead = 4 << 20
+
+// maxStreams is how many sequential streams a volume tracks at once.
+const maxStreams = 8
+
+// stream is one sequential reader's read-ahead state.
+type stream struct {
+	next    int64  // offset right after its last read
+	window  int64  // current read-ahead, in blocks
+	aheadTo int64  // blocks below this index were already scheduled
+	used    uint64 // tick of its last read, for replacement
+}
 
 var _ io.ReaderAt = (*Volume)(nil)
 
@@ -98,7 +110,8 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	return v.ReadAtContext(context.Background(), p, off)
 }
 
-// ReadAtContext is ReadAt with a context for cancellation.
+// ReadAtContext is ReadAt with a context for cancellation. The blocks of
+// a request that are not cached are loaded in parallel.
 func (v *Volume) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read map %s at negative offset %d", v.info.ID, off)
@@ -106,46 +119,140 @@ func (v *Volume) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	if off >= v.info.Size {
 		return 0, io.EOF
 	}
+	release, err := v.s.enter()
+	if err != nil {
+		return 0, err
+	}
+	release()
 	want := min(int64(len(p)), v.info.Size-off)
 	v.readAhead(off, want)
-	var n int64
-	for n < want {
-		pos := off + n
-		i := pos / v.bs
-		b, err := v.Block(ctx, i)
+	first, last := off/v.bs, (off+want-1)/v.bs
+	// copyBlock copies the part of block i that the request covers.
+	copyBlock := func(i int64, b []byte) {
+		from := max(off, i*v.bs)
+		to := min(off+want, (i+1)*v.bs)
+		copy(p[from-off:to-off], b[from-i*v.bs:to-i*v.bs])
+	}
+	var missing []int64
+	for i := first; i <= last; i++ {
+		h, err := v.BlockHash(i)
 		if err != nil {
-			return int(n), err
+			return int(max(0, i*v.bs-off)), err
 		}
-		n += int64(copy(p[n:want], b[pos-i*v.bs:]))
+		if b, ok := v.s.cachedBlock(h); ok {
+			copyBlock(i, b)
+			continue
+		}
+		missing = append(missing, i)
+	}
+	if err := v.loadParallel(ctx, missing, copyBlock); err != nil {
+		var bad *blockReadError
+		if errors.As(err, &bad) {
+			return int(max(0, bad.i*v.bs-off)), bad.err
+		}
+		return 0, err
 	}
 	if want < int64(len(p)) {
-		return int(n), io.EOF
+		return int(want), io.EOF
 	}
-	return int(n), nil
+	return int(want), nil
+}
+
+// blockReadError is the failure of one block of a request.
+type blockReadError struct {
+	i   int64
+	err error
+}
+
+func (e *blockReadError) Error() string { return e.err.Error() }
+
+// loadParallel loads blocks (ascending) with up to Workers goroutines
+// and hands each to use. On failure it returns the error of the lowest
+// failed block: the caller reports the bytes before it as read.
+func (v *Volume) loadParallel(ctx context.Context, blocks []int64, use func(i int64, b []byte)) error {
+	if len(blocks) == 1 {
+		b, err := v.Block(ctx, blocks[0])
+		if err != nil {
+			return &blockReadError{blocks[0], err}
+		}
+		use(blocks[0], b)
+		return nil
+	}
+	var (
+		mu    sync.Mutex
+		first *blockReadError
+		next  int
+		wg    sync.WaitGroup
+	)
+	for range min(len(blocks), v.s.opts.Workers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				if next == len(blocks) {
+					mu.Unlock()
+					return
+				}
+				i := blocks[next]
+				next++
+				mu.Unlock()
+				b, err := v.Block(ctx, i)
+				if err != nil {
+					mu.Lock()
+					if first == nil || i < first.i {
+						first = &blockReadError{i, err}
+					}
+					mu.Unlock()
+					continue
+				}
+				use(i, b)
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return nil
 }
 
 // readAhead schedules background loads of the blocks after a sequential
-// read, doubling the window up to MaxReadAhead while reads stay
-// sequential. Random reads reset it.
+// read, doubling its stream's window up to MaxReadAhead while the stream
+// stays sequential. A read that continues no stream starts a new one in
+// place of the least recently used.
 func (v *Volume) readAhead(off, n int64) {
 	v.mu.Lock()
-	sequential := off == v.lastEnd && off != 0
-	v.lastEnd = off + n
-	if !sequential {
-		v.window = 0
+	v.tick++
+	var st *stream
+	for i := range v.streams {
+		if s := &v.streams[i]; s.used != 0 && s.next == off && off != 0 {
+			st = s
+			break
+		}
+	}
+	if st == nil {
+		st = &v.streams[0]
+		for i := range v.streams {
+			if v.streams[i].used < st.used {
+				st = &v.streams[i]
+			}
+		}
+		*st = stream{next: off + n, used: v.tick}
 		v.mu.Unlock()
 		return
 	}
+	st.next, st.used = off+n, v.tick
 	maxBlocks := max(1, MaxReadAhead/v.bs)
-	if v.window == 0 {
-		v.window = max(1, (n+v.bs-1)/v.bs)
+	if st.window == 0 {
+		st.window = max(1, (n+v.bs-1)/v.bs)
 	} else {
-		v.window = min(v.window*2, maxBlocks)
+		st.window = min(st.window*2, maxBlocks)
 	}
-	from := max((off+n+v.bs-1)/v.bs, v.aheadTo)
-	to := min((off+n)/v.bs+v.window+1, v.info.Blocks())
+	from := max((off+n+v.bs-1)/v.bs, st.aheadTo)
+	to := min((off+n)/v.bs+st.window+1, v.info.Blocks())
 	if from < to {
-		v.aheadTo = to
+		st.aheadTo = to
 	}
 	v.mu.Unlock()
 	for i := from; i < to; i++ {

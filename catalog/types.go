@@ -37,6 +37,11 @@ type Disk struct {
 	// deleted, a dirty bitmap covering changes since it says nothing about
 	// an older backup.
 	LastBackup string `json:"last_backup,omitempty"`
+	// ByAdmin: the admin token added the disk, so its source is the
+	// admin's grant; otherwise every backup checks it against the
+	// project's host access (access.source_dirs). Set by the API from
+	// the caller's token, never from a request.
+	ByAdmin bool `json:"by_admin,omitempty"`
 }
 
 // Server is a cloud server (ECS) whose disks are backed up.
@@ -269,6 +274,10 @@ type Restore struct {
 	Done     int64           `json:"bytes_done"`
 	Total    int64           `json:"bytes_total"`
 	Error    string          `json:"error,omitempty"`
+	// ByAdmin: the admin token started the restore, so its targets are
+	// checked under the admin's host access when they are opened (also
+	// after a restart); otherwise under the project's.
+	ByAdmin bool `json:"by_admin,omitempty"`
 	// Live figures of an instant restore (not stored).
 	RateBps    float64 `json:"rate_bytes_per_second,omitempty"`
 	ETASeconds float64 `json:"eta_seconds,omitempty"`

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,7 @@ type Config struct {
 	Metrics           Metrics   `toml:"metrics"`
 	Log               Log       `toml:"log"`
 	Sources           Sources   `toml:"sources"`
+	Access            Access    `toml:"access"`
 }
 
 // Store configures the block store.
@@ -135,6 +137,54 @@ type Sources struct {
 	AllowedDirs []string `toml:"allowed_dirs"` // empty: any path
 }
 
+// Access is what project tokens may reach on the host. The admin token
+// may name any host path outside the appliance's own data (data dir and
+// sockets, which nobody may name); a project token only paths below the
+// directories granted here, globally (the Grant fields) or to its project
+// by name (Projects), and nbd:// servers listed in nbd_hosts.
+type Access struct {
+	Grant
+	Projects map[string]Grant `toml:"projects"` // by project name: added to the global grant
+}
+
+// Grant lists host directories (a directory grants everything below it;
+// an entry may also name one file or device) and NBD hosts.
+type Grant struct {
+	SourceDirs []string `toml:"source_dirs"` // disk sources: image files, block devices, nbd+unix sockets
+	TargetDirs []string `toml:"target_dirs"` // restore targets
+	MountDirs  []string `toml:"mount_dirs"`  // mount and browse paths
+	NBDHosts   []string `toml:"nbd_hosts"`   // nbd:// servers: "host", "host:port" or "*"
+}
+
+func (g Grant) validate(key string) error {
+	for _, l := range []struct {
+		name string
+		dirs []string
+	}{{"source_dirs", g.SourceDirs}, {"target_dirs", g.TargetDirs}, {"mount_dirs", g.MountDirs}} {
+		for _, d := range l.dirs {
+			if !filepath.IsAbs(d) {
+				return fmt.Errorf("%s.%s: %q is not an absolute path", key, l.name, d)
+			}
+		}
+	}
+	for _, h := range g.NBDHosts {
+		if h == "*" {
+			continue
+		}
+		host := h
+		if hh, port, err := net.SplitHostPort(h); err == nil {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				return fmt.Errorf("%s.nbd_hosts: %q: bad port", key, h)
+			}
+			host = hh
+		}
+		if host == "" || strings.ContainsAny(host, "/?#@ ") {
+			return fmt.Errorf("%s.nbd_hosts: %q: want \"host\", \"host:port\" or \"*\"", key, h)
+		}
+	}
+	return nil
+}
+
 // Default returns the embedded default configuration.
 func Default() Config {
 	return Config{
@@ -146,14 +196,20 @@ func Default() Config {
 		Restore:           Restore{DefaultRate: 200 << 20},
 		Log:               Log{Level: "info", Format: "text"},
 		Sources:           Sources{AllowedDirs: []string{}},
+		Access:            Access{Grant: Grant{SourceDirs: []string{}, TargetDirs: []string{}, MountDirs: []string{}, NBDHosts: []string{}}},
 	}
 }
 
-// Load reads path over the defaults. path "" means the defaults alone.
+// Load reads the file at path over the defaults (path "" means the
+// embedded default alone) and returns it with every path absolute:
+// relative paths in a file are taken from the file's directory, those of
+// the embedded default from the working directory. Every path check of
+// the appliance compares absolute paths, so this is the one place where
+// paths become absolute.
 func Load(path string) (Config, error) {
 	c := Default()
 	if path == "" {
-		return c, c.finish()
+		return c, c.resolveFromWorkingDir()
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -162,11 +218,31 @@ func Load(path string) (Config, error) {
 	if err := Parse(data, &c); err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
-	if !filepath.IsAbs(c.DataDir) {
-		// A relative data_dir is relative to the config file.
-		c.DataDir = filepath.Join(filepath.Dir(path), c.DataDir)
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
-	return c, c.finish()
+	return c, c.Resolve(filepath.Dir(abs))
+}
+
+// LoadDataDir is the embedded default with data_dir set to dir (the
+// CLI's --data-dir), every path absolute; a relative dir is taken from
+// the working directory.
+func LoadDataDir(dir string) (Config, error) {
+	c := Default()
+	c.DataDir = dir
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, c.resolveFromWorkingDir()
+}
+
+func (c *Config) resolveFromWorkingDir() error {
+	wd, err := os.Getwd()
+	if err != nil {
+		return fmt.Errorf("config: working directory: %w", err)
+	}
+	return c.Resolve(wd)
 }
 
 // Parse decodes TOML into c strictly, then validates.
@@ -303,16 +379,67 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("sources.allowed_dirs: %q is not an absolute path", d)
 		}
 	}
+	if err := c.Access.Grant.validate("access"); err != nil {
+		return err
+	}
+	for name, g := range c.Access.Projects {
+		if err := catalog.ValidateName("project", name); err != nil {
+			return fmt.Errorf("access.projects.%s: %s", name, strings.TrimPrefix(err.Error(), catalog.ErrInvalid.Error()+": "))
+		}
+		if err := g.validate("access.projects." + name); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// finish fills paths derived from data_dir.
-func (c *Config) finish() error {
+// Resolve makes every path of c absolute, taking relative ones from the
+// directory base, and fills the paths derived from data_dir. Load calls
+// it; call it yourself only for a Config built in code.
+func (c *Config) Resolve(base string) error {
+	if !filepath.IsAbs(base) {
+		return fmt.Errorf("config: base directory %q is not absolute", base)
+	}
+	abs := func(p string) string {
+		switch {
+		case p == "":
+			return ""
+		case filepath.IsAbs(p):
+			return filepath.Clean(p)
+		}
+		return filepath.Join(base, p)
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("data_dir is empty")
+	}
+	c.DataDir = abs(c.DataDir)
 	if c.API.Socket == "" {
 		c.API.Socket = filepath.Join(c.DataDir, "csbs.sock")
 	}
 	if c.NBD.Socket == "" {
 		c.NBD.Socket = filepath.Join(c.DataDir, "nbd.sock")
+	}
+	c.API.Socket, c.NBD.Socket = abs(c.API.Socket), abs(c.NBD.Socket)
+	c.API.TLSCert, c.API.TLSKey = abs(c.API.TLSCert), abs(c.API.TLSKey)
+	c.FUSE.Mountpoint = abs(c.FUSE.Mountpoint)
+	return c.CheckAbsolute()
+}
+
+// CheckAbsolute reports the first path of c that is not absolute. The
+// daemon refuses such a config: a relative path compared with an
+// absolute one matches nothing, so a check would let it through.
+func (c *Config) CheckAbsolute() error {
+	for _, p := range []struct{ key, path string }{
+		{"data_dir", c.DataDir}, {"api.socket", c.API.Socket}, {"nbd.socket", c.NBD.Socket},
+		{"api.tls_cert", c.API.TLSCert}, {"api.tls_key", c.API.TLSKey}, {"fuse.mountpoint", c.FUSE.Mountpoint},
+	} {
+		optional := p.key != "data_dir" && p.key != "api.socket" && p.key != "nbd.socket"
+		if p.path == "" && optional {
+			continue
+		}
+		if !filepath.IsAbs(p.path) {
+			return fmt.Errorf("config: %s %q is not an absolute path (load configurations with config.Load)", p.key, p.path)
+		}
 	}
 	return nil
 }

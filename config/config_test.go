@@ -35,6 +35,17 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 		for i := range typ.NumField() {
 			f := typ.Field(i)
 			key := f.Tag.Get("toml")
+			if f.Anonymous {
+				walk(prefix, f.Type) // promoted keys, as TOML decodes them
+				continue
+			}
+			if f.Type.Kind() == reflect.Map {
+				// A table per map key, shown as a commented example.
+				if !strings.Contains(text, "# ["+prefix+key+".") {
+					t.Errorf("table [%s%s.NAME] has no example in config.example.toml", prefix, key)
+				}
+				continue
+			}
 			if f.Type.Kind() == reflect.Struct {
 				if !strings.Contains(text, "\n["+key+"]\n") {
 					t.Errorf("table [%s] not in config.example.toml", key)
@@ -124,14 +135,97 @@ func TestValuesWithUnits(t *testing.T) {
 }
 
 func TestLoadDefaultsAndPaths(t *testing.T) {
-	c, err := Load("")
+	if _, err := Load("/no/such/file.toml"); err == nil || !strings.Contains(err.Error(), "/no/such/file.toml") {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// TestLoadMakesPathsAbsolute: whatever way a config arrives (the embedded
+// default in a working directory as make run uses it, --data-dir with a
+// relative dir, a relative --config path with a relative data_dir or
+// relative sockets), every path the daemon and its checks see is
+// absolute and where the documentation says.
+func TestLoadMakesPathsAbsolute(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.MkdirAll("etc", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, text string) {
+		if err := os.WriteFile(name, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("etc/plain.toml", "data_dir = \"data\"\n")
+	write("etc/socks.toml", "data_dir = \"../d2\"\n[api]\nsocket = \"run/api.sock\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntcp_listen = \"127.0.0.1:1\"\n[nbd]\nsocket = \"/run/n.sock\"\n[fuse]\nmountpoint = \"mnt\"\n")
+	write("etc/cert.toml", "[api]\ntls_cert = \"c.pem\"\n")
+	cases := []struct {
+		name                         string
+		load                         func() (Config, error)
+		data, api, nbd, cert, fuseMP string
+	}{
+		{"embedded default", func() (Config, error) { return Load("") }, dir + "/var", dir + "/var/csbs.sock", dir + "/var/nbd.sock", "", ""},
+		{"--data-dir relative", func() (Config, error) { return LoadDataDir("var2") }, dir + "/var2", dir + "/var2/csbs.sock", dir + "/var2/nbd.sock", "", ""},
+		{"--data-dir ./x/../y", func() (Config, error) { return LoadDataDir("./x/../y") }, dir + "/y", dir + "/y/csbs.sock", dir + "/y/nbd.sock", "", ""},
+		{"relative config", func() (Config, error) { return Load("etc/plain.toml") }, dir + "/etc/data", dir + "/etc/data/csbs.sock", dir + "/etc/data/nbd.sock", "", ""},
+		{"a cert alone", func() (Config, error) { return Load("etc/cert.toml") }, dir + "/etc/var", dir + "/etc/var/csbs.sock", dir + "/etc/var/nbd.sock", dir + "/etc/c.pem", ""},
+		{"relative sockets and files", func() (Config, error) { return Load("etc/socks.toml") }, dir + "/d2", dir + "/etc/run/api.sock", "/run/n.sock", dir + "/etc/c.pem", dir + "/etc/mnt"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tc.load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := []string{c.DataDir, c.API.Socket, c.NBD.Socket, c.API.TLSCert, c.FUSE.Mountpoint, c.StoreDir()}
+			want := []string{tc.data, tc.api, tc.nbd, tc.cert, tc.fuseMP, tc.data + "/store"}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("paths %q, want %q", got, want)
+			}
+			if err := c.CheckAbsolute(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	// A Config built in code with a relative path is refused, not used.
+	c := Default()
+	if err := c.CheckAbsolute(); err == nil || !strings.Contains(err.Error(), `data_dir "./var" is not an absolute path`) {
+		t.Fatalf("relative default not refused: %v", err)
+	}
+}
+
+func TestAccessConfig(t *testing.T) {
+	c := Default()
+	err := Parse([]byte(`[access]
+source_dirs = ["/srv/shared"]
+nbd_hosts = ["10.0.0.5", "nbd.example:10809", "[::1]:10809", "*"]
+[access.projects.team-a]
+source_dirs = ["/srv/team-a"]
+mount_dirs = ["/mnt/team-a"]
+`), &c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.API.Socket != "var/csbs.sock" || c.StoreDir() != "var/store" {
-		t.Fatalf("default paths: %s %s", c.API.Socket, c.StoreDir())
+	want := Access{
+		Grant:    Grant{SourceDirs: []string{"/srv/shared"}, TargetDirs: []string{}, MountDirs: []string{}, NBDHosts: []string{"10.0.0.5", "nbd.example:10809", "[::1]:10809", "*"}},
+		Projects: map[string]Grant{"team-a": {SourceDirs: []string{"/srv/team-a"}, MountDirs: []string{"/mnt/team-a"}}},
 	}
-	if _, err := Load("/no/such/file.toml"); err == nil || !strings.Contains(err.Error(), "/no/such/file.toml") {
-		t.Fatalf("missing file: %v", err)
+	if !reflect.DeepEqual(c.Access, want) {
+		t.Fatalf("access %+v, want %+v", c.Access, want)
+	}
+	for _, tc := range []struct{ name, toml, want string }{
+		{"relative global", "[access]\ntarget_dirs = [\"restores\"]\n", `access.target_dirs: "restores" is not an absolute path`},
+		{"relative project", "[access.projects.p1]\nmount_dirs = [\"mnt\"]\n", `access.projects.p1.mount_dirs: "mnt" is not an absolute path`},
+		{"bad project name", "[access.projects.\"a/b\"]\nmount_dirs = []\n", `access.projects.a/b: project name "a/b"`},
+		{"unknown project key", "[access.projects.p1]\nsource_dir = []\n", `unknown key "access.projects.p1.source_dir"`},
+		{"bad nbd host", "[access]\nnbd_hosts = [\"nbd://x\"]\n", `access.nbd_hosts: "nbd://x"`},
+		{"bad nbd port", "[access]\nnbd_hosts = [\"x:99999\"]\n", `access.nbd_hosts: "x:99999": bad port`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			if err := Parse([]byte(tc.toml), &c); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }

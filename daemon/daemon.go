@@ -18,13 +18,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"csbs/access"
 	"csbs/api"
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/config"
 	"csbs/engine"
+	"csbs/internal/durable"
 	"csbs/metrics"
 	"csbs/restore"
 	"csbs/scheduler"
@@ -71,8 +74,16 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	// Every path check compares absolute paths; a relative one would
+	// match nothing and let a path through.
+	if err := cfg.CheckAbsolute(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
+	}
+	if err := checkOpenSpace(cfg); err != nil {
+		return nil, err
 	}
 	codec, err := blockstore.ParseCodec(cfg.Store.Compression)
 	if err != nil {
@@ -88,16 +99,16 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		}
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, cat: catalog.New(store.DB())}
+	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store}
+	d.cat = catalog.New(store.DB(), catalog.Options{Space: d.catalogSpace})
 	if err := d.bootstrap(); err != nil {
 		store.Close()
 		return nil, err
 	}
 	d.engine = &engine.Engine{
 		Store: store, Catalog: d.cat, Now: d.clock.Now, Log: d.log,
-		AllowedDirs:    cfg.Sources.AllowedDirs,
-		ProtectedPaths: []string{cfg.DataDir, cfg.API.Socket, cfg.NBD.Socket},
-		VMDir:          filepath.Join(cfg.DataDir, "vm"),
+		Access: accessRules(cfg),
+		VMDir:  filepath.Join(cfg.DataDir, "vm"),
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
@@ -110,6 +121,62 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		Status: d.status, StoreStats: d.storeStats,
 	}
 	return d, nil
+}
+
+// accessRules turns the config's host access settings into the rules
+// every path check uses.
+func accessRules(cfg config.Config) *access.Rules {
+	grant := func(g config.Grant) access.Grant {
+		return access.Grant{SourceDirs: g.SourceDirs, TargetDirs: g.TargetDirs, MountDirs: g.MountDirs, NBDHosts: g.NBDHosts}
+	}
+	r := &access.Rules{
+		Protected:      []string{cfg.DataDir, cfg.API.Socket, cfg.NBD.Socket},
+		AllowedSources: cfg.Sources.AllowedDirs,
+		Global:         grant(cfg.Access.Grant),
+		Projects:       map[string]access.Grant{},
+	}
+	for name, g := range cfg.Access.Projects {
+		r.Projects[name] = grant(g)
+	}
+	return r
+}
+
+// checkOpenSpace refuses to open the store on a file system with less
+// than half the reserve free: Badger replays its logs into new mapped
+// files when it opens, which on a full disk is SIGBUS.
+func checkOpenSpace(cfg config.Config) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(cfg.DataDir, &st); err != nil {
+		return fmt.Errorf("free space of %s: %w", cfg.DataDir, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if need := int64(cfg.Store.MinFree) / 2; free < need {
+		return fmt.Errorf("store %s: %w: %d MiB free, csbs needs %d MiB (half of store.min_free) to open its store (Badger replays its logs into new files and would crash on a full disk); free space on that file system and start again",
+			cfg.StoreDir(), syscall.ENOSPC, free>>20, need>>20)
+	}
+	return nil
+}
+
+// catalogSpace is the catalog's free-space check: a write of class
+// WriteGrow keeps the whole reserve (store.min_free), one of class
+// WriteRelease half of it, which still covers the memtable files Badger
+// maps and the table a flush writes (see blockstore/space.go).
+func (d *Daemon) catalogSpace(w catalog.WriteClass) error {
+	if w == catalog.WriteGrow {
+		if err := d.store.CheckSpace(0); err != nil {
+			return fmt.Errorf("%w; deleting backups, csbs gc, restores and token revocation still work", err)
+		}
+		return nil
+	}
+	free, err := d.store.FreeBytes()
+	if err != nil {
+		return err
+	}
+	if floor := int64(d.cfg.Store.MinFree) / 2; free < floor {
+		return fmt.Errorf("store %s: %w: %d MiB free, below %d MiB (half of store.min_free), the least csbs needs to write anything without crashing; free space on that file system or grow it",
+			d.cfg.StoreDir(), syscall.ENOSPC, free>>20, floor>>20)
+	}
+	return nil
 }
 
 // bootstrap creates the default project and the admin token file on
@@ -126,6 +193,18 @@ func (d *Daemon) bootstrap() error {
 	})
 	if err != nil {
 		return fmt.Errorf("create default project: %w", err)
+	}
+	var adopted []string
+	err = d.cat.Release(func(tx *catalog.Txn) error {
+		var err error
+		adopted, err = tx.AdoptLegacyHostAccess()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("upgrade catalog: %w", err)
+	}
+	for _, a := range adopted {
+		d.log.Warn("host path named before csbs recorded who named it: kept as the admin's; remove it if a project token made it", "record", a)
 	}
 	path := filepath.Join(d.cfg.DataDir, AdminTokenFile)
 	if b, err := os.ReadFile(path); err == nil {
@@ -150,22 +229,11 @@ func (d *Daemon) bootstrap() error {
 	if err != nil {
 		return fmt.Errorf("create admin token: %w", err)
 	}
-	if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+	if err := durable.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write admin token: %w", err)
 	}
 	d.log.Info("created admin token", "file", path)
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // Serve runs until ctx ends, then shuts down: listeners stop, running
@@ -275,9 +343,16 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	if err := d.store.Sync(); err != nil {
 		serveErr = errors.Join(serveErr, err)
 	}
-	// Badger's Close flushes memtables and retries forever when it cannot
-	// write (a vanished or full file system). Every commit is synced
-	// already, so after a bounded wait the daemon exits without it.
+	// Badger's Close flushes memtables into new mapped files: on a full
+	// file system that is SIGBUS, and it retries forever when it cannot
+	// write at all (a vanished file system). Every acknowledged write is
+	// synced already and the next start replays Badger's log, so the
+	// daemon exits without it when the disk is full, and after a bounded
+	// wait otherwise.
+	if free, err := d.store.FreeBytes(); err == nil && free < int64(d.cfg.Store.MinFree)/2 {
+		d.log.Warn("the store's file system is full: exiting without Badger's final flush (acknowledged writes are synced; the next start replays the log)", "free_mib", free>>20)
+		return serveErr
+	}
 	closed := make(chan error, 1)
 	go func() { closed <- d.store.Close() }()
 	select {
@@ -331,7 +406,7 @@ func (d *Daemon) listen() ([]net.Listener, error) {
 // recoverRestores marks normal restores interrupted by a stop as failed
 // (their targets were never renamed into place).
 func (d *Daemon) recoverRestores() error {
-	return d.cat.Update(func(tx *catalog.Txn) error {
+	return d.cat.Release(func(tx *catalog.Txn) error {
 		rs, err := tx.Restores("")
 		if err != nil {
 			return err

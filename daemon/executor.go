@@ -91,7 +91,7 @@ func (e executor) restore(ctx context.Context, j catalog.Job, progress func(done
 	runErr := e.d.engine.RestoreTargets(ctx, r, func(done, total int64) {
 		progress(done, total)
 	})
-	err := e.d.cat.Update(func(tx *catalog.Txn) error {
+	err := e.d.cat.Release(func(tx *catalog.Txn) error {
 		cur, err := tx.Restore(j.Project, j.RestoreID)
 		if err != nil {
 			return err

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"csbs/access"
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/fusefs"
@@ -229,49 +230,68 @@ func newMounts(d *Daemon) *mounts {
 	return &mounts{d: d, m: map[string]*mounted{}, br: map[string]*browsed{}}
 }
 
-func (ms *mounts) checkPath(path string) (string, error) {
-	if !filepath.IsAbs(path) {
-		return "", fmt.Errorf("%w: mount path %q: use an absolute path", catalog.ErrInvalid, path)
-	}
-	path = filepath.Clean(path)
-	if err := ms.d.engine.CheckTarget(path); err != nil {
-		return "", err
+// checkPath checks a mount or browse path that c names, creates it if
+// needed, and returns it cleaned together with its real location, where
+// the mount goes. The path is checked before the directory is made and
+// again after, on the real path, right before the mount: a component
+// swapped for a symlink in between is caught.
+func (ms *mounts) checkPath(c access.Caller, path string) (string, string, error) {
+	path, err := ms.d.engine.CheckMountPath(c, path)
+	if err != nil {
+		return "", "", err
 	}
 	if err := os.MkdirAll(path, 0o755); err != nil {
-		return "", fmt.Errorf("%w: mount path %s: %v", catalog.ErrInvalid, path, err)
+		return "", "", fmt.Errorf("%w: mount path %s: %v", catalog.ErrInvalid, path, err)
 	}
-	entries, err := os.ReadDir(path)
+	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return "", fmt.Errorf("%w: mount path %s: %v", catalog.ErrInvalid, path, err)
+		return "", "", fmt.Errorf("%w: mount path %s: %v", catalog.ErrInvalid, path, err)
+	}
+	if err := ms.d.engine.CheckMountReal(c, path, real); err != nil {
+		return "", "", err
+	}
+	fi, err := os.Lstat(real)
+	if err != nil || !fi.IsDir() {
+		return "", "", fmt.Errorf("%w: mount path %s is not a directory", catalog.ErrInvalid, path)
+	}
+	entries, err := os.ReadDir(real)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: mount path %s: %v", catalog.ErrInvalid, path, err)
 	}
 	if len(entries) > 0 {
-		return "", fmt.Errorf("%w: mount path %s is not empty", catalog.ErrInvalid, path)
+		return "", "", fmt.Errorf("%w: mount path %s is not empty", catalog.ErrInvalid, path)
 	}
-	return path, nil
+	return path, real, nil
 }
 
 // Mount mounts a (narrowed) tree at rec.Path and records it.
 func (ms *mounts) Mount(rec catalog.MountRecord) (catalog.MountRecord, error) {
-	path, err := ms.checkPath(rec.Path)
+	c, err := ms.d.engine.Caller(rec.Project, rec.ByAdmin)
+	if err != nil {
+		return rec, err
+	}
+	ms.mu.Lock()
+	_, busy := ms.m[filepath.Clean(rec.Path)]
+	ms.mu.Unlock()
+	if busy {
+		return rec, fmt.Errorf("%w: %s is already a csbs mount", catalog.ErrConflict, rec.Path)
+	}
+	path, real, err := ms.checkPath(c, rec.Path)
 	if err != nil {
 		return rec, err
 	}
 	rec.Path = path
-	ms.mu.Lock()
-	_, busy := ms.m[path]
-	ms.mu.Unlock()
-	if busy {
-		return rec, fmt.Errorf("%w: %s is already a csbs mount", catalog.ErrConflict, path)
-	}
-	if err := ms.mount(rec); err != nil {
+	if err := ms.mount(rec, real); err != nil {
 		return rec, err
 	}
-	return rec, ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
+	return rec, ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
 }
 
-func (ms *mounts) mount(rec catalog.MountRecord) error {
+// mount mounts the tree of rec at real (rec.Path with its symlinks
+// resolved, as checked) and registers it under rec.Path.
+func (ms *mounts) mount(rec catalog.MountRecord, real string) error {
 	tree := &fuseTree{d: ms.d, project: rec.Project, server: rec.Server, backup: rec.Backup}
-	m, err := fusefs.MountTree(rec.Path, tree, rec.Project)
+	m, err := fusefs.MountTree(real, tree, rec.Project)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", rec.Path, err)
 	}
@@ -299,7 +319,7 @@ func (ms *mounts) Unmount(project, path string) error {
 	ms.mu.Lock()
 	delete(ms.m, path)
 	ms.mu.Unlock()
-	return ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
+	return ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
 }
 
 // List returns a project's mounts ("" = all).
@@ -326,7 +346,7 @@ func (ms *mounts) List(project string) []catalog.MountRecord {
 
 // Browse loop-mounts one disk of a backup read-only at path, so that
 // single files can be copied out.
-func (ms *mounts) Browse(b catalog.Backup, disk, path string) (catalog.MountRecord, error) {
+func (ms *mounts) Browse(b catalog.Backup, disk, path string, byAdmin bool) (catalog.MountRecord, error) {
 	if os.Geteuid() != 0 {
 		return catalog.MountRecord{}, fmt.Errorf("%w: browsing needs the daemon to run as root (loop devices and mount)", catalog.ErrInvalid)
 	}
@@ -336,19 +356,23 @@ func (ms *mounts) Browse(b catalog.Backup, disk, path string) (catalog.MountReco
 	if _, _, err := diskMap(b, disk); err != nil {
 		return catalog.MountRecord{}, err
 	}
-	path, err := ms.checkPath(path)
+	c, err := ms.d.engine.Caller(b.Project, byAdmin)
+	if err != nil {
+		return catalog.MountRecord{}, err
+	}
+	path, real, err := ms.checkPath(c, path)
 	if err != nil {
 		return catalog.MountRecord{}, err
 	}
 	internal := filepath.Join(ms.d.cfg.DataDir, "browse", b.ID+"-"+disk+"-"+filepath.Base(path))
-	rec := catalog.MountRecord{Path: path, Project: b.Project, Backup: b.ID, Disk: disk, Browse: true, Internal: internal}
-	if err := ms.browse(rec, b); err != nil {
+	rec := catalog.MountRecord{Path: path, Project: b.Project, Backup: b.ID, Disk: disk, Browse: true, Internal: internal, ByAdmin: byAdmin}
+	if err := ms.browse(rec, b, real); err != nil {
 		return rec, err
 	}
-	return rec, ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
+	return rec, ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
 }
 
-func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup) error {
+func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup, real string) error {
 	fusefs.CleanStale(rec.Internal)
 	if err := os.MkdirAll(rec.Internal, 0o700); err != nil {
 		return err
@@ -379,7 +403,7 @@ func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup) error {
 	var tried []string
 	for _, dev := range cands {
 		for _, opts := range []string{"ro,noload", "ro,norecovery", "ro"} {
-			if o, err := exec.Command("mount", "-o", opts, dev, rec.Path).CombinedOutput(); err == nil {
+			if o, err := exec.Command("mount", "-o", opts, dev, real).CombinedOutput(); err == nil {
 				ms.mu.Lock()
 				ms.br[rec.Path] = &browsed{rec: rec, loop: loop, fuse: rec.Internal}
 				ms.m["\x00"+rec.Internal] = inner
@@ -424,7 +448,7 @@ func (ms *mounts) Unbrowse(project, path string) error {
 		}
 	}
 	os.Remove(b.fuse)
-	return ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
+	return ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
 }
 
 // recover cleans mounts a crashed daemon left and mounts them again.
@@ -436,7 +460,7 @@ func (ms *mounts) recover() {
 			ms.d.log.Info("cleaned stale FUSE mount", "path", mp)
 		}
 		if err := os.MkdirAll(mp, 0o755); err == nil {
-			if err := ms.mount(catalog.MountRecord{Path: mp}); err != nil {
+			if err := ms.mount(catalog.MountRecord{Path: mp}, mp); err != nil {
 				ms.d.log.Error("fuse.mountpoint", "path", mp, "err", err)
 			}
 		}
@@ -452,15 +476,25 @@ func (ms *mounts) recover() {
 			// Loop mounts do not survive the daemon: undo what is left.
 			exec.Command("umount", "-l", rec.Path).Run()
 			fusefs.CleanStale(rec.Internal)
-			_ = ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
+			_ = ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
 			continue
 		}
 		if cleaned, _ := fusefs.CleanStale(rec.Path); cleaned {
 			ms.d.log.Info("cleaned stale FUSE mount", "path", rec.Path)
 		}
-		if err := ms.mount(rec); err != nil {
+		// The host access may have changed (a grant removed, a path
+		// swapped for a symlink): mount again only what is still allowed.
+		c, err := ms.d.engine.Caller(rec.Project, rec.ByAdmin)
+		real := ""
+		if err == nil {
+			_, real, err = ms.checkPath(c, rec.Path)
+		}
+		if err == nil {
+			err = ms.mount(rec, real)
+		}
+		if err != nil {
 			ms.d.log.Warn("mount not restored", "path", rec.Path, "err", err)
-			_ = ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
+			_ = ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
 		}
 	}
 }

@@ -16,13 +16,14 @@ import (
 	"slices"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
+	"csbs/access"
 	"csbs/api"
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/hydrate"
+	"csbs/internal/durable"
 	"csbs/nbd"
+	"csbs/restore"
 )
 
 // serving owns the NBD exports: attached backups (read-only) and instant
@@ -85,7 +86,7 @@ func (s *serving) enableSecretNames() error {
 		if _, err := rand.Read(key); err != nil {
 			return fmt.Errorf("nbd name key: %w", err)
 		}
-		err = writeFileAtomic(path, key, 0o600)
+		err = durable.WriteFile(path, key, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("nbd name key %s: %w", path, err)
@@ -204,7 +205,7 @@ func (s *serving) Attach(ctx context.Context, b catalog.Backup, disk string) (ap
 	if err := s.attach(b, disk, name); err != nil {
 		return api.ExportInfo{}, err
 	}
-	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+	err := s.d.cat.Release(func(tx *catalog.Txn) error {
 		return tx.PutExportRecord(catalog.ExportRecord{Name: name, Project: b.Project, BackupID: b.ID, Disk: disk, Created: s.d.clock.Now().UTC()})
 	})
 	if err != nil {
@@ -246,7 +247,7 @@ func (s *serving) Detach(ctx context.Context, b catalog.Backup, disk string) err
 		return fmt.Errorf("backup %s disk %s is not attached: %w", b.Name, disk, catalog.ErrNotFound)
 	}
 	s.remove(name)
-	return s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(name) })
+	return s.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(name) })
 }
 
 func (s *serving) view(e *served) api.ExportInfo {
@@ -283,59 +284,6 @@ func compare(a, b string) int {
 	return 0
 }
 
-// openInstantTarget opens or creates a restore target for hydration.
-func openInstantTarget(path string, size int64, force, mayCreate bool) (*os.File, bool, error) {
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist) && mayCreate:
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
-			return nil, false, err
-		}
-		if err := f.Truncate(size); err != nil {
-			f.Close()
-			os.Remove(path)
-			return nil, false, err
-		}
-		return f, true, nil
-	case err != nil:
-		return nil, false, err
-	case fi.Mode()&os.ModeSymlink != 0:
-		return nil, false, fmt.Errorf("target is a symbolic link; name the file or device itself")
-	case fi.Mode().IsRegular():
-		if fi.Size() > 0 && !force && mayCreate {
-			return nil, false, fmt.Errorf("target is not empty (%d bytes; use --force to overwrite)", fi.Size())
-		}
-		f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return nil, false, err
-		}
-		if fi.Size() < size {
-			if err := f.Truncate(size); err != nil {
-				f.Close()
-				return nil, false, err
-			}
-		}
-		return f, fi.Size() == 0, nil
-	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
-		f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return nil, false, err
-		}
-		end, err := f.Seek(0, io.SeekEnd)
-		if err != nil || end < size {
-			f.Close()
-			return nil, false, fmt.Errorf("device has %d bytes, the disk needs %d", end, size)
-		}
-		if mayCreate && !force {
-			f.Close()
-			return nil, false, fmt.Errorf("instant restore onto a block device overwrites it: add --force")
-		}
-		return f, false, nil
-	}
-	return nil, false, fmt.Errorf("target is neither a file nor a block device")
-}
-
 func (s *serving) bitmapPath(rid, disk string) string {
 	return filepath.Join(s.d.cfg.DataDir, "restores", rid+"-"+disk+".bitmap")
 }
@@ -357,7 +305,7 @@ func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog
 		return r, err
 	}
 	r = inst.r
-	if err := s.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
+	if err := s.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
 		s.stop(inst)
 		return r, err
 	}
@@ -369,6 +317,12 @@ func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog
 // recovered after a restart when create is false).
 func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*instant, error) {
 	if err := os.MkdirAll(filepath.Join(s.d.cfg.DataDir, "restores"), 0o700); err != nil {
+		return nil, err
+	}
+	// Targets are checked again as they are opened, under the host
+	// access of whoever started the restore (also after a restart).
+	caller, err := s.d.engine.Caller(r.Project, r.ByAdmin)
+	if err != nil {
 		return nil, err
 	}
 	inst := &instant{r: r, done: make(chan struct{}), release: s.d.engine.Acquire(b.ID)}
@@ -385,12 +339,25 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 		if err != nil {
 			return fail(fmt.Errorf("backup %s disk %s: %w", b.Name, t.Disk, err))
 		}
-		f, fresh, err := openInstantTarget(t.Target, d.Size, r.Force, create)
+		f, fresh, err := restore.OpenInPlace(t.Target, d.Size, r.Force, create, s.d.engine.TargetGuard(caller))
 		if err != nil {
 			vol.Close()
+			if errors.Is(err, access.ErrDenied) {
+				return fail(err) // names the target already
+			}
+			if errors.Is(err, restore.ErrNotATarget) || errors.Is(err, restore.ErrTargetNotEmpty) {
+				return fail(fmt.Errorf("%w: restore target %s: %w", catalog.ErrInvalid, t.Target, err))
+			}
 			return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
 		}
 		if create {
+			// The target's name and size must be on disk before the guest
+			// can flush anything into it.
+			if err := errors.Join(f.Sync(), durable.SyncDir(filepath.Dir(t.Target))); err != nil {
+				f.Close()
+				vol.Close()
+				return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
+			}
 			inst.r.Targets[i].Fresh = fresh
 		} else {
 			fresh = t.Fresh
@@ -470,7 +437,7 @@ func (s *serving) run(inst *instant) {
 
 func (s *serving) setState(r catalog.Restore, mod func(*catalog.Restore)) (catalog.Restore, error) {
 	var out catalog.Restore
-	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+	err := s.d.cat.Release(func(tx *catalog.Txn) error {
 		cur, err := tx.Restore(r.Project, r.ID)
 		if err != nil {
 			return err
@@ -532,14 +499,22 @@ func (s *serving) ControlRestore(ctx context.Context, r catalog.Restore, action 
 			return r, fmt.Errorf("%w: restore %s has hydrated %d of %d bytes; wait until it is complete (or cancel it)", catalog.ErrConflict, r.ID, live.Done, live.Total)
 		}
 		s.stop(inst)
-		return s.setState(r, func(x *catalog.Restore) {
+		out, err := s.setState(r, func(x *catalog.Restore) {
 			x.State, x.Ended = catalog.RestoreSucceeded, s.d.clock.Now().UTC()
 			x.Targets = r.Targets
 		})
+		if err == nil {
+			// Only now: a restart before the state was recorded reopens
+			// the restore, and a new bitmap would hydrate over the guest.
+			for _, t := range r.Targets {
+				hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
+			}
+		}
+		return out, err
 	case "cancel":
 		s.stop(inst)
 		for _, t := range r.Targets {
-			os.Remove(s.bitmapPath(r.ID, t.Disk))
+			hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
 		}
 		return s.setState(r, func(x *catalog.Restore) {
 			x.State, x.Ended = catalog.RestoreCanceled, s.d.clock.Now().UTC()
@@ -593,7 +568,7 @@ func (s *serving) recover() error {
 			// nbd.tcp_listen changed: the name's secret part comes or goes.
 			old := e.Name
 			e.Name = name
-			err = s.d.cat.Update(func(tx *catalog.Txn) error {
+			err = s.d.cat.Release(func(tx *catalog.Txn) error {
 				if err := tx.DeleteExportRecord(old); err != nil {
 					return err
 				}
@@ -605,7 +580,7 @@ func (s *serving) recover() error {
 		}
 		if err != nil {
 			s.d.log.Warn("attached export not restored", "export", e.Name, "err", err)
-			_ = s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
+			_ = s.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
 		}
 	}
 	for _, r := range rs {

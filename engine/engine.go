@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,8 +17,10 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"csbs/access"
 	"csbs/blockstore"
 	"csbs/catalog"
+	"csbs/nbd"
 	"csbs/qemu"
 	"csbs/restore"
 	"csbs/source"
@@ -27,14 +28,13 @@ import (
 
 // Engine runs backups and restores.
 type Engine struct {
-	Store       *blockstore.Store
-	Catalog     *catalog.Catalog
-	Now         func() time.Time
-	Log         *slog.Logger
-	AllowedDirs []string // disk sources must lie below one of these; empty = anywhere
-	// ProtectedPaths are files a restore must never write (the store's
-	// directory, the daemon's sockets).
-	ProtectedPaths []string
+	Store   *blockstore.Store
+	Catalog *catalog.Catalog
+	Now     func() time.Time
+	Log     *slog.Logger
+	// Access decides which host paths a caller may name (disk sources,
+	// restore targets, mount paths); nil refuses every host path.
+	Access *access.Rules
 
 	// VMDir is where live VM backups keep their session files (fleecing
 	// overlays, QEMU's NBD socket, the record of what was added to the
@@ -86,41 +86,136 @@ func (e *Engine) InUse(backupID string) bool {
 	return e.inUse[backupID] > 0
 }
 
-// CheckSource validates a disk source for a new server and returns its
-// size: the path must be allowed, exist and be readable.
-func (e *Engine) CheckSource(ctx context.Context, spec string) (int64, error) {
-	if qemu.IsURI(spec) {
-		return e.checkVMSource(ctx, spec)
-	}
-	if !strings.Contains(spec, "://") {
-		if !filepath.IsAbs(spec) {
-			return 0, fmt.Errorf("%w: disk source %q: use an absolute path", catalog.ErrInvalid, spec)
-		}
-		if err := e.allowedPath(spec); err != nil {
-			return 0, err
-		}
-	}
-	size, err := source.Validate(ctx, spec)
+// Caller is who named a path recorded for a project: the admin token
+// or a token of that project, whose grants are configured by name.
+func (e *Engine) Caller(projectID string, byAdmin bool) (access.Caller, error) {
+	var p catalog.Project
+	err := e.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		p, err = tx.Project(projectID)
+		return err
+	})
 	if err != nil {
-		return 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+		return access.Caller{}, fmt.Errorf("host access of project %s: %w", projectID, err)
 	}
-	return size, nil
+	return access.Caller{Admin: byAdmin, Project: p.Name}, nil
 }
 
-func (e *Engine) allowedPath(p string) error {
-	if len(e.AllowedDirs) == 0 {
-		return nil
+func (e *Engine) rules() *access.Rules {
+	if e.Access == nil {
+		return &access.Rules{Protected: []string{"/"}} // nothing is allowed
 	}
-	clean := filepath.Clean(p)
-	if real, err := filepath.EvalSymlinks(clean); err == nil {
-		clean = real
+	return e.Access
+}
+
+// checkNamed is the request-time check of a host path: absolute,
+// resolved as far as it exists, and allowed for c. Refusing here, before
+// anything is opened, also keeps a project token from learning whether a
+// path outside its grants exists.
+func (e *Engine) checkNamed(c access.Caller, u access.Use, path string) (string, error) {
+	if !filepath.IsAbs(path) {
+		return "", fmt.Errorf("%w: %s %q: use an absolute path", catalog.ErrInvalid, u, path)
 	}
-	for _, d := range e.AllowedDirs {
-		if rel, err := filepath.Rel(d, clean); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
-			return nil
+	path = filepath.Clean(path)
+	real, err := access.Resolve(path)
+	if err != nil {
+		// Say why only to a caller who may use the path as written; to
+		// others, the refusal they would get anyway.
+		if err := e.rules().CheckPath(c, u, path, path); err != nil {
+			return "", err
+		}
+		return "", fmt.Errorf("%w: %s %s: %v", access.ErrDenied, u, path, err)
+	}
+	return path, e.rules().CheckPath(c, u, path, real)
+}
+
+// SourceGuard is the open-time check of a disk source named by c: the
+// real path of the opened file or socket, or the host of an nbd:// URI.
+func (e *Engine) SourceGuard(c access.Caller, spec string) source.Guard {
+	return func(l source.Location) error {
+		if l.Addr != "" {
+			return e.rules().CheckNBDHost(c, spec, l.Addr)
+		}
+		named := l.Path
+		if filepath.IsAbs(spec) {
+			named = spec // an image or device path, as the server records it
+		}
+		return e.rules().CheckPath(c, access.Source, named, l.Path)
+	}
+}
+
+// CheckSource validates a disk source that c names for a new server and
+// returns it cleaned, with its size: the path (or an nbd+unix URI's
+// socket) must be allowed for c and name a regular file or block device
+// (a socket), an nbd:// host must be allowed for c, and the source must
+// open. The same checks run again whenever a backup opens it.
+func (e *Engine) CheckSource(ctx context.Context, c access.Caller, spec string) (string, int64, error) {
+	if qemu.IsURI(spec) {
+		return e.checkVMSource(ctx, c, spec)
+	}
+	if strings.Contains(spec, "://") {
+		t, err := nbd.ParseURI(spec)
+		if err != nil {
+			return "", 0, fmt.Errorf("%w: disk source: %v", catalog.ErrInvalid, err)
+		}
+		if t.Network == "unix" {
+			if _, err := e.checkNamed(c, access.Source, t.Address); err != nil {
+				return "", 0, err
+			}
+		} else if err := e.rules().CheckNBDHost(c, spec, t.Address); err != nil {
+			return "", 0, err
+		}
+	} else {
+		var err error
+		if spec, err = e.checkNamed(c, access.Source, spec); err != nil {
+			return "", 0, err
 		}
 	}
-	return fmt.Errorf("%w: disk source %s is outside sources.allowed_dirs (%s)", catalog.ErrInvalid, p, strings.Join(e.AllowedDirs, ", "))
+	size, err := source.Validate(ctx, spec, e.SourceGuard(c, spec))
+	if errors.Is(err, access.ErrDenied) {
+		return "", 0, err
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+	}
+	return spec, size, nil
+}
+
+// TargetGuard is the open-time check of a restore target named by c.
+func (e *Engine) TargetGuard(c access.Caller) func(real string) error {
+	return func(real string) error { return e.rules().CheckPath(c, access.Target, real, real) }
+}
+
+// CheckTarget checks a restore target that c names, as the restore will
+// when it opens it: allowed for c, in an existing directory, and a new
+// file, an existing regular file or a block device. It returns the
+// target cleaned.
+func (e *Engine) CheckTarget(c access.Caller, target string) (string, error) {
+	target, err := e.checkNamed(c, access.Target, target)
+	if err != nil {
+		return "", err
+	}
+	err = restore.Inspect(target, e.TargetGuard(c))
+	if errors.Is(err, access.ErrDenied) {
+		return "", err
+	}
+	if err != nil {
+		return "", fmt.Errorf("%w: restore target %s: %v", catalog.ErrInvalid, target, err)
+	}
+	return target, nil
+}
+
+// CheckMountPath checks a mount or browse path that c names and returns
+// it cleaned. The mount code checks again (CheckMountReal) after
+// creating the directory, right before mounting, on its real location.
+func (e *Engine) CheckMountPath(c access.Caller, path string) (string, error) {
+	return e.checkNamed(c, access.Mount, path)
+}
+
+// CheckMountReal is the second check of a mount path: real is path with
+// every symlink resolved once the directory exists.
+func (e *Engine) CheckMountReal(c access.Caller, path, real string) error {
+	return e.rules().CheckPath(c, access.Mount, path, real)
 }
 
 // Backup backs up every disk of the job's server and commits the backup.
@@ -183,6 +278,7 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 	}()
 	var vmDisks []int
 	for i, d := range server.Disks {
+		c := access.Caller{Admin: d.ByAdmin, Project: project.Name}
 		bitmap := nbdBitmap(d.Source)
 		isVM := qemu.IsURI(d.Source)
 		if isVM || bitmap != "" {
@@ -194,11 +290,11 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 		case isVM:
 			vmDisks = append(vmDisks, i)
 		case bitmap != "":
-			if err := openNBDTracked(ctx, d, bitmap, parents[i], &reads[i]); err != nil {
+			if err := openNBDTracked(ctx, d, bitmap, e.SourceGuard(c, d.Source), parents[i], &reads[i]); err != nil {
 				return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
 			}
 		default:
-			src, err := source.Open(ctx, d.Source)
+			src, err := source.Open(ctx, d.Source, e.SourceGuard(c, d.Source))
 			if err != nil {
 				return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
 			}
@@ -207,7 +303,8 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 	}
 	if len(vmDisks) > 0 {
 		var err error
-		if sess, unlockVM, err = e.openVM(ctx, server, job, backupID, vmDisks, reads, parents); err != nil {
+		c := access.Caller{Admin: server.Disks[vmDisks[0]].ByAdmin, Project: project.Name}
+		if sess, unlockVM, err = e.openVM(ctx, c, server, backupID, vmDisks, reads, parents); err != nil {
 			return catalog.Backup{}, err
 		}
 	}
@@ -274,6 +371,12 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 		b.Disks = append(b.Disks, bd)
 	}
 	b.Note = strings.Join(notes, "; ")
+	// The commit writes the backup's records; like every catalog write it
+	// keeps the free-space reserve.
+	if err := e.Catalog.CheckSpace(catalog.WriteGrow); err != nil {
+		abort()
+		return catalog.Backup{}, fmt.Errorf("commit backup of server %s: %w", server.Name, err)
+	}
 	err = e.Store.Commit(ctx, pending, func(t *badger.Txn) error {
 		return commitBackupRecord(catalog.Wrap(t), &b, decision, e.Now())
 	})
@@ -347,6 +450,10 @@ func (e *Engine) RestoreTargets(ctx context.Context, r catalog.Restore, progress
 	}
 	release := e.Acquire(b.ID)
 	defer release()
+	c, err := e.Caller(r.Project, r.ByAdmin)
+	if err != nil {
+		return err
+	}
 	var total, before int64
 	vols := make([]*blockstore.Volume, len(r.Targets))
 	defer func() {
@@ -357,7 +464,7 @@ func (e *Engine) RestoreTargets(ctx context.Context, r catalog.Restore, progress
 		}
 	}()
 	for i, t := range r.Targets {
-		if err := e.CheckTarget(t.Target); err != nil {
+		if _, err := e.CheckTarget(c, t.Target); err != nil {
 			return err
 		}
 		d, ok := diskOf(b, t.Disk)
@@ -376,6 +483,7 @@ func (e *Engine) RestoreTargets(ctx context.Context, r catalog.Restore, progress
 	for i, t := range r.Targets {
 		_, err := restore.ToTarget(ctx, vols[i], t.Target, restore.Options{
 			Force: r.Force,
+			Check: e.TargetGuard(c),
 			Progress: func(done, _ int64) {
 				if progress != nil {
 					progress(before+done, total)
@@ -413,28 +521,4 @@ func diskOf(b catalog.Backup, name string) (catalog.BackupDisk, bool) {
 		}
 	}
 	return catalog.BackupDisk{}, false
-}
-
-// CheckTarget refuses restore targets that would damage the appliance:
-// the store's files, the daemon's sockets, or a relative path.
-func (e *Engine) CheckTarget(target string) error {
-	if !filepath.IsAbs(target) {
-		return fmt.Errorf("%w: restore target %q: use an absolute path", catalog.ErrInvalid, target)
-	}
-	clean := filepath.Clean(target)
-	if real, err := filepath.EvalSymlinks(filepath.Dir(clean)); err == nil {
-		clean = filepath.Join(real, filepath.Base(clean))
-	}
-	for _, p := range e.ProtectedPaths {
-		if real, err := filepath.EvalSymlinks(p); err == nil {
-			p = real
-		}
-		if rel, err := filepath.Rel(p, clean); err == nil && (rel == "." || (!strings.HasPrefix(rel, "..") && !filepath.IsAbs(rel))) {
-			return fmt.Errorf("%w: restore target %s is inside the appliance's own data (%s)", catalog.ErrInvalid, target, p)
-		}
-	}
-	if fi, err := os.Lstat(clean); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		return fmt.Errorf("%w: restore target %s is a socket", catalog.ErrInvalid, target)
-	}
-	return nil
 }

@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
+	"csbs/access"
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/qemu"
@@ -190,7 +194,7 @@ func (e *Engine) RecoverVMSessions(ctx context.Context) error {
 
 // openVM opens the live VM disks of a server (indices idx into
 // server.Disks, all on one QMP socket) in one session, and fills reads.
-func (e *Engine) openVM(ctx context.Context, server catalog.Server, job catalog.Job, backupID string, idx []int, reads []diskRead, parents []parentCandidate) (*qemu.Session, func(), error) {
+func (e *Engine) openVM(ctx context.Context, c access.Caller, server catalog.Server, backupID string, idx []int, reads []diskRead, parents []parentCandidate) (*qemu.Session, func(), error) {
 	dir, err := e.vmDir()
 	if err != nil {
 		return nil, nil, err
@@ -214,7 +218,7 @@ func (e *Engine) openVM(ctx context.Context, server catalog.Server, job catalog.
 		unlock()
 		return nil, nil, fmt.Errorf("server %s: earlier backup left objects in the VM that cannot be removed now: %w", server.Name, err)
 	}
-	opt := qemu.Options{Socket: targets[0].Socket, Agent: targets[0].Agent, Dir: filepath.Join(dir, backupID), ID: backupID, Log: e.Log}
+	opt := qemu.Options{Socket: targets[0].Socket, Agent: targets[0].Agent, Dir: filepath.Join(dir, backupID), ID: backupID, Log: e.Log, Open: e.socketOpener(c)}
 	if e.hooks != nil {
 		opt.AfterPointInTime = e.hooks.AfterPointInTime
 	}
@@ -266,7 +270,8 @@ func (e *Engine) openVM(ctx context.Context, server catalog.Server, job catalog.
 		if vd.CBT {
 			bitmap = vd.ChangedBitmap
 		}
-		src, err := source.OpenNBDBitmap(ctx, sess.ExportURI(k), bitmap)
+		// QEMU's socket in our own session dir: no caller named it.
+		src, err := source.OpenNBDBitmap(ctx, sess.ExportURI(k), bitmap, nil)
 		if err != nil {
 			return fail(fmt.Errorf("server %s disk %s: read the VM's frozen disk: %w", server.Name, server.Disks[i].Name, err))
 		}
@@ -286,8 +291,8 @@ func (e *Engine) openVM(ctx context.Context, server catalog.Server, job catalog.
 
 // openNBDTracked opens an NBD source whose URI names a dirty bitmap and
 // decides whether the bitmap may stand for the changes since the parent.
-func openNBDTracked(ctx context.Context, d catalog.Disk, bitmap string, p parentCandidate, r *diskRead) error {
-	src, err := source.OpenNBD(ctx, d.Source)
+func openNBDTracked(ctx context.Context, d catalog.Disk, bitmap string, guard source.Guard, p parentCandidate, r *diskRead) error {
+	src, err := source.OpenNBD(ctx, d.Source, guard)
 	if err != nil {
 		return err
 	}
@@ -320,52 +325,82 @@ func nbdBitmap(spec string) string {
 	return u.Query().Get(source.BitmapParam)
 }
 
-// checkVMSource validates a live VM disk source: the socket path must be
-// allowed, the VM must answer on it and have the disk.
-func (e *Engine) checkVMSource(ctx context.Context, spec string) (int64, error) {
+// socketOpener checks a QMP or guest agent socket that c named (or that
+// QEMU reported for c's VM) the way disk sources are checked: the path
+// is opened with O_PATH, must be a socket, and its real path must be
+// allowed for c as a disk source; it is then dialed through that handle.
+func (e *Engine) socketOpener(c access.Caller) qemu.Opener {
+	return func(path string) (string, func(), error) {
+		pfd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", nil, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(pfd, &st); err != nil {
+			unix.Close(pfd)
+			return "", nil, err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			unix.Close(pfd)
+			return "", nil, fmt.Errorf("%s is %s, not a socket", path, source.KindOf(st.Mode))
+		}
+		real, err := source.FDPath(pfd)
+		if err == nil {
+			err = e.rules().CheckPath(c, access.Source, path, real)
+		}
+		if err != nil {
+			unix.Close(pfd)
+			return "", nil, err
+		}
+		return fmt.Sprintf("/proc/self/fd/%d", pfd), func() { unix.Close(pfd) }, nil
+	}
+}
+
+// checkVMSource validates a live VM disk source that c names: the QMP
+// socket (and a named guest agent socket) must be allowed for c like a
+// disk source path, the VM must answer on it and have the disk.
+func (e *Engine) checkVMSource(ctx context.Context, c access.Caller, spec string) (string, int64, error) {
 	t, err := qemu.ParseURI(spec)
 	if err != nil {
-		return 0, fmt.Errorf("%w: disk source: %v", catalog.ErrInvalid, err)
+		return "", 0, fmt.Errorf("%w: disk source: %v", catalog.ErrInvalid, err)
 	}
-	if err := e.allowedPath(t.Socket); err != nil {
-		return 0, err
+	if _, err := e.checkNamed(c, access.Source, t.Socket); err != nil {
+		return "", 0, err
 	}
 	if t.Agent != "" && t.Agent != "none" {
-		if err := e.allowedPath(t.Agent); err != nil {
-			return 0, err
+		if _, err := e.checkNamed(c, access.Source, t.Agent); err != nil {
+			return "", 0, err
 		}
 	}
 	unlock, err := e.lockVM(ctx, t.Socket)
 	if err != nil {
-		return 0, err
+		return "", 0, err
 	}
 	defer unlock()
-	c, err := qemu.Dial(ctx, t.Socket)
-	if err != nil {
-		return 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+	conn, err := qemu.DialWith(ctx, t.Socket, e.socketOpener(c))
+	if errors.Is(err, access.ErrDenied) {
+		return "", 0, err
 	}
-	defer c.Close()
-	n, err := qemu.Resolve(ctx, c, t.Ref)
 	if err != nil {
-		return 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+		return "", 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
 	}
-	return n.Size, nil
+	defer conn.Close()
+	n, err := qemu.Resolve(ctx, conn, t.Ref)
+	if err != nil {
+		return "", 0, fmt.Errorf("%w: disk source %s: %v", catalog.ErrInvalid, spec, err)
+	}
+	return t.URI(), n.Size, nil
 }
 
-// DiscoverVM lists the disks of the running VM behind a QMP socket, each
-// with a ready source URI (server add --qmp, server discover).
-func (e *Engine) DiscoverVM(ctx context.Context, socket, agent string) ([]qemu.DiscoveredDisk, error) {
-	if !filepath.IsAbs(socket) {
-		return nil, fmt.Errorf("%w: QMP socket %q: use an absolute path", catalog.ErrInvalid, socket)
-	}
-	if err := e.allowedPath(socket); err != nil {
+// DiscoverVM lists the disks of the running VM behind a QMP socket that
+// c names, each with a ready source URI (server add --qmp, server
+// discover).
+func (e *Engine) DiscoverVM(ctx context.Context, c access.Caller, socket, agent string) ([]qemu.DiscoveredDisk, error) {
+	if _, err := e.checkNamed(c, access.Source, socket); err != nil {
 		return nil, err
 	}
 	if agent != "" && agent != "none" {
-		if !filepath.IsAbs(agent) {
-			return nil, fmt.Errorf("%w: guest agent socket %q: use an absolute path", catalog.ErrInvalid, agent)
-		}
-		if err := e.allowedPath(agent); err != nil {
+		if _, err := e.checkNamed(c, access.Source, agent); err != nil {
 			return nil, err
 		}
 	}
@@ -374,7 +409,10 @@ func (e *Engine) DiscoverVM(ctx context.Context, socket, agent string) ([]qemu.D
 		return nil, err
 	}
 	defer unlock()
-	disks, err := qemu.Discover(ctx, socket, agent)
+	disks, err := qemu.Discover(ctx, socket, agent, e.socketOpener(c))
+	if errors.Is(err, access.ErrDenied) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", catalog.ErrInvalid, err)
 	}
@@ -386,8 +424,17 @@ func (e *Engine) DiscoverVM(ctx context.Context, socket, agent string) ([]qemu.D
 // until removed by hand with block-dirty-bitmap-remove or qemu-img
 // bitmap --remove).
 func (e *Engine) ForgetVM(ctx context.Context, server catalog.Server) error {
+	var project catalog.Project
+	if err := e.Catalog.View(func(tx *catalog.Txn) error {
+		var err error
+		project, err = tx.Project(server.Project)
+		return err
+	}); err != nil {
+		return err
+	}
 	var errs []error
 	for _, d := range server.Disks {
+		caller := access.Caller{Admin: d.ByAdmin, Project: project.Name}
 		t, err := qemu.ParseURI(d.Source)
 		if err != nil {
 			continue
@@ -398,7 +445,7 @@ func (e *Engine) ForgetVM(ctx context.Context, server catalog.Server) error {
 				return err
 			}
 			defer unlock()
-			c, err := qemu.Dial(ctx, t.Socket)
+			c, err := qemu.DialWith(ctx, t.Socket, e.socketOpener(caller))
 			if err != nil {
 				return err
 			}

@@ -15,11 +15,15 @@ import (
 	"testing"
 	"time"
 
+	"csbs/access"
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/internal/testvm"
 	"csbs/qemu"
 )
+
+// admin is the caller of the tests: the admin token.
+var admin = access.Caller{Admin: true, Project: catalog.DefaultProject}
 
 // testEngine is an engine on a real store and catalog in a temp dir.
 type testEngine struct {
@@ -43,8 +47,8 @@ func newTestEngine(t *testing.T) *testEngine {
 	}
 	t.Cleanup(func() { os.RemoveAll(vmDir) })
 	e := &testEngine{t: t, Engine: &Engine{
-		Store: st, Catalog: catalog.New(st.DB()), Now: time.Now,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMDir: vmDir,
+		Store: st, Catalog: catalog.New(st.DB(), catalog.Options{}), Now: time.Now,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMDir: vmDir, Access: &access.Rules{},
 	}}
 	err = e.Catalog.Update(func(tx *catalog.Txn) error {
 		var err error
@@ -60,11 +64,11 @@ func newTestEngine(t *testing.T) *testEngine {
 func (e *testEngine) addServer(name string, disks ...catalog.Disk) catalog.Server {
 	e.t.Helper()
 	for i := range disks {
-		size, err := e.CheckSource(context.Background(), disks[i].Source)
+		src, size, err := e.CheckSource(context.Background(), admin, disks[i].Source)
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		disks[i].Size = size
+		disks[i].Source, disks[i].Size, disks[i].ByAdmin = src, size, true
 	}
 	var s catalog.Server
 	err := e.Catalog.Update(func(tx *catalog.Txn) error {
@@ -434,7 +438,7 @@ func TestLiveVMBadInput(t *testing.T) {
 		{"unknown parameter", "qmp+unix:///vda?socket=/x&foo=1", `unknown parameter "foo"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := e.CheckSource(ctx, tc.src)
+			_, _, err := e.CheckSource(ctx, admin, tc.src)
 			if !errors.Is(err, catalog.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("CheckSource(%s): %v, want %q", tc.src, err, tc.want)
 			}
@@ -443,12 +447,12 @@ func TestLiveVMBadInput(t *testing.T) {
 
 	vm := testvm.Start(t, g, testvm.Options{Drive: true})
 	// A disk the VM does not have: the error lists the ones it has.
-	_, err = e.CheckSource(ctx, "qmp+unix:///vdz?socket="+vm.QMP)
+	_, _, err = e.CheckSource(ctx, admin, "qmp+unix:///vdz?socket="+vm.QMP)
 	if !errors.Is(err, catalog.ErrInvalid) || !strings.Contains(err.Error(), `no block node or device "vdz"`) || !strings.Contains(err.Error(), "device vda") {
 		t.Fatalf("unknown node: %v", err)
 	}
 	// Discovery finds the -drive disk by its device id.
-	found, err := e.DiscoverVM(ctx, vm.QMP, "")
+	found, err := e.DiscoverVM(ctx, admin, vm.QMP, "")
 	if err != nil || len(found) != 1 || found[0].Name != "vda" || found[0].Ref != "vda" || found[0].Size != 64<<20 {
 		t.Fatalf("discover: %+v, %v", found, err)
 	}

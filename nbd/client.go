@@ -153,6 +153,17 @@ func DialOptions(ctx context.Context, uri string, opt Options) (*Client, error) 
 	if err != nil {
 		return nil, err
 	}
+	return DialTargetOptions(ctx, t, uri, opt)
+}
+
+// DialTarget connects to a parsed target and negotiates the export; uri
+// names it in errors.
+func DialTarget(ctx context.Context, t Target, uri string) (*Client, error) {
+	return DialTargetOptions(ctx, t, uri, Options{})
+}
+
+// DialTargetOptions is DialTarget with options.
+func DialTargetOptions(ctx context.Context, t Target, uri string, opt Options) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, t.Network, t.Address)
 	if err != nil {

@@ -24,8 +24,12 @@ type Agent struct {
 // DialAgent connects to the agent socket and synchronizes; an agent that
 // does not answer within timeout is an error.
 func DialAgent(ctx context.Context, path string, timeout time.Duration) (*Agent, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
+	return DialAgentWith(ctx, path, timeout, nil)
+}
+
+// DialAgentWith is DialAgent through an Opener.
+func DialAgentWith(ctx context.Context, path string, timeout time.Duration, open Opener) (*Agent, error) {
+	nc, err := dialUnix(ctx, path, open)
 	if err != nil {
 		return nil, fmt.Errorf("guest agent socket %s: %w", path, err)
 	}

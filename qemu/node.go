@@ -227,8 +227,8 @@ var diskNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,15}$`)
 
 // Discover lists the disks of the VM behind socket: every device with a
 // medium, named as the URI should name it.
-func Discover(ctx context.Context, socket, agent string) ([]DiscoveredDisk, error) {
-	c, err := Dial(ctx, socket)
+func Discover(ctx context.Context, socket, agent string, open Opener) ([]DiscoveredDisk, error) {
+	c, err := DialWith(ctx, socket, open)
 	if err != nil {
 		return nil, err
 	}

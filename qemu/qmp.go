@@ -75,11 +75,32 @@ type reply struct {
 // is not QEMU) fails instead of hanging the backup.
 const greetingTimeout = 10 * time.Second
 
+// Opener checks a socket path before it is dialed and returns the path
+// to dial (a /proc/self/fd path of a checked handle, say) and a func to
+// call once dialed. A nil Opener dials the path as it is.
+type Opener func(path string) (dial string, done func(), err error)
+
+func dialUnix(ctx context.Context, path string, open Opener) (net.Conn, error) {
+	dial := path
+	if open != nil {
+		p, done, err := open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+		dial = p
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", dial)
+}
+
 // Dial connects to a QMP socket, checks the greeting and leaves
 // capabilities negotiation mode.
-func Dial(ctx context.Context, path string) (*Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
+func Dial(ctx context.Context, path string) (*Conn, error) { return DialWith(ctx, path, nil) }
+
+// DialWith is Dial through an Opener.
+func DialWith(ctx context.Context, path string, open Opener) (*Conn, error) {
+	nc, err := dialUnix(ctx, path, open)
 	if err != nil {
 		return nil, fmt.Errorf("connect to QMP socket %s (is the VM running?): %w", path, err)
 	}

@@ -55,6 +55,9 @@ type DiskSpec struct {
 type Options struct {
 	Socket string // QMP socket
 	Agent  string // guest agent socket; "" finds it through QMP; "none" skips
+	// Open checks the QMP and guest agent sockets before they are dialed
+	// (nil: dial as they are).
+	Open Opener
 	// Dir is this session's own directory (created; must not exist): the
 	// fleecing overlays, QEMU's NBD socket and the record of what was
 	// added to the VM, which Recover reads after a crash.
@@ -187,7 +190,7 @@ func Begin(ctx context.Context, opt Options) (*Session, error) {
 		os.RemoveAll(opt.Dir)
 		return nil, err
 	}
-	c, err := Dial(ctx, opt.Socket)
+	c, err := DialWith(ctx, opt.Socket, opt.Open)
 	if err != nil {
 		os.RemoveAll(opt.Dir)
 		return nil, err
@@ -465,7 +468,7 @@ func (s *Session) agent(ctx context.Context) *Agent {
 		}
 		path = p
 	}
-	a, err := DialAgent(ctx, path, 5*time.Second)
+	a, err := DialAgentWith(ctx, path, 5*time.Second, s.opt.Open)
 	if err != nil {
 		s.notes = append(s.notes, "guest agent did not answer: "+err.Error())
 		return nil

@@ -6,6 +6,15 @@
 // failed restore (disk full, corrupt block, cancellation) leaves nothing
 // half-written under the target's name. A block device is written in
 // place; a failure there is reported with the offset reached.
+//
+// Targets are opened relative to their directory, which is opened first:
+// the directory's real path (from the kernel, every symlink resolved) is
+// what Options.Check judges, and the temporary file, the rename and the
+// device open all go through that directory handle, so a path swapped
+// for a symlink after the check cannot redirect the write. Only a new
+// file, an existing regular file or a block device is ever a target; a
+// FIFO, character device, socket, directory or symlink is refused, and
+// nothing is opened in a way that could block.
 package restore
 
 import (
@@ -52,6 +61,10 @@ type Options struct {
 	Verify bool
 	// Progress, if set, receives bytes done and total; calls are serialised.
 	Progress func(done, total int64)
+	// Check, if set, is asked about the target's real path (its
+	// directory as the kernel resolved it, plus its name) before
+	// anything is created or opened for writing; an error refuses it.
+	Check func(real string) error
 }
 
 // Result summarises a finished restore.
@@ -69,7 +82,7 @@ func ToTarget(ctx context.Context, vol Volume, target string, opt Options) (Resu
 	if opt.Workers <= 0 {
 		opt.Workers = 4
 	}
-	t, err := openTarget(target, vol.Size(), opt.Force)
+	t, err := openTarget(target, vol.Size(), opt.Force, opt.Check)
 	if err != nil {
 		return Result{}, fmt.Errorf("restore to %s: %w", target, err)
 	}
@@ -90,54 +103,169 @@ func ToTarget(ctx context.Context, vol Volume, target string, opt Options) (Resu
 }
 
 type target struct {
-	path    string
+	dir     *os.File // the target's directory; names below are relative to it
+	base    string
 	tmp     string // "" for a block device written in place
 	f       *os.File
 	isFile  bool
 	replace bool // rename over an existing file
 }
 
-func openTarget(path string, size int64, force bool) (*target, error) {
-	fi, err := os.Lstat(path)
+// ErrNotATarget means a path names something a disk cannot be restored
+// to: a FIFO, a character device, a socket, a directory or a symlink.
+var ErrNotATarget = errors.New("not a file or block device")
+
+// Inspect checks a target as a restore would, without writing: its
+// directory exists, check accepts its real path, and it is absent (a new
+// file), a regular file or a block device. A restore start uses it to
+// refuse a bad target at once rather than in the job.
+func Inspect(path string, check func(real string) error) error {
+	dir, base, err := openDir(path, check)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	_, _, err = statAt(dir, base)
+	return err
+}
+
+// openDir opens the directory of path and asks check about the target's
+// real path.
+func openDir(path string, check func(real string) error) (*os.File, string, error) {
+	if !filepath.IsAbs(path) {
+		return nil, "", fmt.Errorf("%q is not an absolute path", path)
+	}
+	parent, base := filepath.Split(filepath.Clean(path))
+	if base == "" {
+		return nil, "", fmt.Errorf("%w: it is a directory", ErrNotATarget)
+	}
+	fd, err := unix.Open(parent, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, "", fmt.Errorf("target directory: %w", &os.PathError{Op: "open", Path: parent, Err: err})
+	}
+	dir := os.NewFile(uintptr(fd), parent)
+	if check != nil {
+		real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+		if err == nil {
+			err = check(filepath.Join(real, base))
+		}
+		if err != nil {
+			dir.Close()
+			return nil, "", err
+		}
+	}
+	return dir, base, nil
+}
+
+// statAt looks at base in dir without following a symlink; exists is
+// false for a new file. Anything but a regular file or a block device
+// is refused.
+func statAt(dir *os.File, base string) (st unix.Stat_t, exists bool, err error) {
+	err = unix.Fstatat(int(dir.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, &os.PathError{Op: "stat", Path: filepath.Join(dir.Name(), base), Err: err}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFBLK:
+		return st, true, nil
+	case unix.S_IFLNK:
+		return st, true, fmt.Errorf("%w: it is a symbolic link; name the file or device itself", ErrNotATarget)
+	}
+	return st, true, fmt.Errorf("%w: it is %s", ErrNotATarget, kindOf(st.Mode))
+}
+
+func kindOf(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFIFO:
+		return "a FIFO (named pipe)"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFDIR:
+		return "a directory"
+	}
+	return "neither a file nor a block device"
+}
+
+// openAt opens base in dir for writing without following a symlink or
+// blocking, and checks that it is still the inode statAt saw.
+func openAt(dir *os.File, base string, flags int, want unix.Stat_t) (*os.File, error) {
+	fd, err := unix.Openat(int(dir.Fd()), base, flags|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: filepath.Join(dir.Name(), base), Err: err}
+	}
+	f := os.NewFile(uintptr(fd), filepath.Join(dir.Name(), base))
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Dev != want.Dev || st.Ino != want.Ino || st.Mode&unix.S_IFMT != want.Mode&unix.S_IFMT {
+		f.Close()
+		return nil, fmt.Errorf("target %s changed while it was opened", f.Name())
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func openTarget(path string, size int64, force bool, check func(string) error) (*target, error) {
+	dir, base, err := openDir(path, check)
+	if err != nil {
+		return nil, err
+	}
+	t, err := openTargetIn(dir, base, size, force)
+	if err != nil {
+		dir.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func openTargetIn(dir *os.File, base string, size int64, force bool) (*target, error) {
+	st, exists, err := statAt(dir, base)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return newFileTarget(path, size, false)
 	case err != nil:
 		return nil, err
-	case fi.Mode()&os.ModeSymlink != 0:
-		return nil, fmt.Errorf("target is a symbolic link; name the file or device itself")
-	case fi.IsDir():
-		return nil, fmt.Errorf("target is a directory")
-	case fi.Mode().IsRegular():
-		if fi.Size() > 0 && !force {
-			return nil, fmt.Errorf("%w: file has %d bytes", ErrTargetNotEmpty, fi.Size())
+	case !exists:
+		return newFileTarget(dir, base, size, false)
+	case st.Mode&unix.S_IFMT == unix.S_IFREG:
+		if st.Size > 0 && !force {
+			return nil, fmt.Errorf("%w: file has %d bytes", ErrTargetNotEmpty, st.Size)
 		}
-		return newFileTarget(path, size, true)
-	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
-		return openDeviceTarget(path, size, force)
+		return newFileTarget(dir, base, size, true)
 	}
-	return nil, fmt.Errorf("target is neither a file nor a block device (%s)", fi.Mode().Type())
+	return openDeviceTarget(dir, base, size, force, st)
 }
 
-func newFileTarget(path string, size int64, replace bool) (*target, error) {
+func newFileTarget(dir *os.File, base string, size int64, replace bool) (*target, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".csbs-partial-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	tmp := "." + base + ".csbs-partial-" + hex.EncodeToString(rnd[:])
+	fd, err := unix.Openat(int(dir.Fd()), tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "create", Path: filepath.Join(dir.Name(), tmp), Err: err}
 	}
+	f := os.NewFile(uintptr(fd), filepath.Join(dir.Name(), tmp))
 	if err := f.Truncate(size); err != nil {
 		f.Close()
-		os.Remove(tmp)
+		unix.Unlinkat(int(dir.Fd()), tmp, 0)
 		return nil, fmt.Errorf("size target to %d bytes: %w", size, err)
 	}
-	return &target{path: path, tmp: tmp, f: f, isFile: true, replace: replace}, nil
+	return &target{dir: dir, base: base, tmp: tmp, f: f, isFile: true, replace: replace}, nil
 }
 
-func openDeviceTarget(path string, size int64, force bool) (*target, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
+// openDeviceTarget opens a block device exclusively: the kernel refuses
+// a device that is mounted or otherwise in use (the store's own file
+// system, a disk with a mounted partition) with EBUSY.
+func openDeviceTarget(dir *os.File, base string, size int64, force bool, st unix.Stat_t) (*target, error) {
+	f, err := openAt(dir, base, unix.O_EXCL, st)
 	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("device is in use (mounted, or held by another driver): %w", err)
+		}
 		return nil, err
 	}
 	devSize, err := f.Seek(0, io.SeekEnd)
@@ -160,10 +288,11 @@ func openDeviceTarget(path string, size int64, force bool) (*target, error) {
 			return nil, fmt.Errorf("%w: device's first MiB holds data", ErrTargetNotEmpty)
 		}
 	}
-	return &target{path: path, f: f}, nil
+	return &target{dir: dir, base: base, f: f}, nil
 }
 
 func (t *target) commit() error {
+	defer t.dir.Close()
 	if err := t.f.Sync(); err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
@@ -173,33 +302,91 @@ func (t *target) commit() error {
 	if !t.isFile {
 		return nil
 	}
+	dfd := int(t.dir.Fd())
 	if t.replace {
-		if err := os.Rename(t.tmp, t.path); err != nil {
-			return err
+		if err := unix.Renameat(dfd, t.tmp, dfd, t.base); err != nil {
+			return &os.LinkError{Op: "rename", Old: t.tmp, New: t.base, Err: err}
 		}
-	} else if err := os.Link(t.tmp, t.path); err != nil {
+	} else if err := unix.Linkat(dfd, t.tmp, dfd, t.base, 0); err != nil {
 		// Link refuses to replace a target that appeared meanwhile.
-		return err
-	} else if err := os.Remove(t.tmp); err != nil {
-		return err
+		return &os.LinkError{Op: "link", Old: t.tmp, New: t.base, Err: err}
+	} else if err := unix.Unlinkat(dfd, t.tmp, 0); err != nil {
+		return &os.PathError{Op: "remove", Path: t.tmp, Err: err}
 	}
-	return syncDir(filepath.Dir(t.path))
+	return t.dir.Sync()
 }
 
 func (t *target) abort() {
 	t.f.Close()
 	if t.tmp != "" {
-		os.Remove(t.tmp)
+		unix.Unlinkat(int(t.dir.Fd()), t.tmp, 0)
 	}
+	t.dir.Close()
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// OpenInPlace opens a target that an instant restore writes in place
+// (hydration and guest writes go straight to it): a new file created
+// with size bytes when mayCreate (fresh reports that it was created
+// empty), an existing regular file (grown to size), or a block device
+// (opened exclusively). check judges the real path first, as for
+// ToTarget. A restart reopens with mayCreate false, and the same checks.
+func OpenInPlace(path string, size int64, force, mayCreate bool, check func(real string) error) (f *os.File, fresh bool, err error) {
+	dir, base, err := openDir(path, check)
 	if err != nil {
-		return err
+		return nil, false, err
 	}
-	defer d.Close()
-	return d.Sync()
+	defer dir.Close()
+	st, exists, err := statAt(dir, base)
+	switch {
+	case err != nil:
+		return nil, false, err
+	case !exists && !mayCreate:
+		return nil, false, &os.PathError{Op: "open", Path: path, Err: os.ErrNotExist}
+	case !exists:
+		fd, err := unix.Openat(int(dir.Fd()), base, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, false, &os.PathError{Op: "create", Path: path, Err: err}
+		}
+		f := os.NewFile(uintptr(fd), path)
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			unix.Unlinkat(int(dir.Fd()), base, 0)
+			return nil, false, err
+		}
+		return f, true, nil
+	case st.Mode&unix.S_IFMT == unix.S_IFREG:
+		if st.Size > 0 && !force && mayCreate {
+			return nil, false, fmt.Errorf("%w: file has %d bytes", ErrTargetNotEmpty, st.Size)
+		}
+		f, err := openAt(dir, base, 0, st)
+		if err != nil {
+			return nil, false, err
+		}
+		if st.Size < size {
+			if err := f.Truncate(size); err != nil {
+				f.Close()
+				return nil, false, err
+			}
+		}
+		return f, st.Size == 0, nil
+	}
+	f, err = openAt(dir, base, unix.O_EXCL, st)
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return nil, false, fmt.Errorf("device is in use (mounted, or held by another driver): %w", err)
+		}
+		return nil, false, err
+	}
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil || end < size {
+		f.Close()
+		return nil, false, fmt.Errorf("device has %d bytes, the disk needs %d", end, size)
+	}
+	if mayCreate && !force {
+		f.Close()
+		return nil, false, fmt.Errorf("instant restore onto a block device overwrites it: add --force")
+	}
+	return f, false, nil
 }
 
 const chunkBlocks = 16

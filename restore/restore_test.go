@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"csbs/blockstore"
 	"csbs/internal/testdisk"
@@ -29,7 +31,7 @@ func openStore(t *testing.T) *blockstore.Store {
 
 func backup(t *testing.T, s *blockstore.Store, path string, parent blockstore.MapID) blockstore.MapInfo {
 	t.Helper()
-	src, err := source.OpenFile(path)
+	src, err := source.OpenFile(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,5 +264,167 @@ func TestTargetDiskFull(t *testing.T) {
 	entries, _ := os.ReadDir(small)
 	if len(entries) != 0 {
 		t.Fatalf("full disk restore left %d files", len(entries))
+	}
+}
+
+// within fails the test if f blocks (a FIFO opened for writing waits
+// for a reader forever unless opened non-blocking).
+func within[T any](t *testing.T, what string, f func() (T, error)) (T, error) {
+	t.Helper()
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := f()
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s blocked", what)
+		var zero T
+		return zero, nil
+	}
+}
+
+// TestTargetTypes: only a new file, a regular file or a block device is
+// a target, for a normal restore (ToTarget) and an instant one
+// (OpenInPlace) alike; the refusal comes at open, without blocking, and
+// leaves nothing behind. Inspect, which restore start uses, agrees.
+func TestTargetTypes(t *testing.T) {
+	dir := t.TempDir()
+	img := testdisk.Sparse(t, dir, 1<<20, 5000, 0)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	sub := filepath.Join(dir, "sub")
+	os.Mkdir(sub, 0o755)
+	for _, tc := range []struct{ path, want string }{
+		{fifo, "FIFO"},
+		{"/dev/null", "character device"},
+		{filepath.Join(dir, "s.sock"), "socket"},
+		{sub, "directory"},
+	} {
+		if err := restore.Inspect(tc.path, nil); !errors.Is(err, restore.ErrNotATarget) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Inspect %s: %v", tc.path, err)
+		}
+		_, err := within(t, "restore to "+tc.path, func() (restore.Result, error) {
+			return restoreTo(t, s, info.ID, tc.path, restore.Options{Force: true})
+		})
+		if !errors.Is(err, restore.ErrNotATarget) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("restore to %s: %v, want a refusal naming %q", tc.path, err, tc.want)
+		}
+		f, err := within(t, "instant restore to "+tc.path, func() (*os.File, error) {
+			f, _, err := restore.OpenInPlace(tc.path, info.Size, true, true, nil)
+			return f, err
+		})
+		if err == nil {
+			f.Close()
+		}
+		if !errors.Is(err, restore.ErrNotATarget) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("instant restore to %s: %v, want a refusal naming %q", tc.path, err, tc.want)
+		}
+	}
+	assertNoPartials(t, dir)
+}
+
+// TestTargetCheckSeesRealPath: Check judges the target's real location
+// (its directory resolved by the kernel), so a directory that is a
+// symlink into a forbidden place is refused, and nothing is written
+// there.
+func TestTargetCheckSeesRealPath(t *testing.T) {
+	dir := t.TempDir()
+	img := testdisk.Sparse(t, dir, 1<<20, 5000, 0)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+	forbidden := filepath.Join(dir, "forbidden")
+	os.Mkdir(forbidden, 0o700)
+	os.WriteFile(filepath.Join(forbidden, "precious"), []byte("keep"), 0o600)
+	if err := os.Symlink(forbidden, filepath.Join(dir, "innocent")); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	check := func(real string) error {
+		seen = append(seen, real)
+		if strings.HasPrefix(real, forbidden+"/") {
+			return errors.New("refused: " + real)
+		}
+		return nil
+	}
+	for _, name := range []string{"precious", "new.img"} {
+		target := filepath.Join(dir, "innocent", name)
+		if _, err := restoreTo(t, s, info.ID, target, restore.Options{Force: true, Check: check}); err == nil || !strings.Contains(err.Error(), "refused: "+filepath.Join(forbidden, name)) {
+			t.Fatalf("restore through a symlinked dir: %v", err)
+		}
+		if _, _, err := restore.OpenInPlace(target, info.Size, true, true, check); err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("instant restore through a symlinked dir: %v", err)
+		}
+		if err := restore.Inspect(target, check); err == nil {
+			t.Fatal("Inspect accepted it")
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(forbidden, "precious")); string(b) != "keep" {
+		t.Fatal("a refused restore wrote the file")
+	}
+	if es, _ := os.ReadDir(forbidden); len(es) != 1 {
+		t.Fatalf("a refused restore left %d files", len(es))
+	}
+	if seen[0] != filepath.Join(forbidden, "precious") {
+		t.Fatalf("check saw %q", seen)
+	}
+	// Allowed: the restore lands where the check saw it.
+	ok := filepath.Join(dir, "ok.img")
+	if _, err := restoreTo(t, s, info.ID, ok, restore.Options{Check: check}); err != nil {
+		t.Fatal(err)
+	}
+	if testdisk.SHA256(t, ok) != testdisk.SHA256(t, img) {
+		t.Fatal("restore differs")
+	}
+}
+
+// TestDeviceTargetInUse: a block device that is mounted (as the store's
+// own file system would be) is refused, since it is opened exclusively;
+// the same device unmounted is restored.
+func TestDeviceTargetInUse(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI runs as root; this test needs a loop device")
+		}
+		t.Skip("skipping: needs root for a loop device and a mount")
+	}
+	dir := t.TempDir()
+	img := testdisk.Sparse(t, dir, 4<<20, 5000, 0)
+	s := openStore(t)
+	info := backup(t, s, img, blockstore.MapID{})
+	backing := testdisk.Ext4(t, dir, 8, 1, 3)
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", dev).Run()
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	if out, err := exec.Command("mount", "-o", "ro", dev, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v %s", err, out)
+	}
+	_, err = restoreTo(t, s, info.ID, dev, restore.Options{Force: true})
+	exec.Command("umount", mnt).Run()
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("restore onto a mounted device: %v", err)
+	}
+	if _, err := restoreTo(t, s, info.ID, dev, restore.Options{Force: true}); err != nil {
+		t.Fatalf("restore onto the unmounted device: %v", err)
 	}
 }

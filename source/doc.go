@@ -7,4 +7,11 @@
 // dirty bitmap (dirty-bitmap=NAME: QEMU's qemu:dirty-bitmap:NAME context)
 // is also a blockstore.ChangedSource; whether its bitmap may be trusted
 // against a parent backup is the caller's decision (package engine).
+//
+// Only regular files and block devices are disks: a FIFO, character
+// device, socket or directory is refused (ErrNotADisk), and the open can
+// never block, since the type is checked on an O_PATH handle before the
+// file is opened for reading. A Guard sees where a source really is (the
+// kernel's path of the opened file or socket, or an nbd:// address)
+// before anything is read; the engine passes the host access rules.
 package source

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"csbs/blockstore"
 	"csbs/nbd"
 )
@@ -36,25 +38,60 @@ var (
 // the export offers as a block status context.
 const BitmapParam = "dirty-bitmap"
 
-// OpenNBD connects to an NBD URI. A dirty-bitmap=NAME query parameter
-// asks for the context qemu:dirty-bitmap:NAME (see NBD.ChangedContext).
-func OpenNBD(ctx context.Context, uri string) (*NBD, error) {
+// OpenNBD connects to an NBD export (a qemu-nbd export of a VM's disk,
+// for example). A dirty-bitmap=NAME query parameter asks for the context
+// qemu:dirty-bitmap:NAME (see NBD.HasBitmap).
+func OpenNBD(ctx context.Context, uri string, guard Guard) (*NBD, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, fmt.Errorf("open source: NBD URI %q: %w", uri, err)
 	}
-	bitmap := u.Query().Get(BitmapParam)
-	return OpenNBDBitmap(ctx, uri, bitmap)
+	return OpenNBDBitmap(ctx, uri, u.Query().Get(BitmapParam), guard)
 }
 
 // OpenNBDBitmap connects to an NBD export and asks for the named dirty
-// bitmap's context ("" for none).
-func OpenNBDBitmap(ctx context.Context, uri, bitmap string) (*NBD, error) {
+// bitmap's context ("" for none). The socket of an nbd+unix URI is
+// opened with O_PATH first, its type and real path checked, and
+// connected through that handle, so the guard's decision holds for the
+// socket that is dialed.
+func OpenNBDBitmap(ctx context.Context, uri, bitmap string, guard Guard) (*NBD, error) {
+	t, err := nbd.ParseURI(uri)
+	if err != nil {
+		return nil, fmt.Errorf("open source: %w", err)
+	}
+	if t.Network == "unix" {
+		pfd, err := unix.Open(t.Address, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open source %s: socket %s: %w", uri, t.Address, err)
+		}
+		defer unix.Close(pfd)
+		var st unix.Stat_t
+		if err := unix.Fstat(pfd, &st); err != nil {
+			return nil, fmt.Errorf("open source %s: %w", uri, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			return nil, fmt.Errorf("open source %s: %s is %s, not a socket", uri, t.Address, KindOf(st.Mode))
+		}
+		if guard != nil {
+			real, err := FDPath(pfd)
+			if err != nil {
+				return nil, fmt.Errorf("open source %s: %w", uri, err)
+			}
+			if err := guard(Location{Path: real}); err != nil {
+				return nil, err
+			}
+		}
+		t.Address = fmt.Sprintf("/proc/self/fd/%d", pfd)
+	} else if guard != nil {
+		if err := guard(Location{Addr: t.Address}); err != nil {
+			return nil, err
+		}
+	}
 	opt := nbd.Options{}
 	if bitmap != "" {
 		opt.MetaContexts = []string{nbd.MetaDirtyBitmap(bitmap)}
 	}
-	c, err := nbd.DialOptions(ctx, uri, opt)
+	c, err := nbd.DialTargetOptions(ctx, t, uri, opt)
 	if err != nil {
 		return nil, fmt.Errorf("open source: %w", err)
 	}

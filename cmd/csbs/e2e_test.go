@@ -41,11 +41,18 @@ type appliance struct {
 	cmd  *exec.Cmd
 	logs *bytes.Buffer
 	env  []string
+	// wd is the working directory of the daemon and every CLI call
+	// ("" = the test's); global are flags put before every command.
+	wd     string
+	global []string
 }
 
+// startAppliance runs `csbs serve` with a config in a temp dir; "{dir}"
+// in extraConfig stands for that dir.
 func startAppliance(t *testing.T, extraConfig string) *appliance {
 	t.Helper()
 	dir := t.TempDir()
+	extraConfig = strings.ReplaceAll(extraConfig, "{dir}", dir)
 	cfg := filepath.Join(dir, "csbs.toml")
 	conf := "region = \"cn-test-1\"\navailability_zones = [\"cn-test-1a\", \"cn-test-1b\"]\n"
 	if !strings.Contains(extraConfig, "data_dir") {
@@ -63,7 +70,8 @@ func startAppliance(t *testing.T, extraConfig string) *appliance {
 
 func (a *appliance) start() {
 	a.t.Helper()
-	a.cmd = exec.Command(binary, "serve")
+	a.cmd = exec.Command(binary, append(append([]string{}, a.global...), "serve")...)
+	a.cmd.Dir = a.wd
 	a.cmd.Env = append(os.Environ(), a.env...)
 	a.cmd.Stderr = a.logs
 	a.cmd.Stdout = a.logs
@@ -105,7 +113,8 @@ func (a *appliance) stop() {
 // run runs the CLI and returns stdout, stderr and the exit code.
 func (a *appliance) run(env []string, args ...string) (string, string, int) {
 	a.t.Helper()
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(binary, append(append([]string{}, a.global...), args...)...)
+	cmd.Dir = a.wd
 	cmd.Env = append(append(os.Environ(), a.env...), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

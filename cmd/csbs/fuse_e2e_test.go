@@ -50,7 +50,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestFUSEMountAndBrowse(t *testing.T) {
 	needFUSE(t)
-	a := startAppliance(t, "")
+	a := startAppliance(t, "[access.projects.p2]\nmount_dirs = [\"{dir}/other\"]\n")
 	img := testdisk.Ext4(t, a.dir, 48, 16, 31)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
 	a.ok("backup", "create", "web1", "--name", "common1", "--wait")

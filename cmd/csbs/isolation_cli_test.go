@@ -19,7 +19,10 @@ import (
 // fail with a clear error, change nothing of project p1 and print none of
 // its names.
 func TestCLIProjectIsolation(t *testing.T) {
-	a := startAppliance(t, "")
+	// Both projects may use the test's dir (the data dir in it stays off
+	// limits); what they may not do is reach each other's objects.
+	grant := "source_dirs = [\"{dir}\"]\ntarget_dirs = [\"{dir}\"]\nmount_dirs = [\"{dir}\"]\n"
+	a := startAppliance(t, "[access.projects.p1]\n"+grant+"[access.projects.p2]\n"+grant)
 	root := os.Geteuid() == 0
 	sock := filepath.Join(a.dir, "data", "csbs.sock")
 	secret := func(args ...string) string {

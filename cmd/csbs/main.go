@@ -82,34 +82,26 @@ func newApp() *cli.App {
 	return app
 }
 
-// loadConfig returns the config named by --config, or the defaults with
-// --data-dir applied.
+// loadConfig returns the config named by --config, or the embedded
+// default with --data-dir applied; package config makes every path in it
+// absolute.
 func loadConfig(c *cli.Context) (config.Config, error) {
-	cfg, err := config.Load(c.String("config"))
-	if err != nil {
-		return cfg, err
+	file := configFile(c)
+	if file == "" && c.IsSet("data-dir") {
+		return config.LoadDataDir(c.String("data-dir"))
 	}
-	if c.String("config") == "" && c.IsSet("data-dir") {
-		cfg = config.Default()
-		cfg.DataDir = c.String("data-dir")
-		cfg.API.Socket = ""
-		cfg.NBD.Socket = ""
-		if err := cfg.Validate(); err != nil {
-			return cfg, err
-		}
-		cfg, err = finishDefaults(cfg)
-	}
-	return cfg, err
+	return config.Load(file)
 }
 
-func finishDefaults(cfg config.Config) (config.Config, error) {
-	if cfg.API.Socket == "" {
-		cfg.API.Socket = filepath.Join(cfg.DataDir, "csbs.sock")
+// configFile is --config wherever it was given: `csbs serve` has its own
+// flag of that name, which would otherwise hide `csbs --config F serve`.
+func configFile(c *cli.Context) string {
+	for _, x := range c.Lineage() {
+		if x.IsSet("config") {
+			return x.String("config")
+		}
 	}
-	if cfg.NBD.Socket == "" {
-		cfg.NBD.Socket = filepath.Join(cfg.DataDir, "nbd.sock")
-	}
-	return cfg, nil
+	return c.String("config")
 }
 
 // client builds an API client from the global flags.

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"io"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -58,6 +60,26 @@ func projectCommand() *cli.Command {
 				},
 			},
 			{
+				Name: "show", Usage: "show a project and the host paths its tokens may use", ArgsUsage: "NAME",
+				UsageText: `csbs project show team-a
+   CSBS_TOKEN=... csbs project show team-a    # a project token shows its own project`,
+				Flags: []cli.Flag{jsonFlag},
+				Action: func(c *cli.Context) error {
+					if err := needArgs(c, 1, "NAME"); err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					var p api.ProjectView
+					if err := cl.Do(c.Context, "GET", "/v1/projects/"+c.Args().First(), nil, nil, &p); err != nil {
+						return err
+					}
+					return show(c, p, func(w io.Writer) error { return printProject(w, p) })
+				},
+			},
+			{
 				Name: "rm", Usage: "remove an empty project", ArgsUsage: "NAME",
 				Action: func(c *cli.Context) error {
 					if err := needArgs(c, 1, "NAME"); err != nil {
@@ -72,4 +94,23 @@ func projectCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+func printProject(w io.Writer, p api.ProjectView) error {
+	ir := "disabled"
+	if p.InstantRestore {
+		ir = "enabled " + timeH(p.IREnabledAt)
+	}
+	list := func(v []string) string {
+		if len(v) == 0 {
+			return "none"
+		}
+		return strings.Join(v, ", ")
+	}
+	h := p.HostAccess
+	_, err := fmt.Fprintf(w, "id:       %s\nname:     %s\ncreated:  %s\ninstant restore: %s\n"+
+		"host access of the project's tokens (access.* in the daemon's config; the admin token may use any path outside the data dir):\n"+
+		"  disk sources:    %s\n  restore targets: %s\n  mount paths:     %s\n  NBD TCP hosts:   %s\n",
+		p.ID, p.Name, timeH(p.Created), ir, list(h.SourceDirs), list(h.TargetDirs), list(h.MountDirs), list(h.NBDHosts))
+	return err
 }

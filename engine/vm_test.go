@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -174,8 +175,8 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 // reads the whole disk and is fs-consistent (the guest agent froze the
 // file system: it needs no journal replay); the next ones read only the
 // blocks the dirty bitmap marks. A clean VM restart keeps the bitmap
-// (persistent in qcow2). A restored CBT backup boots and its writer
-// carries on.
+// (persistent in qcow2); a restart without it reads in full and says
+// why. A restored CBT backup boots and its writer carries on.
 func TestLiveVMBackupsWhileWriting(t *testing.T) {
 	t.Parallel()
 	g := testvm.Build(t)
@@ -251,6 +252,28 @@ func TestLiveVMBackupsWhileWriting(t *testing.T) {
 	}
 	backupChecked(b, before, b.Consistency == qemu.FSConsistent)
 	prev = b
+
+	// Restarted without its bitmap (removed from the image while the VM
+	// was down): full read, and the backup says why.
+	if err := vm.Quit(ctxT(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-img", "bitmap", "--remove", vm.Disk, prev.Disks[0].Bitmap).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img bitmap --remove: %v\n%s", err, out)
+	}
+	vm = testvm.Start(t, g, testvm.Options{Disk: vm.Disk, Rate: 40})
+	s = updateSource(t, e, s, "qmp+unix:///vda?socket="+vm.QMP)
+	e.SetHooks(&Hooks{AfterPointInTime: func() { atFix = vm.Synced() }})
+	before = vm.Synced()
+	b, err = e.backup(s, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := b.Disks[0]; d.ChangedFrom != "" || !strings.Contains(d.FullRead, "is not in the VM") || !strings.Contains(b.Note, "disk vda: full read: dirty bitmap") {
+		t.Fatalf("restarted without its bitmap: changed_from %q full_read %q note %q", d.ChangedFrom, d.FullRead, b.Note)
+	}
+	backupChecked(b, before, b.Consistency == qemu.FSConsistent)
+	vmClean(t, vm, b.Disks[0].Bitmap)
 
 	// The CBT backup boots: its file system mounts in the guest and the
 	// writer appends after its last record.

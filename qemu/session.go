@@ -124,7 +124,10 @@ type state struct {
 
 const stateFile = "session.json"
 
-func (s *state) save() error {
+// save writes the record durably.
+func (s *state) save() error { return s.write(true) }
+
+func (s *state) write(sync bool) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
@@ -138,9 +141,11 @@ func (s *state) save() error {
 		f.Close()
 		return fmt.Errorf("record VM session: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("record VM session: %w", err)
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("record VM session: %w", err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -148,8 +153,10 @@ func (s *state) save() error {
 	if err := os.Rename(tmp, s.path); err != nil {
 		return fmt.Errorf("record VM session: %w", err)
 	}
-	if d, err := os.Open(filepath.Dir(s.path)); err == nil {
+	if d, err := os.Open(filepath.Dir(s.path)); err == nil && sync {
 		d.Sync()
+		d.Close()
+	} else if err == nil {
 		d.Close()
 	}
 	return nil
@@ -186,7 +193,8 @@ func Begin(ctx context.Context, opt Options) (*Session, error) {
 		return nil, fmt.Errorf("VM session: %w", err)
 	}
 	s.st = &state{path: filepath.Join(opt.Dir, stateFile), ID: opt.ID, Socket: opt.Socket, Created: time.Now().UTC()}
-	if err := s.st.save(); err != nil {
+	// Not synced: nothing is in the VM yet; the record only marks the dir.
+	if err := s.st.write(false); err != nil {
 		os.RemoveAll(opt.Dir)
 		return nil, err
 	}
@@ -252,19 +260,24 @@ func (s *Session) begin(ctx context.Context) error {
 		}
 		s.disks[i] = d
 	}
-	if err := s.st.save(); err != nil {
-		return err
-	}
 
-	for i := range s.disks {
-		if err := s.addOverlay(ctx, i); err != nil {
-			return fmt.Errorf("disk %s: fleecing overlay: %w", s.disks[i].Spec.Name, err)
+	// One record of everything this session will add (cleanup tolerates
+	// what was never made), written before the VM is touched.
+	agent := s.agent(ctx)
+	alreadyFrozen := false
+	if agent != nil {
+		// Someone else's freeze is left as found: thawing it would break
+		// their snapshot.
+		if st, err := agent.FreezeStatus(ctx); err == nil && st == "frozen" {
+			s.notes = append(s.notes, "guest file systems were already frozen by someone else (left frozen)")
+			alreadyFrozen = true
+			agent.Close()
+			agent = nil
 		}
 	}
-
-	agent := s.agent(ctx)
 	var actions []map[string]any
 	for i, d := range s.disks {
+		s.st.Nodes = append(s.st.Nodes, s.name(i, "f"), s.name(i, "o"))
 		add := map[string]any{"node": d.Node.Name, "name": d.Spec.NewBitmap, "persistent": d.Persistent}
 		actions = append(actions, map[string]any{"type": "block-dirty-bitmap-add", "data": add})
 		s.st.NewBitmaps = append(s.st.NewBitmaps, bitmapRef{d.Node.Name, d.Spec.NewBitmap})
@@ -279,23 +292,26 @@ func (s *Session) begin(ctx context.Context) error {
 			"job-id": job, "device": d.Node.Name, "target": s.name(i, "o"), "sync": "none",
 		}})
 		s.st.Jobs = append(s.st.Jobs, job)
+		s.st.Exports = append(s.st.Exports, s.name(i, "e"))
 	}
-	s.consistency = CrashConsistent
-	if agent != nil {
-		// Someone else's freeze is left as found: thawing it would break
-		// their snapshot.
-		if st, err := agent.FreezeStatus(ctx); err == nil && st == "frozen" {
-			s.notes = append(s.notes, "guest file systems were already frozen by someone else (left frozen)")
-			s.consistency = FSConsistent
+	s.st.Frozen = agent != nil
+	if err := s.st.save(); err != nil {
+		if agent != nil {
 			agent.Close()
-			agent = nil
+		}
+		return err
+	}
+	for i := range s.disks {
+		if err := s.addOverlay(ctx, i); err != nil {
+			if agent != nil {
+				agent.Close()
+			}
+			return fmt.Errorf("disk %s: fleecing overlay: %w", s.disks[i].Spec.Name, err)
 		}
 	}
-	if agent != nil {
-		s.st.Frozen = true
-	}
-	if err := s.st.save(); err != nil {
-		return err
+	s.consistency = CrashConsistent
+	if alreadyFrozen {
+		s.consistency = FSConsistent
 	}
 	if agent != nil {
 		n, err := agent.Freeze(ctx)
@@ -319,10 +335,8 @@ func (s *Session) begin(ctx context.Context) error {
 			}
 		}
 		agent.Close()
+		// Not saved: a recovery that thaws again does no harm.
 		s.st.Frozen = false
-		if err := s.st.save(); err != nil {
-			return errors.Join(txErr, err)
-		}
 	}
 	if txErr != nil {
 		return fmt.Errorf("fix the point in time: %w", txErr)
@@ -331,6 +345,8 @@ func (s *Session) begin(ctx context.Context) error {
 		s.opt.AfterPointInTime()
 	}
 
+	// Recorded just before it starts: a recovery must never stop an NBD
+	// server that someone else runs.
 	s.st.NBDServer = true
 	if err := s.st.save(); err != nil {
 		return err
@@ -338,6 +354,9 @@ func (s *Session) begin(ctx context.Context) error {
 	addr := map[string]any{"type": "unix", "data": map[string]any{"path": NBDSocket(s.opt.Dir)}}
 	if err := s.c.Execute(ctx, "nbd-server-start", map[string]any{"addr": addr}, nil); err != nil {
 		s.st.NBDServer = false
+		if serr := s.st.save(); serr != nil {
+			return errors.Join(err, serr)
+		}
 		if strings.Contains(err.Error(), "already running") {
 			return fmt.Errorf("QEMU's NBD server of the VM (%s) is already in use (another backup or a migration): %w", s.opt.Socket, err)
 		}
@@ -345,10 +364,6 @@ func (s *Session) begin(ctx context.Context) error {
 	}
 	for i, d := range s.disks {
 		id := s.name(i, "e")
-		s.st.Exports = append(s.st.Exports, id)
-		if err := s.st.save(); err != nil {
-			return err
-		}
 		args := map[string]any{"type": "nbd", "id": id, "node-name": s.name(i, "o"), "name": d.Spec.Name, "writable": false}
 		if d.CBT {
 			args["bitmaps"] = []string{d.ChangedBitmap}
@@ -403,10 +418,6 @@ func (s *Session) addOverlay(ctx context.Context, i int) error {
 		return err
 	}
 	fnode := s.name(i, "f")
-	s.st.Nodes = append(s.st.Nodes, fnode)
-	if err := s.st.save(); err != nil {
-		return err
-	}
 	if err := s.c.Execute(ctx, "blockdev-add", map[string]any{"driver": "file", "node-name": fnode, "filename": file}, nil); err != nil {
 		return err
 	}
@@ -414,10 +425,6 @@ func (s *Session) addOverlay(ctx context.Context, i int) error {
 		return err
 	}
 	onode := s.name(i, "o")
-	s.st.Nodes = append(s.st.Nodes, onode)
-	if err := s.st.save(); err != nil {
-		return err
-	}
 	return s.c.Execute(ctx, "blockdev-add", map[string]any{"driver": "qcow2", "node-name": onode, "file": fnode, "backing": d.Node.Name}, nil)
 }
 
@@ -447,7 +454,7 @@ func (s *Session) runJob(ctx context.Context, id string, options map[string]any)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(time.Millisecond):
 		}
 	}
 }
@@ -504,7 +511,9 @@ func (s *Session) Gone() error { return s.c.Err() }
 // bitmaps, else the new bitmaps (no backup refers to them). It keeps the
 // session record when the VM could not be cleaned, for Recover.
 func (s *Session) End(ctx context.Context, committed bool) error {
+	start := time.Now()
 	err := cleanup(ctx, s.c, s.st, committed, s.opt.Log)
+	s.opt.Log.Debug("VM session ended", "socket", s.opt.Socket, "session", s.opt.ID, "committed", committed, "cleanup", time.Since(start), "err", err)
 	s.c.Close()
 	if err != nil && !errors.Is(err, ErrVMGone) {
 		return fmt.Errorf("clean up VM %s (session kept in %s for a later try): %w", s.opt.Socket, s.opt.Dir, err)

@@ -27,6 +27,8 @@ type NBD struct {
 	mu      sync.Mutex // the caches below
 	alloc   extentWindow
 	changed extentWindow
+
+	pf *prefetcher // nil: no read-ahead
 }
 
 var (
@@ -101,8 +103,16 @@ func OpenNBDBitmap(ctx context.Context, uri, bitmap string, guard Guard) (*NBD, 
 // Size returns the export size.
 func (d *NBD) Size() int64 { return d.c.Size() }
 
-// ReadAt reads from the export.
-func (d *NBD) ReadAt(p []byte, off int64) (int, error) { return d.c.ReadAt(p, off) }
+// ReadAt reads from the export, from the read-ahead when it has the
+// range (see Prefetch).
+func (d *NBD) ReadAt(p []byte, off int64) (int, error) {
+	if d.pf != nil {
+		if n, ok := d.pf.read(d, p, off); ok {
+			return n, nil
+		}
+	}
+	return d.c.ReadAt(p, off)
+}
 
 // Close closes the connection.
 func (d *NBD) Close() error { return d.c.Close() }
@@ -130,15 +140,19 @@ const statusWindow = 1 << 30
 // two lookups could make a region that held data at the backup's
 // instant look zero once; the second query then finds it in the overlay.
 func (d *NBD) NextData(ctx context.Context, off int64) (int64, int64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.nextData(ctx, &d.alloc, off)
+}
+
+func (d *NBD) nextData(ctx context.Context, w *extentWindow, off int64) (int64, int64, error) {
 	if !d.HasAllocation() {
 		if off >= d.Size() {
 			return 0, 0, io.EOF
 		}
 		return off, d.Size(), nil
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.alloc.next(ctx, off, d.Size(), func(e nbd.StatusExtent) bool { return e.Flags&nbd.StateZero == 0 },
+	return w.next(ctx, off, d.Size(), func(e nbd.StatusExtent) bool { return e.Flags&nbd.StateZero == 0 },
 		func(ctx context.Context, pos int64) ([]nbd.StatusExtent, error) {
 			a, err := d.c.BlockStatus(ctx, nbd.MetaBaseAllocation, pos, statusWindow)
 			if err != nil {
@@ -156,13 +170,17 @@ func (d *NBD) NextData(ctx context.Context, off int64) (int64, int64, error) {
 // bitmap marks changed. It fails when the export offers no bitmap: the
 // caller must check HasBitmap before trusting a parent.
 func (d *NBD) NextChanged(ctx context.Context, off int64) (int64, int64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.nextChanged(ctx, &d.changed, off)
+}
+
+func (d *NBD) nextChanged(ctx context.Context, w *extentWindow, off int64) (int64, int64, error) {
 	if !d.HasBitmap() {
 		return 0, 0, fmt.Errorf("%s: %w: no dirty bitmap %q on this export", d.uri, nbd.ErrNoBlockStatus, d.bitmap)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	ctxName := nbd.MetaDirtyBitmap(d.bitmap)
-	return d.changed.next(ctx, off, d.Size(), func(e nbd.StatusExtent) bool { return e.Flags&nbd.StateDirty != 0 },
+	return w.next(ctx, off, d.Size(), func(e nbd.StatusExtent) bool { return e.Flags&nbd.StateDirty != 0 },
 		func(ctx context.Context, pos int64) ([]nbd.StatusExtent, error) {
 			return d.c.BlockStatus(ctx, ctxName, pos, statusWindow)
 		})

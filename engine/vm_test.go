@@ -468,7 +468,9 @@ func TestLiveVMBadInput(t *testing.T) {
 		})
 	}
 
-	vm := testvm.Start(t, g, testvm.Options{Drive: true})
+	// Enough data that the read-ahead (16 MiB) cannot hold the rest of the
+	// disk when the VM dies.
+	vm := testvm.Start(t, g, testvm.Options{Drive: true, FillMiB: 40})
 	// A disk the VM does not have: the error lists the ones it has.
 	_, _, err = e.CheckSource(ctx, admin, "qmp+unix:///vdz?socket="+vm.QMP)
 	if !errors.Is(err, catalog.ErrInvalid) || !strings.Contains(err.Error(), `no block node or device "vdz"`) || !strings.Contains(err.Error(), "device vda") {
@@ -492,9 +494,10 @@ func TestLiveVMBadInput(t *testing.T) {
 	vm = testvm.Start(t, g, testvm.Options{Disk: vm.Disk, Drive: true})
 	s = updateSource(t, e, s, "qmp+unix:///vda?socket="+vm.QMP)
 
-	// The VM dies while the backup reads.
+	// The VM dies while the backup reads (a full read: more data than the
+	// read-ahead holds).
 	var once sync.Once
-	_, err = e.Backup(ctx, catalog.Job{Project: e.project.ID, ServerID: s.ID, Trigger: catalog.TriggerManual}, func(done, total int64) {
+	_, err = e.Backup(ctx, catalog.Job{Project: e.project.ID, ServerID: s.ID, Trigger: catalog.TriggerManual, Full: true}, func(done, total int64) {
 		once.Do(vm.Kill)
 	})
 	if err == nil || !strings.Contains(err.Error(), "the VM stopped or crashed during the backup") {
@@ -556,4 +559,68 @@ func TestLiveVMBadInput(t *testing.T) {
 	}
 	vmClean(t, vm, b3.Disks[0].Bitmap)
 	e.noSessionFiles()
+}
+
+// TestLiveVMSocketAccess: a QMP or guest agent socket is a disk source
+// path under the host access rules: a project token may name only
+// sockets below its grants, nobody may name one inside the appliance's
+// own data, and a symlink into a grant that points outside is refused.
+// Refusals come before anything is dialed.
+func TestLiveVMSocketAccess(t *testing.T) {
+	e := newTestEngine(t)
+	root := t.TempDir()
+	granted, outside, own := filepath.Join(root, "granted"), filepath.Join(root, "outside"), filepath.Join(root, "data")
+	for _, d := range []string{granted, outside, own} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Access = &access.Rules{Protected: []string{own}, Projects: map[string]access.Grant{"p1": {SourceDirs: []string{granted}}}}
+	listen := func(p string) {
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	listen(filepath.Join(outside, "vm.qmp"))
+	listen(filepath.Join(own, "vm.qmp"))
+	if err := os.Symlink(filepath.Join(outside, "vm.qmp"), filepath.Join(granted, "link.qmp")); err != nil {
+		t.Fatal(err)
+	}
+	p1 := access.Caller{Project: "p1"}
+	ctx := ctxT(t, time.Minute)
+	for _, tc := range []struct {
+		name   string
+		caller access.Caller
+		src    string
+	}{
+		{"project token, socket outside its grant", p1, "qmp+unix:///vda?socket=" + filepath.Join(outside, "vm.qmp")},
+		{"project token, symlink in its grant to outside", p1, "qmp+unix:///vda?socket=" + filepath.Join(granted, "link.qmp")},
+		{"project token, agent outside its grant", p1, "qmp+unix:///vda?socket=" + filepath.Join(granted, "link.qmp") + "&qga=" + filepath.Join(outside, "qga")},
+		{"admin, socket in the appliance's data", admin, "qmp+unix:///vda?socket=" + filepath.Join(own, "vm.qmp")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, _, err := e.CheckSource(ctx, tc.caller, tc.src); !errors.Is(err, access.ErrDenied) {
+				t.Fatalf("CheckSource: %v, want access denied", err)
+			}
+		})
+	}
+	if _, err := e.DiscoverVM(ctx, p1, filepath.Join(outside, "vm.qmp"), ""); !errors.Is(err, access.ErrDenied) {
+		t.Fatalf("discover outside the grant: %v", err)
+	}
+	// The admin may name the socket outside; it is not QEMU (it hangs up),
+	// and the error says so.
+	if _, _, err := e.CheckSource(ctx, admin, "qmp+unix:///vda?socket="+filepath.Join(outside, "vm.qmp")); !errors.Is(err, catalog.ErrInvalid) || !strings.Contains(err.Error(), "not a QEMU QMP socket") {
+		t.Fatalf("admin, silent socket: %v", err)
+	}
 }

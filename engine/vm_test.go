@@ -48,7 +48,7 @@ func newTestEngine(t *testing.T) *testEngine {
 	}
 	t.Cleanup(func() { os.RemoveAll(vmDir) })
 	e := &testEngine{t: t, Engine: &Engine{
-		Store: st, Catalog: catalog.New(st.DB(), catalog.Options{}), Now: time.Now,
+		Store: st, Catalog: catalog.New(st.KV(), catalog.Options{}), Now: time.Now,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMDir: vmDir, Access: &access.Rules{},
 	}}
 	err = e.Catalog.Update(func(tx *catalog.Txn) error {

@@ -49,7 +49,7 @@ func newRig(t *testing.T, dir string) *rig {
 	var once sync.Once
 	closeFn := func() { once.Do(func() { st.Close(); os.RemoveAll(vmDir) }) }
 	t.Cleanup(closeFn)
-	r := &rig{t: t, close: closeFn, e: &engine.Engine{Store: st, Catalog: catalog.New(st.DB(), catalog.Options{}), Now: time.Now, Log: benchLog(), VMDir: vmDir, Access: &access.Rules{}}}
+	r := &rig{t: t, close: closeFn, e: &engine.Engine{Store: st, Catalog: catalog.New(st.KV(), catalog.Options{}), Now: time.Now, Log: benchLog(), VMDir: vmDir, Access: &access.Rules{}}}
 	if err := r.e.Catalog.Update(func(tx *catalog.Txn) error {
 		var err error
 		r.project, err = tx.CreateProject(catalog.DefaultProject, time.Now())

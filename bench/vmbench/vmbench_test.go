@@ -277,8 +277,9 @@ func TestVMBench(t *testing.T) {
 	row(fmt.Sprintf("| backup of the same export, blocks already stored | %.0f MB/s | %s | %.2f× | ≥ 0.8× |", median(oursDedup), peer, median(oursDedup)/q))
 	row(fmt.Sprintf("| live VM full read through the fleecing export, blocks stored | %.0f MB/s | %s | %.2f× | - |", median(oursVM), peer, median(oursVM)/q))
 
-	report := fmt.Sprintf("# csbs live VM benchmark\n\n%d CPUs, %s; %d MiB qcow2 VM disk (ext4, ~60%% real files), QEMU under TCG, guest paused while measuring, 1%% changes written through QEMU's block layer (qemu-io), so the dirty bitmap records them like guest writes; median of %d runs; %s\n\n| figure | csbs | peer | peer figure | ratio | target |\n|---|---|---|---|---|---|\n%s\n\nraw runs: full read %v s, CBT %v s, qemu-img %v MB/s, csbs new store %v MB/s, csbs blocks stored %v MB/s\n",
-		runtime.NumCPU(), runtime.Version(), sizeMiB, reps, time.Now().Format("2006-01-02"), strings.Join(rows, "\n"), tFull, tCBT, qimg, ours, oursDedup)
+	load, _ := os.ReadFile("/proc/loadavg")
+	report := fmt.Sprintf("# csbs live VM benchmark\n\n%d CPUs (load average at the end: %s), %s; %d MiB qcow2 VM disk (ext4, ~60%% real files), QEMU under TCG, guest paused while measuring, 1%% changes written through QEMU's block layer (qemu-io), so the dirty bitmap records them like guest writes; median of %d runs; %s\n\n| figure | csbs | peer | peer figure | ratio | target |\n|---|---|---|---|---|---|\n%s\n\nraw runs: full read %v s, CBT %v s, qemu-img %v MB/s, csbs new store %v MB/s, csbs blocks stored %v MB/s\n",
+		runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "), runtime.Version(), sizeMiB, reps, time.Now().Format("2006-01-02"), strings.Join(rows, "\n"), tFull, tCBT, qimg, ours, oursDedup)
 	if p := os.Getenv("BENCH_OUT"); p != "" {
 		if err := os.WriteFile(p, []byte(report), 0o644); err != nil {
 			t.Fatal(err)

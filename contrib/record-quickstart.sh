@@ -76,7 +76,7 @@ sleep 1.5
 BAR=$(snap)
 for _ in $(seq 1200); do [ -e .prompt ] && break; sleep 0.1; done
 run "clear"
-run "./csbs gc --quiet && ./csbs scrub --quiet"
+run "./csbs gc && ./csbs scrub"
 run "./csbs status"
 STATUS=$(snap)
 

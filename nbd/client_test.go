@@ -49,8 +49,9 @@ func qemuNBD(t *testing.T) (uri string, raw []byte) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(sock); err == nil {
+	for i := 0; i < 1000; i++ { // until it listens, not just until the file exists
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

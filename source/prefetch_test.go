@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,8 +59,9 @@ func TestPrefetchFeedsIngest(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
-		for i := 0; i < 300; i++ {
-			if _, err := os.Stat(sock); err == nil {
+		for i := 0; i < 1000; i++ { // until it listens, not just until the file exists
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
 				break
 			}
 			time.Sleep(10 * time.Millisecond)

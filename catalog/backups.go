@@ -59,6 +59,10 @@ const (
 	FlagError   = "error"
 )
 
+// BackupByID returns a backup of any project by id (for the daemon's
+// own bookkeeping; requests go through Backup, which is project-scoped).
+func (tx *Txn) BackupByID(id string) (Backup, error) { return get[Backup](tx, KindBackup, id) }
+
 // Backup finds a backup by id or name.
 func (tx *Txn) Backup(project, ref string) (Backup, error) {
 	return byRef(tx, KindBackup, ixBackupName, project, ref, func(b Backup) string { return b.Project })

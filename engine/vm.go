@@ -155,12 +155,11 @@ func (e *Engine) vmDir() (string, error) {
 func (e *Engine) committed(id string) (bool, error) {
 	found := false
 	err := e.Catalog.View(func(tx *catalog.Txn) error {
-		bs, err := tx.AllBackups()
-		for _, b := range bs {
-			if b.ID == id {
-				found = true
-			}
+		_, err := tx.BackupByID(id)
+		if errors.Is(err, catalog.ErrNotFound) {
+			return nil
 		}
+		found = err == nil
 		return err
 	})
 	return found, err

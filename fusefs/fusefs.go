@@ -8,10 +8,13 @@
 // owner calls Invalidate for it, so that `ls -R` of thousands of
 // backups asks the Tree once per directory, and a lookup in a listed
 // directory asks nothing; a lookup in a directory not listed yet asks
-// the Tree for that one entry when the Tree can (Lookuper). Invalidate
-// also tells the kernel to forget the entries (NotifyEntry), which lets
-// the kernel keep entries and attributes longer. Without a cache, every
-// readdir asks the Tree and the kernel keeps entries for a second.
+// the Tree for that one entry when the Tree can (Lookuper); an entry may
+// bring its own directory's listing (Entry.Children). Invalidate also
+// tells the kernel to forget the entries (NotifyEntry) and the listing
+// (NotifyContent), which lets the kernel keep entries and attributes for
+// 30 s and listings until then (FOPEN_CACHE_DIR): a repeated walk costs
+// one request per directory. Without a cache, every readdir asks the
+// Tree and the kernel keeps entries for a second.
 //
 // Disk images are immutable, so their pages stay in the kernel's cache
 // across opens (FOPEN_KEEP_CACHE); reads go to a volume reader with its
@@ -46,6 +49,12 @@ type Entry struct {
 	Name  string
 	Size  int64
 	Mtime time.Time
+	// Children, for a directory, are its own entries when the Tree had
+	// them at hand while listing its parent (a backup's disks come with
+	// the server's listing); nil: unknown. A cached mount keeps them as
+	// that directory's listing, which saves a List per directory in a
+	// walk.
+	Children []Entry
 }
 
 // Volume is an open disk image.
@@ -145,9 +154,7 @@ func (m *Mount) Invalidate(dir []string, names ...string) {
 			return // the kernel never looked it up: nothing cached
 		}
 	}
-	if d, ok := node.Operations().(*dirNode); ok {
-		d.drop()
-	}
+	dropDir(node)
 	for _, name := range names {
 		if len(dir) == levelDisk {
 			name += imgSuffix
@@ -160,11 +167,18 @@ func (m *Mount) Invalidate(dir []string, names ...string) {
 	}
 }
 
-// dropBelow drops the cached listings of a directory and its subtree.
-func dropBelow(n *fs.Inode) {
+// dropDir drops the listing of a directory, ours and the kernel's
+// (NotifyContent also drops its attributes, such as the time).
+func dropDir(n *fs.Inode) {
 	if d, ok := n.Operations().(*dirNode); ok {
 		d.drop()
+		_ = n.NotifyContent(0, 0)
 	}
+}
+
+// dropBelow drops the listings of a directory and its subtree.
+func dropBelow(n *fs.Inode) {
+	dropDir(n)
 	for _, c := range n.Children() {
 		dropBelow(c)
 	}
@@ -223,16 +237,24 @@ type dirNode struct {
 	cache bool
 	path  []string
 
-	mu      sync.Mutex
-	mtime   time.Time
+	mu    sync.Mutex
+	mtime time.Time
+	// gen counts the drops of this directory's listing: a listing fetched
+	// before a drop is not kept, and children filled from it go stale.
+	gen     uint64
 	entries map[string]Entry // cached listing; nil: not listed
 	sorted  []Entry
+	// from and fromGen: the listing came with the parent's listing at
+	// that generation, and holds only while the parent's has not been
+	// dropped since.
+	from    *dirNode
+	fromGen uint64
 }
 
 var (
-	_ fs.NodeLookuper  = (*dirNode)(nil)
-	_ fs.NodeReaddirer = (*dirNode)(nil)
-	_ fs.NodeGetattrer = (*dirNode)(nil)
+	_ fs.NodeLookuper       = (*dirNode)(nil)
+	_ fs.NodeOpendirHandler = (*dirNode)(nil)
+	_ fs.NodeGetattrer      = (*dirNode)(nil)
 )
 
 func (d *dirNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -252,79 +274,140 @@ func setTime(a *fuse.Attr, t time.Time) {
 
 func (d *dirNode) drop() {
 	d.mu.Lock()
-	d.entries, d.sorted = nil, nil
+	d.gen++
+	d.entries, d.sorted, d.from = nil, nil, nil
 	d.mu.Unlock()
 }
 
-// list returns the directory's entries, from the cache when it has them.
-func (d *dirNode) list(ctx context.Context) ([]Entry, error) {
-	if d.cache {
-		d.mu.Lock()
-		es := d.sorted
-		cached := d.entries != nil
-		d.mu.Unlock()
-		if cached {
-			return es, nil
-		}
-	}
-	es, err := d.tree.List(ctx, d.path)
-	if err != nil || !d.cache {
-		return es, err
-	}
+func (d *dirNode) generation() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gen
+}
+
+// set keeps es as the listing, unless it was dropped since generation
+// gen; from, when set, is the parent whose listing at fromGen brought it.
+func (d *dirNode) set(es []Entry, gen uint64, from *dirNode, fromGen uint64) {
 	m := make(map[string]Entry, len(es))
 	for _, e := range es {
 		m[e.Name] = e
 	}
 	d.mu.Lock()
-	d.entries, d.sorted = m, es
+	defer d.mu.Unlock()
+	if d.gen == gen {
+		d.entries, d.sorted, d.from, d.fromGen = m, es, from, fromGen
+	}
+}
+
+// cached returns the kept listing, and false when there is none (or it
+// came with a parent listing that has been dropped since).
+func (d *dirNode) cached() (map[string]Entry, []Entry, uint64, bool) {
+	d.mu.Lock()
+	m, es, gen, from, fromGen := d.entries, d.sorted, d.gen, d.from, d.fromGen
 	d.mu.Unlock()
-	return es, nil
+	if m == nil || (from != nil && from.generation() != fromGen) {
+		return nil, nil, gen, false
+	}
+	return m, es, gen, true
+}
+
+// list returns the directory's entries, from the cache when it has them.
+func (d *dirNode) list(ctx context.Context) ([]Entry, uint64, error) {
+	gen := uint64(0)
+	if d.cache {
+		_, es, g, ok := d.cached()
+		if ok {
+			return es, g, nil
+		}
+		gen = g
+	}
+	es, err := d.tree.List(ctx, d.path)
+	if err != nil || !d.cache {
+		return es, gen, err
+	}
+	d.set(es, gen, nil, 0)
+	return es, gen, nil
 }
 
 // find returns one entry: from the cached listing, else from the Tree's
-// Lookup, else from a listing.
-func (d *dirNode) find(ctx context.Context, name string) (Entry, error) {
+// Lookup, else from a listing. listed says that it came from a listing
+// of generation gen (so its Children may be kept).
+func (d *dirNode) find(ctx context.Context, name string) (e Entry, gen uint64, listed bool, err error) {
 	if d.cache {
-		d.mu.Lock()
-		e, ok := d.entries[name]
-		cached := d.entries != nil
-		d.mu.Unlock()
-		if cached {
-			if !ok {
-				return Entry{}, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
+		m, _, g, ok := d.cached()
+		if ok {
+			e, found := m[name]
+			if !found {
+				return Entry{}, 0, false, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
 			}
-			return e, nil
+			return e, g, true, nil
 		}
 	}
 	if l, ok := d.tree.(Lookuper); ok {
-		return l.Lookup(ctx, append(slices.Clip(d.path), name))
+		e, err := l.Lookup(ctx, append(slices.Clip(d.path), name))
+		return e, 0, false, err
 	}
-	es, err := d.list(ctx)
+	es, g, err := d.list(ctx)
 	if err != nil {
-		return Entry{}, err
+		return Entry{}, 0, false, err
 	}
 	for _, e := range es {
 		if e.Name == name {
-			return e, nil
+			return e, g, true, nil
 		}
 	}
-	return Entry{}, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
+	return Entry{}, 0, false, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
 }
 
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	es, err := d.list(ctx)
+// OpendirHandle lists the directory for one open. In a cached mount
+// the kernel keeps the listing (FOPEN_CACHE_DIR) until Invalidate drops
+// it (NotifyContent), so a repeated walk costs one request per
+// directory instead of three.
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	es, _, err := d.list(ctx)
 	if err != nil {
-		return nil, toErrno(err)
+		return nil, 0, toErrno(err)
 	}
-	out := make([]fuse.DirEntry, 0, len(es))
+	h := &dirHandle{entries: make([]fuse.DirEntry, 0, len(es))}
 	for _, e := range es {
 		de := fuse.DirEntry{Name: e.Name, Mode: syscall.S_IFDIR, Ino: inodeNumber(append(slices.Clip(d.path), e.Name))}
 		if len(d.path) == levelDisk {
 			de.Name, de.Mode = e.Name+imgSuffix, syscall.S_IFREG
 		}
-		out = append(out, de)
+		h.entries = append(h.entries, de)
 	}
-	return fs.NewListDirStream(out), 0
+	var fuseFlags uint32
+	if d.cache {
+		fuseFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	}
+	return h, fuseFlags, 0
+}
+
+// dirHandle is an open directory: the listing taken at open, read in
+// order; an entry's offset is its position + 1.
+type dirHandle struct {
+	entries []fuse.DirEntry
+	pos     int
+}
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+)
+
+func (h *dirHandle) Readdirent(context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if h.pos >= len(h.entries) {
+		return nil, 0
+	}
+	de := h.entries[h.pos]
+	h.pos++
+	de.Off = uint64(h.pos)
+	return &de, 0
+}
+
+func (h *dirHandle) Seekdir(_ context.Context, off uint64) syscall.Errno {
+	h.pos = int(min(off, uint64(len(h.entries))))
+	return 0
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -335,7 +418,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			return nil, syscall.ENOENT
 		}
 	}
-	e, err := d.find(ctx, want)
+	e, gen, listed, err := d.find(ctx, want)
 	if err != nil {
 		return nil, toErrno(err)
 	}
@@ -359,13 +442,20 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	out.Mode = syscall.S_IFDIR | 0o555
 	setTime(&out.Attr, e.Mtime)
-	if child, ok := existingOps[*dirNode](existing); ok {
-		child.mu.Lock()
-		child.mtime = e.Mtime
-		child.mu.Unlock()
+	child, ok := existingOps[*dirNode](existing)
+	if !ok {
+		child = &dirNode{tree: d.tree, cache: d.cache, path: path}
+	}
+	child.mu.Lock()
+	child.mtime = e.Mtime
+	childGen := child.gen
+	child.mu.Unlock()
+	if d.cache && listed && e.Children != nil {
+		child.set(e.Children, childGen, d, gen)
+	}
+	if ok {
 		return existing, 0
 	}
-	child := &dirNode{tree: d.tree, cache: d.cache, path: path, mtime: e.Mtime}
 	return d.NewInode(ctx, child, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
 }
 

@@ -42,6 +42,9 @@ type memTree struct {
 	lists   map[string]int
 	lookups int
 	readErr error
+	// children: a server directory's listing carries each backup's
+	// disks, as package mounts does.
+	children bool
 }
 
 func newMemTree() *memTree {
@@ -73,7 +76,15 @@ func (t *memTree) List(_ context.Context, path []string) ([]Entry, error) {
 	if !ok {
 		return nil, catalog.ErrNotFound
 	}
-	return slices.Clone(es), nil
+	es = slices.Clone(es)
+	if t.children && len(path) == levelBackup {
+		for i := range es {
+			if sub, ok := t.dirs[key+"/"+es[i].Name]; ok {
+				es[i].Children = slices.Clone(sub)
+			}
+		}
+	}
+	return es, nil
 }
 
 func (t *memTree) Open(_ context.Context, path []string) (Volume, func(), error) {
@@ -182,6 +193,16 @@ func TestCachedDirectories(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(web, "b4", "vda.img")); err != nil || fi.Size() != 4096 {
 		t.Fatalf("a new entry after Invalidate: %v", err)
 	}
+	// A name the kernel never saw: only the directory's own listing can
+	// tell it (the kernel keeps listings, FOPEN_CACHE_DIR).
+	tree.mu.Lock()
+	tree.set("p1/web", "b2", "b4", "b5")
+	tree.dirs["p1/web/b5"] = []Entry{{Name: "vda", Size: 4096}}
+	tree.mu.Unlock()
+	m.Invalidate([]string{"p1", "web"}, "b5")
+	if got := names(t, web); got != "b2,b4,b5" {
+		t.Fatalf("after a new entry web lists %q", got)
+	}
 	// Invalidating an entry drops what is cached below it: a backup
 	// replaced under the same name shows its new disks.
 	tree.mu.Lock()
@@ -190,6 +211,32 @@ func TestCachedDirectories(t *testing.T) {
 	m.Invalidate([]string{"p1", "web"}, "b2")
 	if got := names(t, filepath.Join(web, "b2")); got != "vda.img,vdb.img" {
 		t.Fatalf("disks of a replaced backup: %q", got)
+	}
+}
+
+// TestChildrenComeWithTheirParent: entries listed with their own
+// children need no List of their own; once the parent's listing is
+// dropped, the children's go with it.
+func TestChildrenComeWithTheirParent(t *testing.T) {
+	needFUSE(t)
+	tree := newMemTree()
+	tree.children = true
+	m, dir := mount(t, tree, true)
+	web := filepath.Join(dir, "p1", "web")
+	for _, b := range []string{"b1", "b2"} {
+		if got := names(t, filepath.Join(web, b)); got != "vda.img" {
+			t.Fatalf("%s lists %q", b, got)
+		}
+	}
+	if n := tree.listed("p1/web/b1") + tree.listed("p1/web/b2"); n != 0 {
+		t.Fatalf("backup directories listed %d times; their disks came with the server's listing", n)
+	}
+	tree.mu.Lock()
+	tree.dirs["p1/web/b1"] = []Entry{{Name: "vdc", Size: 512}}
+	tree.mu.Unlock()
+	m.Invalidate([]string{"p1"}, "web")
+	if got := names(t, filepath.Join(web, "b1")); got != "vdc.img" {
+		t.Fatalf("after the server's listing was dropped, b1 lists %q", got)
 	}
 }
 

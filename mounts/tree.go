@@ -141,9 +141,11 @@ func (t *Tree) List(ctx context.Context, path []string) ([]fusefs.Entry, error) 
 			}
 			return err
 		case 2:
+			// A backup's disks come with it: a walk needs no List per
+			// backup directory.
 			es, err := tx.MountBackups(p.ID, path[1], t.server)
 			for _, e := range es {
-				out = append(out, fusefs.Entry{Name: e.Name, Mtime: e.Created})
+				out = append(out, fusefs.Entry{Name: e.Name, Mtime: e.Created, Children: disks(e)})
 			}
 			return err
 		case 3:

@@ -17,6 +17,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/fusefs"
+	"csbs/instant"
 )
 
 // fuseTree shows Enhanced backups from the catalog, narrowed to a
@@ -350,10 +351,10 @@ func (ms *mounts) Browse(b catalog.Backup, disk, path string, byAdmin bool) (cat
 	if os.Geteuid() != 0 {
 		return catalog.MountRecord{}, fmt.Errorf("%w: browsing needs the daemon to run as root (loop devices and mount)", catalog.ErrInvalid)
 	}
-	if err := enhancedOnly(b); err != nil {
+	if err := instant.CheckServable(b); err != nil {
 		return catalog.MountRecord{}, err
 	}
-	if _, _, err := diskMap(b, disk); err != nil {
+	if _, _, err := instant.DiskMap(b, disk); err != nil {
 		return catalog.MountRecord{}, err
 	}
 	c, err := ms.d.engine.Caller(b.Project, byAdmin)

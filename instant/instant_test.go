@@ -1,0 +1,573 @@
+package instant
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"csbs/access"
+	"csbs/blockstore"
+	"csbs/catalog"
+	"csbs/hydrate"
+)
+
+const blockSize = 4096
+
+// memSource is a disk image in memory, for ingest.
+type memSource struct{ b []byte }
+
+func (m memSource) Size() int64 { return int64(len(m.b)) }
+func (m memSource) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// diskBytes is a disk of size bytes: random blocks, every third one zero.
+func diskBytes(seed uint64, size int) []byte {
+	r := rand.New(rand.NewPCG(seed, 3))
+	b := make([]byte, size)
+	for off := 0; off < size; off += blockSize {
+		if r.IntN(3) == 0 {
+			continue
+		}
+		for i := off; i < min(off+blockSize, size); i++ {
+			b[i] = byte(r.Uint32())
+		}
+	}
+	return b
+}
+
+// exports is the NBD export registry as the daemon keeps it: names are
+// "<restore>-<disk>", and a removed export's Closer is closed.
+type exports struct {
+	mu  sync.Mutex
+	all map[string]Export
+}
+
+func (x *exports) Name(id, disk string) string { return id + "-" + disk }
+
+func (x *exports) Add(e Export) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.all == nil {
+		x.all = map[string]Export{}
+	}
+	x.all[e.Name] = e
+}
+
+func (x *exports) Remove(name string) {
+	x.mu.Lock()
+	e, ok := x.all[name]
+	delete(x.all, name)
+	x.mu.Unlock()
+	if ok && e.Closer != nil {
+		e.Closer.Close()
+	}
+}
+
+func (x *exports) get(name string) (Export, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.all[name]
+	return e, ok
+}
+
+func (x *exports) names() []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []string
+	for n := range x.all {
+		out = append(out, n)
+	}
+	return out
+}
+
+// env is a real store and catalog with one Enhanced backup of two disks,
+// a target directory the project may write to, and a Manager over them.
+type env struct {
+	t        *testing.T
+	dir      string
+	store    *blockstore.Store
+	cat      *catalog.Catalog
+	project  catalog.Project
+	backup   catalog.Backup
+	disks    map[string][]byte
+	targets  string // directory granted for restore targets
+	rules    *access.Rules
+	exports  *exports
+	hydrated atomic.Int64
+
+	mu    sync.Mutex
+	inUse map[string]int
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := blockstore.Open(filepath.Join(dir, "store"), blockstore.Options{BlockSize: blockSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	e := &env{
+		t: t, dir: dir, store: s, cat: catalog.New(s.KV(), catalog.Options{}),
+		disks:   map[string][]byte{"vda": diskBytes(1, 1<<20), "vdb": diskBytes(2, 1<<20+1000)},
+		targets: filepath.Join(dir, "targets"), exports: &exports{}, inUse: map[string]int{},
+	}
+	if err := os.Mkdir(e.targets, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	e.rules = &access.Rules{Projects: map[string]access.Grant{"p1": {TargetDirs: []string{e.targets}}}}
+	err = e.cat.Update(func(tx *catalog.Txn) error {
+		e.project, err = tx.CreateProject("p1", time.Now())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := catalog.Backup{
+		ID: catalog.NewID(catalog.KindBackup), Project: e.project.ID, ServerID: "srv-000000000001", ServerName: "web1",
+		Name: "manualbk_0001", Created: time.Now().UTC(), Status: catalog.StatusAvailable, Type: catalog.TypeEnhanced,
+	}
+	for _, name := range []string{"vda", "vdb"} {
+		p, err := s.Ingest(context.Background(), memSource{e.disks[name]}, blockstore.IngestOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Commit(context.Background(), []*blockstore.PendingMap{p}, nil); err != nil {
+			t.Fatal(err)
+		}
+		b.Disks = append(b.Disks, catalog.BackupDisk{Name: name, MapID: p.Info.ID.String(), Size: p.Info.Size})
+	}
+	if err := e.cat.Update(func(tx *catalog.Txn) error { return tx.PutBackup(b) }); err != nil {
+		t.Fatal(err)
+	}
+	e.backup = b
+	return e
+}
+
+// manager is a Manager as the daemon builds it, on e's peers.
+func (e *env) manager() *Manager {
+	m := New(Options{
+		Catalog: CatalogOf(e.cat), Store: e.store, Exports: e.exports,
+		Dir: filepath.Join(e.dir, "restores"),
+		TargetGuard: func(project string, byAdmin bool) (func(string) error, error) {
+			c := access.Caller{Admin: byAdmin, Project: "p1"}
+			return func(real string) error { return e.rules.CheckPath(c, access.Target, real, real) }, nil
+		},
+		Acquire: func(id string) func() {
+			e.mu.Lock()
+			e.inUse[id]++
+			e.mu.Unlock()
+			var once sync.Once
+			return func() {
+				once.Do(func() {
+					e.mu.Lock()
+					e.inUse[id]--
+					e.mu.Unlock()
+				})
+			}
+		},
+		OnHydrated: func(n int64) { e.hydrated.Add(n) },
+	})
+	e.t.Cleanup(m.Shutdown)
+	return m
+}
+
+func (e *env) users() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.inUse[e.backup.ID]
+}
+
+// request is a restore of both disks as the API hands it to Start.
+// rate: bytes per second; -1 unlimited. At 4 KiB/s the 2 MiB of the two
+// disks take over eight minutes, so a test sees the restore running.
+func (e *env) request(rate int64) catalog.Restore {
+	return catalog.Restore{
+		ID: catalog.NewID(catalog.KindRestore), Project: e.project.ID, BackupID: e.backup.ID, Instant: true,
+		Rate: rate, State: catalog.RestoreRunning, Created: time.Now().UTC(),
+		Targets: []catalog.RestoreTarget{
+			{Disk: "vda", Target: filepath.Join(e.targets, "vda.img")},
+			{Disk: "vdb", Target: filepath.Join(e.targets, "vdb.img")},
+		},
+	}
+}
+
+const slow, unlimited = 4096, -1
+
+func (e *env) record(r catalog.Restore) catalog.Restore {
+	e.t.Helper()
+	var out catalog.Restore
+	err := e.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		out, err = tx.Restore(r.Project, r.ID)
+		return err
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// waitState waits until the recorded restore reaches state.
+func (e *env) waitState(r catalog.Restore, state string) catalog.Restore {
+	e.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cur := e.record(r)
+		if cur.State == state {
+			return cur
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("restore %s is %s (%s), want %s", r.ID, cur.State, cur.Error, state)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// checkTargets compares the targets with the backup's disks.
+func (e *env) checkTargets(r catalog.Restore) {
+	e.t.Helper()
+	for _, tg := range r.Targets {
+		got, err := os.ReadFile(tg.Target)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if !bytes.Equal(got, e.disks[tg.Disk]) {
+			e.t.Fatalf("target %s differs from disk %s of the backup", tg.Target, tg.Disk)
+		}
+	}
+}
+
+func (e *env) bitmapsExist(m *Manager, r catalog.Restore) bool {
+	for _, tg := range r.Targets {
+		for _, suffix := range []string{"", ".j0", ".j1"} {
+			if _, err := os.Stat(m.BitmapPath(r.ID, tg.Disk) + suffix); err == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestStartToFinish: a restore serves both disks at once, hydrates to
+// complete, keeps serving until finish, and finish leaves the targets
+// equal to the backup with everything else cleaned up.
+func TestStartToFinish(t *testing.T) {
+	e := newEnv(t)
+	m := e.manager()
+	r, err := m.Start(context.Background(), e.request(unlimited), e.backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range r.Targets {
+		if tg.Export != r.ID+"-"+tg.Disk || !tg.Fresh {
+			t.Fatalf("target %+v: want export %s-%s and a fresh target", tg, r.ID, tg.Disk)
+		}
+		x, ok := e.exports.get(tg.Export)
+		if !ok || x.Size != int64(len(e.disks[tg.Disk])) || x.BlockSize != blockSize || x.Project != e.project.ID || x.RestoreID != r.ID {
+			t.Fatalf("export %s: %+v", tg.Export, x)
+		}
+	}
+	if e.users() != 1 {
+		t.Fatalf("backup in use %d times, want 1", e.users())
+	}
+	r = e.waitState(r, catalog.RestoreComplete)
+	live := m.Live(r)
+	if live.Total != int64(len(e.disks["vda"])+len(e.disks["vdb"])) || live.Done != live.Total {
+		t.Fatalf("complete restore: done %d of %d", live.Done, live.Total)
+	}
+	if len(e.exports.names()) != 2 {
+		t.Fatalf("a complete restore must keep serving: exports %v", e.exports.names())
+	}
+	r, err = m.Control(context.Background(), r, ActionFinish)
+	if err != nil || r.State != catalog.RestoreSucceeded || r.Ended.IsZero() {
+		t.Fatalf("finish: %s %v", r.State, err)
+	}
+	e.checkTargets(r)
+	if n := len(e.exports.names()); n != 0 || e.users() != 0 || e.bitmapsExist(m, r) {
+		t.Fatalf("after finish: %d exports, backup in use %d times, bitmaps left %v", n, e.users(), e.bitmapsExist(m, r))
+	}
+	if e.hydrated.Load() == 0 {
+		t.Fatal("hydrated bytes were not reported")
+	}
+	if _, err := m.Control(context.Background(), r, ActionCancel); !errors.Is(err, catalog.ErrConflict) {
+		t.Fatalf("cancel of a finished restore: %v, want a conflict", err)
+	}
+}
+
+// TestStartRefuses: what Start refuses leaves nothing behind.
+func TestStartRefuses(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(e *env, r *catalog.Restore, b *catalog.Backup)
+		want  error
+		msg   string
+	}{
+		{"common backup", func(e *env, r *catalog.Restore, b *catalog.Backup) { b.Type = catalog.TypeCommon }, catalog.ErrInvalid, "is Common"},
+		{"backup being deleted", func(e *env, r *catalog.Restore, b *catalog.Backup) { b.Status = catalog.StatusDeleting }, catalog.ErrConflict, "is deleting"},
+		{"no such disk", func(e *env, r *catalog.Restore, b *catalog.Backup) { r.Targets[1].Disk = "vdz" }, catalog.ErrInvalid, `has no disk "vdz"`},
+		{"target not granted", func(e *env, r *catalog.Restore, b *catalog.Backup) {
+			r.Targets[1].Target = filepath.Join(e.dir, "elsewhere.img")
+		}, access.ErrDenied, "elsewhere.img"},
+		{"target not empty", func(e *env, r *catalog.Restore, b *catalog.Backup) {
+			if err := os.WriteFile(r.Targets[1].Target, []byte("data"), 0o600); err != nil {
+				e.t.Fatal(err)
+			}
+		}, catalog.ErrInvalid, "not empty"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			m := e.manager()
+			r, b := e.request(slow), e.backup
+			tc.setup(e, &r, &b)
+			_, err := m.Start(context.Background(), r, b)
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("Start: %v, want %v with %q", err, tc.want, tc.msg)
+			}
+			if n := len(e.exports.names()); n != 0 || e.users() != 0 {
+				t.Fatalf("a refused start left %d exports, backup in use %d times", n, e.users())
+			}
+			err = e.cat.View(func(tx *catalog.Txn) error {
+				_, err := tx.Restore(r.Project, r.ID)
+				return err
+			})
+			if !errors.Is(err, catalog.ErrNotFound) {
+				t.Fatalf("a refused restore was recorded: %v", err)
+			}
+		})
+	}
+}
+
+// TestControl: which actions change which states; a restore's exports
+// stay until it is finished or canceled.
+func TestControl(t *testing.T) {
+	type step struct {
+		action string
+		state  string // recorded state after the action
+		err    error  // nil: success
+	}
+	cases := []struct {
+		name     string
+		complete bool // hydrate to complete first
+		steps    []step
+		served   bool // exports still up at the end
+	}{
+		{"pause", false, []step{{ActionPause, catalog.RestorePaused, nil}}, true},
+		{"pause twice", false, []step{{ActionPause, catalog.RestorePaused, nil}, {ActionPause, catalog.RestorePaused, nil}}, true},
+		{"resume", false, []step{{ActionPause, catalog.RestorePaused, nil}, {ActionResume, catalog.RestoreRunning, nil}}, true},
+		{"resume a running one", false, []step{{ActionResume, catalog.RestoreRunning, nil}}, true},
+		{"finish before complete", false, []step{{ActionFinish, catalog.RestoreRunning, catalog.ErrConflict}}, true},
+		{"finish a paused one", false, []step{{ActionPause, catalog.RestorePaused, nil}, {ActionFinish, catalog.RestorePaused, catalog.ErrConflict}}, true},
+		{"cancel running", false, []step{{ActionCancel, catalog.RestoreCanceled, nil}}, false},
+		{"cancel paused", false, []step{{ActionPause, catalog.RestorePaused, nil}, {ActionCancel, catalog.RestoreCanceled, nil}}, false},
+		{"unknown action", false, []step{{"rewind", catalog.RestoreRunning, catalog.ErrInvalid}}, true},
+		{"pause a complete one", true, []step{{ActionPause, catalog.RestoreComplete, nil}}, true},
+		{"finish", true, []step{{ActionFinish, catalog.RestoreSucceeded, nil}}, false},
+		{"cancel complete", true, []step{{ActionCancel, catalog.RestoreCanceled, nil}}, false},
+		{"nothing after cancel", false, []step{{ActionCancel, catalog.RestoreCanceled, nil}, {ActionResume, catalog.RestoreCanceled, catalog.ErrConflict}}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			m := e.manager()
+			rate := int64(slow)
+			if tc.complete {
+				rate = unlimited
+			}
+			r, err := m.Start(context.Background(), e.request(rate), e.backup)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.complete {
+				r = e.waitState(r, catalog.RestoreComplete)
+			}
+			for _, st := range tc.steps {
+				_, err := m.Control(context.Background(), e.record(r), st.action)
+				if st.err == nil && err != nil || st.err != nil && !errors.Is(err, st.err) {
+					t.Fatalf("%s: %v, want %v", st.action, err, st.err)
+				}
+				if got := e.record(r); got.State != st.state {
+					t.Fatalf("after %s: %s, want %s", st.action, got.State, st.state)
+				}
+			}
+			served := len(e.exports.names()) == 2
+			if served != tc.served {
+				t.Fatalf("exports %v; want served %v", e.exports.names(), tc.served)
+			}
+			final := e.record(r)
+			if !served {
+				if e.users() != 0 || e.bitmapsExist(m, r) || final.Ended.IsZero() {
+					t.Fatalf("ended restore: backup in use %d times, bitmaps left %v, ended %v", e.users(), e.bitmapsExist(m, r), final.Ended)
+				}
+			}
+			if final.State == catalog.RestoreCanceled && !strings.Contains(final.Error, "partial disk") {
+				t.Fatalf("canceled restore says %q", final.Error)
+			}
+			if final.State == catalog.RestorePaused {
+				if live := m.Live(final); live.ETASeconds != 0 {
+					t.Fatalf("a paused restore shows an ETA of %v s", live.ETASeconds)
+				}
+			}
+		})
+	}
+}
+
+// TestRecover: after a restart, which recorded restores come back, and
+// what becomes of one whose backup, map, target, grant or bitmap is gone.
+func TestRecover(t *testing.T) {
+	const keep = ""
+	cases := []struct {
+		name    string
+		state   string // recorded when the daemon stopped
+		normal  bool   // a normal restore, not an instant one
+		breakIt func(e *env, m *Manager, r catalog.Restore)
+		want    string // state after Recover
+		wantErr string // in the recorded error
+		served  bool
+	}{
+		{name: "running resumes and completes", state: catalog.RestoreRunning, want: catalog.RestoreComplete, served: true},
+		{name: "paused stays paused", state: catalog.RestorePaused, want: catalog.RestorePaused, served: true},
+		{name: "complete serves without hydrating", state: catalog.RestoreComplete, want: catalog.RestoreComplete, served: true},
+		{name: "failed is left alone", state: catalog.RestoreFailed, want: catalog.RestoreFailed},
+		{name: "canceled is left alone", state: catalog.RestoreCanceled, want: catalog.RestoreCanceled},
+		{name: "succeeded is left alone", state: catalog.RestoreSucceeded, want: catalog.RestoreSucceeded},
+		{name: "normal restore is not ours", state: catalog.RestoreRunning, normal: true, want: catalog.RestoreRunning},
+		{name: "backup deleted", state: catalog.RestoreRunning, want: catalog.RestoreFailed, wantErr: "not found",
+			breakIt: func(e *env, m *Manager, r catalog.Restore) {
+				if err := e.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteBackup(e.backup) }); err != nil {
+					e.t.Fatal(err)
+				}
+			}},
+		{name: "block map gone", state: catalog.RestorePaused, want: catalog.RestoreFailed, wantErr: blockstore.ErrMapNotFound.Error(),
+			breakIt: func(e *env, m *Manager, r catalog.Restore) {
+				id, err := blockstore.ParseMapID(e.backup.Disks[1].MapID)
+				if err != nil {
+					e.t.Fatal(err)
+				}
+				if err := e.cat.Update(func(tx *catalog.Txn) error { return blockstore.DeleteMapTxn(tx.KV(), id) }); err != nil {
+					e.t.Fatal(err)
+				}
+			}},
+		{name: "target removed", state: catalog.RestoreRunning, want: catalog.RestoreFailed, wantErr: "vdb.img",
+			breakIt: func(e *env, m *Manager, r catalog.Restore) {
+				if err := os.Remove(r.Targets[1].Target); err != nil {
+					e.t.Fatal(err)
+				}
+			}},
+		{name: "grant removed", state: catalog.RestoreRunning, want: catalog.RestoreFailed, wantErr: access.ErrDenied.Error(),
+			breakIt: func(e *env, m *Manager, r catalog.Restore) { e.rules.Projects = nil }},
+		{name: "bitmap of another disk", state: catalog.RestoreRunning, want: catalog.RestoreFailed, wantErr: hydrate.ErrBadBitmap.Error(),
+			breakIt: func(e *env, m *Manager, r catalog.Restore) {
+				a, b := m.BitmapPath(r.ID, "vda"), m.BitmapPath(r.ID, "vdb")
+				data, err := os.ReadFile(a)
+				if err != nil {
+					e.t.Fatal(err)
+				}
+				if err := os.WriteFile(b, data, 0o600); err != nil {
+					e.t.Fatal(err)
+				}
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			m := e.manager()
+			r, err := m.Start(context.Background(), e.request(slow), e.backup)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Shutdown()
+			if n := len(e.exports.names()); n != 0 || e.users() != 0 {
+				t.Fatalf("after shutdown: %d exports, backup in use %d times", n, e.users())
+			}
+			if got := e.record(r).State; got != catalog.RestoreRunning {
+				t.Fatalf("shutdown changed the recorded state to %s", got)
+			}
+			r, err = CatalogOf(e.cat).UpdateRestore(r.Project, r.ID, func(x *catalog.Restore) {
+				x.State, x.Instant, x.Rate = tc.state, !tc.normal, unlimited
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.breakIt != nil {
+				tc.breakIt(e, m, r)
+			}
+			e.hydrated.Store(0)
+
+			m = e.manager()
+			if err := m.Recover(); err != nil {
+				t.Fatal(err)
+			}
+			served := len(e.exports.names()) == 2
+			if served != tc.served || !served && len(e.exports.names()) != 0 {
+				t.Fatalf("exports after recovery %v; want served %v", e.exports.names(), tc.served)
+			}
+			if served != (e.users() == 1) {
+				t.Fatalf("backup in use %d times with served %v", e.users(), served)
+			}
+			var got catalog.Restore
+			if tc.want == catalog.RestoreComplete && tc.state != catalog.RestoreComplete {
+				got = e.waitState(r, tc.want)
+				e.checkTargets(got)
+			} else {
+				got = e.record(r)
+			}
+			if got.State != tc.want {
+				t.Fatalf("state after recovery %s (%s), want %s", got.State, got.Error, tc.want)
+			}
+			if tc.wantErr != keep && (!strings.Contains(got.Error, "could not resume after restart") || !strings.Contains(got.Error, tc.wantErr)) {
+				t.Fatalf("recorded error %q, want the reason %q", got.Error, tc.wantErr)
+			}
+			if tc.wantErr == keep && got.Error != "" {
+				t.Fatalf("recorded error %q", got.Error)
+			}
+			if tc.state == catalog.RestoreComplete && e.hydrated.Load() != 0 {
+				t.Fatalf("a complete restore hydrated %d bytes again", e.hydrated.Load())
+			}
+			if tc.state == catalog.RestorePaused && served {
+				if _, err := m.Control(context.Background(), got, ActionResume); err != nil {
+					t.Fatal(err)
+				}
+				e.checkTargets(e.waitState(r, catalog.RestoreComplete))
+			}
+		})
+	}
+}
+
+// TestLive: progress while running counts the blocks in the targets and
+// leaves restores that the Manager does not run alone.
+func TestLive(t *testing.T) {
+	e := newEnv(t)
+	m := e.manager()
+	r, err := m.Start(context.Background(), e.request(slow), e.backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := m.Live(r)
+	total := int64(len(e.disks["vda"]) + len(e.disks["vdb"]))
+	if live.Total != total || live.Done < 0 || live.Done >= total {
+		t.Fatalf("live: done %d of %d, want part of %d", live.Done, live.Total, total)
+	}
+	other := e.request(slow)
+	if got := m.Live(other); got.Done != 0 || got.Total != 0 {
+		t.Fatalf("a restore the manager does not run got progress %d/%d", got.Done, got.Total)
+	}
+}

@@ -27,7 +27,9 @@
 // hydrated again. Each target is opened again under the host access of
 // whoever started the restore. A restore that cannot be reopened (its
 // backup deleted or damaged, its target gone or no longer allowed, its
-// bitmap not matching the disk) is recorded as failed with the reason.
+// bitmap or its journal missing or not matching the disk) is recorded as
+// failed with the reason, and its target is left as it is: a new bitmap
+// would copy the backup over the blocks the guest wrote.
 // Restores in any other state, and normal restores, are left alone.
 //
 // The hydration bitmap of a disk lives in Options.Dir until the restore

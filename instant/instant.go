@@ -241,7 +241,15 @@ func (m *Manager) open(r catalog.Restore, b catalog.Backup, create bool) (*sessi
 		}
 		bs := int64(vol.BlockSize())
 		s.bs = bs
-		bm, err := hydrate.OpenBitmap(m.BitmapPath(r.ID, t.Disk), (d.Size+bs-1)/bs, vol.BlockSize(), d.Size)
+		path := m.BitmapPath(r.ID, t.Disk)
+		if !create {
+			if err := hydrate.CheckBitmap(path); err != nil {
+				f.Close()
+				vol.Close()
+				return fail(fmt.Errorf("%w; without it the blocks the guest wrote cannot be told from those still to copy, so the target %s is left as it is", err, t.Target))
+			}
+		}
+		bm, err := hydrate.OpenBitmap(path, (d.Size+bs-1)/bs, vol.BlockSize(), d.Size)
 		if err != nil {
 			f.Close()
 			vol.Close()

@@ -474,6 +474,18 @@ func TestRecover(t *testing.T) {
 			}},
 		{name: "grant removed", state: catalog.RestoreRunning, want: catalog.RestoreFailed, wantErr: access.ErrDenied.Error(),
 			breakIt: func(e *env, m *Manager, r catalog.Restore) { e.rules.Projects = nil }},
+		{name: "bitmap removed", state: catalog.RestoreRunning, want: catalog.RestoreFailed, wantErr: "vdb.bitmap: stat",
+			breakIt: func(e *env, m *Manager, r catalog.Restore) {
+				if err := os.Remove(m.BitmapPath(r.ID, "vdb")); err != nil {
+					e.t.Fatal(err)
+				}
+			}},
+		{name: "journal removed", state: catalog.RestorePaused, want: catalog.RestoreFailed, wantErr: "vda.bitmap.j1: stat",
+			breakIt: func(e *env, m *Manager, r catalog.Restore) {
+				if err := os.Remove(m.BitmapPath(r.ID, "vda") + ".j1"); err != nil {
+					e.t.Fatal(err)
+				}
+			}},
 		{name: "bitmap of another disk", state: catalog.RestoreRunning, want: catalog.RestoreFailed, wantErr: hydrate.ErrBadBitmap.Error(),
 			breakIt: func(e *env, m *Manager, r catalog.Restore) {
 				a, b := m.BitmapPath(r.ID, "vda"), m.BitmapPath(r.ID, "vdb")

@@ -33,9 +33,11 @@
 // Restores in any other state, and normal restores, are left alone.
 //
 // The hydration bitmap of a disk lives in Options.Dir until the restore
-// is finished or canceled; it is removed only after the final state is
-// recorded, so a restart in between reopens the restore with its bitmap
-// rather than hydrating over the guest's writes with a new one.
+// is finished or canceled. Finish removes it only after succeeded is
+// recorded, so a restart in between reopens the complete restore with
+// its bitmap; cancel removes it before canceled is recorded, so a
+// restart in between finds the restore failed (bitmap missing), with the
+// target as the cancel left it.
 //
 // The package reaches the catalog, the store and the NBD export
 // registry through the small interfaces Catalog, Store and Exports;

@@ -120,7 +120,7 @@ func (t *fuseTree) List(ctx context.Context, path []string) ([]fusefs.Entry, err
 	return out, err
 }
 
-func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Volume, func(), error) {
+func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Image, func(), error) {
 	if len(path) != 4 {
 		return nil, nil, catalog.ErrNotFound
 	}
@@ -159,19 +159,19 @@ func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Volume, func
 			release()
 			return nil, nil, err
 		}
-		return countingVolume{Volume: vol, d: t.d}, t.track(func() { vol.Close(); release() }), nil
+		return countingImage{Image: vol, d: t.d}, t.track(func() { vol.Close(); release() }), nil
 	}
 	return nil, nil, catalog.ErrNotFound
 }
 
-// countingVolume counts FUSE reads for the metrics.
-type countingVolume struct {
-	fusefs.Volume
+// countingImage counts FUSE reads for the metrics.
+type countingImage struct {
+	fusefs.Image
 	d *Daemon
 }
 
-func (v countingVolume) ReadAt(p []byte, off int64) (int, error) {
-	n, err := v.Volume.ReadAt(p, off)
+func (v countingImage) ReadAt(p []byte, off int64) (int, error) {
+	n, err := v.Image.ReadAt(p, off)
 	v.d.metrics.FUSEReads.Inc()
 	v.d.metrics.FUSEReadBytes.Add(float64(n))
 	return n, err

@@ -26,7 +26,7 @@ type ServerView struct {
 	PolicyName string `json:"policy_name,omitempty"`
 }
 
-func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) addServer(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req AddServerRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -71,7 +71,7 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 	return ServerView{Server: out, Region: s.Region}, err
 }
 
-func (s *Server) listServers(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listServers(_ context.Context, p principal, _ *http.Request) (any, error) {
 	var out []ServerView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		ss, err := tx.Servers(p.project.ID)
@@ -86,7 +86,7 @@ func (s *Server) listServers(_ context.Context, p principal, _ *http.Request) (a
 	return nonNil(out), err
 }
 
-func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
+func (s *Service) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
 	v := ServerView{Server: sv, Region: s.Region}
 	if sv.PolicyID != "" {
 		if pol, err := tx.Policy(sv.Project, sv.PolicyID); err == nil {
@@ -96,7 +96,7 @@ func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
 	return v
 }
 
-func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out ServerView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
@@ -106,7 +106,7 @@ func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	return nil, s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
@@ -119,7 +119,7 @@ func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (
 	})
 }
 
-func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out catalog.Server
 	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
@@ -203,7 +203,7 @@ type PolicyView struct {
 	Servers  []string    `json:"servers"`
 }
 
-func (s *Server) policyView(tx *catalog.Txn, pol catalog.Policy, n int) PolicyView {
+func (s *Service) policyView(tx *catalog.Txn, pol catalog.Policy, n int) PolicyView {
 	v := PolicyView{Policy: pol, NextRuns: []time.Time{}, Servers: []string{}}
 	if pol.Enabled {
 		if runs, err := scheduler.NextRuns(pol, s.Clock.Now(), n); err == nil {
@@ -218,7 +218,7 @@ func (s *Server) policyView(tx *catalog.Txn, pol catalog.Policy, n int) PolicyVi
 	return v
 }
 
-func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req PolicyRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -237,7 +237,7 @@ func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (
 	return out, err
 }
 
-func (s *Server) listPolicies(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listPolicies(_ context.Context, p principal, _ *http.Request) (any, error) {
 	var out []PolicyView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		ps, err := tx.Policies(p.project.ID)
@@ -249,7 +249,7 @@ func (s *Server) listPolicies(_ context.Context, p principal, _ *http.Request) (
 	return nonNil(out), err
 }
 
-func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	n := 5
 	if v := r.URL.Query().Get("next"); v != "" {
 		if _, err := fmt.Sscanf(v, "%d", &n); err != nil || n < 0 || n > 100 {
@@ -265,7 +265,7 @@ func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) updatePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req PolicyRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -287,7 +287,7 @@ func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (
 	return out, err
 }
 
-func (s *Server) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
 		if err != nil {
@@ -306,7 +306,7 @@ type BindRequest struct {
 	Server string `json:"server"`
 }
 
-func (s *Server) bindPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) bindPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req BindRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -335,7 +335,7 @@ func (s *Server) bindPolicy(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) runPolicyNow(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) runPolicyNow(_ context.Context, p principal, r *http.Request) (any, error) {
 	var pol catalog.Policy
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
@@ -349,7 +349,7 @@ func (s *Server) runPolicyNow(_ context.Context, p principal, r *http.Request) (
 	return nonNil(jobs), err
 }
 
-func (s *Server) retentionPreview(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) retentionPreview(_ context.Context, p principal, r *http.Request) (any, error) {
 	var pol catalog.Policy
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error

@@ -54,7 +54,7 @@ type Daemon struct {
 	engine  *engine.Engine
 	runner  *scheduler.Runner
 	sched   *scheduler.Scheduler
-	api     *api.Server
+	api     *api.Service
 	serving *serving
 	mounts  *mounts
 	metrics *metrics.Metrics
@@ -129,7 +129,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.maint = &maintenance.Timer{Clock: d.clock, Log: d.log, Submit: d.submitMaintenance}
 	d.serving = newServing(d)
 	d.mounts = newMounts(d)
-	d.api = &api.Server{
+	d.api = &api.Service{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
 		Status: d.status, StoreStats: d.storeStats,

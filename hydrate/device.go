@@ -8,21 +8,13 @@ import (
 	"slices"
 	"sync"
 
-	"csbs/blockstore"
 	"csbs/nbd"
+	"csbs/restore"
 )
-
-// Volume is the backup being restored; *blockstore.Volume implements it.
-type Volume interface {
-	Size() int64
-	BlockSize() int
-	BlockHash(i int64) (blockstore.Hash, error)
-	Block(ctx context.Context, i int64) ([]byte, error)
-}
 
 // Device is the instant-restore disk.
 type Device struct {
-	vol    Volume
+	vol    restore.Volume // the backup being restored
 	target File
 	bm     *Bitmap
 	bs     int64
@@ -58,7 +50,7 @@ const maxJournal = 16 << 20
 // and the bitmap does not vouch for is checked sector by sector, keeping
 // what a guest write put there and restoring the backup's bytes
 // elsewhere (see doc.go).
-func NewDevice(vol Volume, target File, bm *Bitmap, fresh bool) (*Device, error) {
+func NewDevice(vol restore.Volume, target File, bm *Bitmap, fresh bool) (*Device, error) {
 	bs := int64(vol.BlockSize())
 	if bm.Blocks() != (vol.Size()+bs-1)/bs {
 		return nil, fmt.Errorf("bitmap has %d blocks, volume %d", bm.Blocks(), (vol.Size()+bs-1)/bs)

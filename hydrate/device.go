@@ -8,7 +8,7 @@ import (
 	"slices"
 	"sync"
 
-	"csbs/nbd"
+	"csbs/internal/extent"
 	"csbs/restore"
 )
 
@@ -33,12 +33,6 @@ type Device struct {
 	zero   []byte    // a zero block
 	bufs   sync.Pool // block buffers for targetZero
 }
-
-var (
-	_ nbd.WritableDevice = (*Device)(nil)
-	_ nbd.Zeroer         = (*Device)(nil)
-	_ nbd.Extenter       = (*Device)(nil)
-)
 
 // maxJournal bounds the active journal file: a guest that writes much and
 // never flushes gets a sync point when the journal reaches it.
@@ -361,8 +355,8 @@ func (d *Device) Flush() error { return d.syncPoint(nil) }
 
 // Extents reports allocation: blocks not yet in the target that are zero
 // in the backup are holes; everything else is data.
-func (d *Device) Extents(off, n int64) ([]nbd.Extent, error) {
-	return nbd.MapExtents(off, n, d.bs, func(i int64) (bool, error) {
+func (d *Device) Extents(off, n int64) ([]extent.Extent, error) {
+	return extent.FromBlocks(off, n, d.bs, func(i int64) (bool, error) {
 		if d.bm.Has(i) {
 			return false, nil
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"csbs/blockstore"
+	"csbs/internal/extent"
 )
 
 // Device is what an export serves: Size bytes readable with ReadAt, which
@@ -43,17 +44,10 @@ type Trimmer interface {
 	Trim(off, n int64) error
 }
 
-// Extent is a run of the device with the same allocation state.
-type Extent struct {
-	Length int64
-	Hole   bool // not allocated
-	Zero   bool // reads as zeroes
-}
-
 // Extenter reports allocation (the base:allocation meta context), which
 // lets nbdcopy and qemu-img skip holes.
 type Extenter interface {
-	Extents(off, n int64) ([]Extent, error)
+	Extents(off, n int64) ([]extent.Extent, error)
 }
 
 // Export is one named device.
@@ -624,7 +618,7 @@ func writeZeroes(w WritableDevice, off, n int64) error {
 }
 
 func (s *Server) blockStatus(exp *Export, r request) (uint32, []byte, string) {
-	var exts []Extent
+	var exts []extent.Extent
 	if e, ok := exp.Device.(Extenter); ok {
 		var err error
 		if exts, err = e.Extents(int64(r.off), int64(r.length)); err != nil {
@@ -632,7 +626,7 @@ func (s *Server) blockStatus(exp *Export, r request) (uint32, []byte, string) {
 		}
 	}
 	if len(exts) == 0 {
-		exts = []Extent{{Length: int64(r.length)}}
+		exts = []extent.Extent{{Length: int64(r.length)}}
 	}
 	be := binary.BigEndian
 	out := make([]byte, 4, 4+8*len(exts))

@@ -37,6 +37,7 @@ const (
 const MaxRequestBytes = 1 << 20
 
 // Service is the API: the HTTP handlers over the appliance's parts.
+// (catalog.Server is a cloud server; nbd.ExportServer serves NBD.)
 type Service struct {
 	Catalog   *catalog.Catalog
 	Runner    *scheduler.Runner

@@ -30,7 +30,7 @@ import (
 // instant.Exports.
 type serving struct {
 	d       *Daemon
-	srv     *nbd.Server
+	srv     *nbd.ExportServer
 	instant *instant.Manager
 
 	// nameKey makes export names unguessable when NBD is on TCP (nil:
@@ -61,7 +61,7 @@ var (
 
 func newServing(d *Daemon) *serving {
 	s := &serving{d: d, exports: map[string]*served{}}
-	s.srv = &nbd.Server{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64}
+	s.srv = &nbd.ExportServer{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64}
 	s.instant = instant.New(instant.Options{
 		Catalog: instant.CatalogOf(d.cat), Store: d.store, Exports: s,
 		Dir:         filepath.Join(d.cfg.DataDir, "restores"),

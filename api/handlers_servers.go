@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"csbs/catalog"
+	"csbs/qemu"
 	"csbs/scheduler"
 )
 
@@ -17,6 +18,29 @@ type AddServerRequest struct {
 	Name  string         `json:"name"`
 	AZ    string         `json:"availability_zone"`
 	Disks []catalog.Disk `json:"disks"` // name and source; size is measured
+	// QMP, instead of Disks, adds every disk of the running VM behind
+	// this QMP socket (as POST /v1/servers/discover lists them); QGA
+	// names its guest agent socket ("" finds it, "none" skips it).
+	QMP string `json:"qmp,omitempty"`
+	QGA string `json:"qga,omitempty"`
+}
+
+// DiscoverRequest is the body of POST /v1/servers/discover.
+type DiscoverRequest struct {
+	QMP string `json:"qmp"`
+	QGA string `json:"qga,omitempty"`
+}
+
+// discoverServer lists the disks of a running VM from QEMU.
+func (s *Service) discoverServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var req DiscoverRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.QMP == "" {
+		return nil, fmt.Errorf("%w: name the VM's QMP socket (--qmp PATH)", catalog.ErrInvalid)
+	}
+	return s.Engine.DiscoverVM(ctx, p.caller(), req.QMP, req.QGA)
 }
 
 // ServerView is a server with its policy's name.
@@ -40,6 +64,23 @@ func (s *Service) addServer(ctx context.Context, p principal, r *http.Request) (
 	if !slices.Contains(s.AZs, req.AZ) {
 		return nil, fmt.Errorf("%w: availability zone %q is not in region %s (AZs: %s)", catalog.ErrInvalid, req.AZ, s.Region, strings.Join(s.AZs, ", "))
 	}
+	if req.QMP != "" {
+		if len(req.Disks) > 0 {
+			return nil, fmt.Errorf("%w: give either --qmp (all disks of the VM) or --disk, not both", catalog.ErrInvalid)
+		}
+		found, err := s.Engine.DiscoverVM(ctx, p.caller(), req.QMP, req.QGA)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range found {
+			if d.Skipped == "" {
+				req.Disks = append(req.Disks, catalog.Disk{Name: d.Name, Source: d.Source})
+			}
+		}
+		if len(req.Disks) == 0 {
+			return nil, fmt.Errorf("%w: the VM at %s has no disk csbs can back up (csbs server discover --qmp %s says why)", catalog.ErrInvalid, req.QMP, req.QMP)
+		}
+	}
 	if len(req.Disks) == 0 {
 		return nil, fmt.Errorf("%w: a server needs at least one disk (--disk vda=PATH)", catalog.ErrInvalid)
 	}
@@ -61,6 +102,15 @@ func (s *Service) addServer(ctx context.Context, p principal, r *http.Request) (
 		}
 		req.Disks[i].Source, req.Disks[i].Size = src, size
 		req.Disks[i].ByAdmin = p.admin // the caller's token decides, never the request
+	}
+	vms := map[string]bool{}
+	for _, d := range req.Disks {
+		if t, err := qemu.ParseURI(d.Source); err == nil {
+			vms[t.Socket] = true
+		}
+	}
+	if len(vms) > 1 {
+		return nil, fmt.Errorf("%w: the disks name %d QMP sockets; a server is one VM, and its disks are backed up at one point in time through one socket", catalog.ErrInvalid, len(vms))
 	}
 	var out catalog.Server
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
@@ -106,8 +156,9 @@ func (s *Service) showServer(_ context.Context, p principal, r *http.Request) (a
 	return out, err
 }
 
-func (s *Service) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
-	return nil, s.Catalog.Release(func(tx *catalog.Txn) error {
+func (s *Service) removeServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var removed catalog.Server
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -115,8 +166,18 @@ func (s *Service) removeServer(_ context.Context, p principal, r *http.Request) 
 		if s.Runner.ServerBusy(sv.ID) {
 			return fmt.Errorf("%w: server %s has a backup job queued or running; wait for it or cancel it", catalog.ErrConflict, sv.Name)
 		}
+		removed = sv
 		return tx.DeleteServer(sv)
 	})
+	if err != nil {
+		return nil, err
+	}
+	// A live VM keeps csbs's dirty bitmaps; nothing needs them now.
+	if err := s.Engine.ForgetVM(ctx, removed); err != nil {
+		s.Log.Warn("server removed; its VM keeps csbs's dirty bitmaps", "server", removed.Name, "err", err)
+		return map[string]any{"removed": removed.ID, "warning": err.Error()}, nil
+	}
+	return nil, nil
 }
 
 func (s *Service) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {

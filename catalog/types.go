@@ -32,6 +32,11 @@ type Disk struct {
 	Name   string `json:"name"`   // vda, vdb, ...
 	Source string `json:"source"` // image path, device path or NBD URI
 	Size   int64  `json:"size"`   // bytes, as seen when the disk was added or last backed up
+	// LastBackup is the id of the newest backup that saved this disk.
+	// Changed-block tracking uses only that backup as a parent: once it is
+	// deleted, a dirty bitmap covering changes since it says nothing about
+	// an older backup.
+	LastBackup string `json:"last_backup,omitempty"`
 	// ByAdmin: the admin token added the disk, so its source is the
 	// admin's grant; otherwise every backup checks it against the
 	// project's host access (access.source_dirs). Set by the API from
@@ -126,6 +131,18 @@ type BackupDisk struct {
 	Size     int64  `json:"size"`
 	NewBytes int64  `json:"new_bytes"` // bytes this backup added to the store
 	Blocks   int64  `json:"data_blocks"`
+	// ReadBytes is what the backup read from the source (holes and, with
+	// changed-block tracking, unchanged blocks are not read).
+	ReadBytes int64 `json:"read_bytes"`
+	// Bitmap is the dirty bitmap that tracks the disk's changes since
+	// this backup: created by csbs at this backup's point in time (a live
+	// VM), or the one the NBD source names (dirty-bitmap=NAME).
+	Bitmap string `json:"dirty_bitmap,omitempty"`
+	// ChangedFrom is the backup whose block map supplied every block the
+	// bitmap did not mark changed; empty when the whole disk was read,
+	// and then FullRead says why (for sources that can track changes).
+	ChangedFrom string `json:"changed_from,omitempty"`
+	FullRead    string `json:"full_read,omitempty"`
 }
 
 // Backup is a point-in-time copy of all disks of one server.
@@ -147,6 +164,12 @@ type Backup struct {
 	// TypeReason explains why the backup has its type (for a Common
 	// backup: why, and how to get an Enhanced one).
 	TypeReason string `json:"type_reason"`
+	// Consistency of a live VM backup: "fs-consistent" (the guest agent
+	// froze the file systems) or "crash-consistent"; empty for other
+	// sources.
+	Consistency string `json:"consistency,omitempty"`
+	// Note carries remarks from the backup (full reads, no guest agent).
+	Note string `json:"note,omitempty"`
 }
 
 // Size is the sum of the disk sizes.

@@ -61,6 +61,7 @@ func (e executor) backup(ctx context.Context, j catalog.Job, progress func(done,
 	}
 	j.BackupID = b.ID
 	j.BackupName = b.Name
+	j.Note = joinNote(j.Note, b.Note)
 	if b.Trigger == catalog.TriggerAuto && j.PolicyID != "" {
 		deleted, err := e.d.sched.ApplyRetention(ctx, j.Project, j.PolicyID, j.ServerID)
 		switch {

@@ -212,9 +212,26 @@ func printBackup(w io.Writer, b api.BackupView) error {
 	fmt.Fprintf(w, "type:      %s\n", b.Type)
 	fmt.Fprintf(w, "why:       %s\n", b.TypeReason)
 	fmt.Fprintf(w, "trigger:   %s\ncreated:   %s\nsize:      %s\nprotected: %v\nin use:    %v\n", b.Trigger, timeH(b.Created), bytesH(b.Size), b.Protected, b.InUse)
-	t := newTable(w, "DISK", "SIZE", "DATA BLOCKS", "NEW BYTES", "MAP")
-	for _, d := range b.Disks {
-		t.row(d.Name, bytesH(d.Size), d.Blocks, bytesH(d.NewBytes), d.MapID)
+	if b.Consistency != "" {
+		fmt.Fprintf(w, "consistency: %s\n", b.Consistency)
 	}
-	return t.flush()
+	if b.Note != "" {
+		fmt.Fprintf(w, "note:      %s\n", b.Note)
+	}
+	t := newTable(w, "DISK", "SIZE", "DATA BLOCKS", "NEW BYTES", "READ", "MAP")
+	for _, d := range b.Disks {
+		t.row(d.Name, bytesH(d.Size), d.Blocks, bytesH(d.NewBytes), bytesH(d.ReadBytes), d.MapID)
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	for _, d := range b.Disks {
+		switch {
+		case d.ChangedFrom != "":
+			fmt.Fprintf(w, "disk %s: changed blocks since backup %s (dirty bitmap), next backup tracked by %s\n", d.Name, d.ChangedFrom, d.Bitmap)
+		case d.FullRead != "":
+			fmt.Fprintf(w, "disk %s: full read: %s; next backup tracked by %s\n", d.Name, d.FullRead, d.Bitmap)
+		}
+	}
+	return nil
 }

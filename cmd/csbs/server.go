@@ -9,7 +9,16 @@ import (
 
 	"csbs/api"
 	"csbs/catalog"
+	"csbs/qemu"
 )
+
+// absSocket makes a socket path absolute ("none" and "" stay as they are).
+func absSocket(p string) string {
+	if p == "" || p == "none" {
+		return p
+	}
+	return absLocal(p)
+}
 
 func serverCommand() *cli.Command {
 	return &cli.Command{
@@ -20,18 +29,25 @@ func serverCommand() *cli.Command {
 				Name:  "add",
 				Usage: "add a server",
 				UsageText: `csbs server add --name web1 --disk vda=/images/web1-vda.img
-   csbs server add --name db1 --az local-1a --disk vda=/dev/vg0/db1 --disk vdb=nbd+unix:///db1-data?socket=/run/qemu-nbd.sock`,
+   csbs server add --name db1 --az local-1a --disk vda=/dev/vg0/db1 --disk vdb=nbd+unix:///db1-data?socket=/run/qemu-nbd.sock
+   csbs server add --name vm1 --disk vda='qmp+unix:///vda?socket=/run/vm1.qmp'
+   csbs server add --name vm1 --qmp /run/vm1.qmp     # every disk of the running VM`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "server `NAME`", Required: true},
 					&cli.StringFlag{Name: "az", Usage: "availability `ZONE` (default: the region's first AZ)"},
-					&cli.StringSliceFlag{Name: "disk", Usage: "`NAME=SOURCE`: an image file, block device or NBD URI (repeat for more disks)", Required: true},
+					&cli.StringSliceFlag{Name: "disk", Usage: "`NAME=SOURCE`: an image file, block device, NBD URI or live VM disk qmp+unix:///NODE?socket=PATH (repeat for more disks)"},
+					&cli.StringFlag{Name: "qmp", Usage: "add every disk of the running VM behind this QMP socket `PATH` (instead of --disk)"},
+					&cli.StringFlag{Name: "qga", Usage: "with --qmp: the VM's guest agent socket `PATH` (default: found through QMP; none: do not freeze)"},
 					jsonFlag,
 				},
 				Action: func(c *cli.Context) error {
 					if err := needArgs(c, 0, "--name NAME --disk vda=SOURCE"); err != nil {
 						return err
 					}
-					req := api.AddServerRequest{Name: c.String("name"), AZ: c.String("az")}
+					if len(c.StringSlice("disk")) == 0 && c.String("qmp") == "" {
+						return cli.Exit("server add: give --disk NAME=SOURCE (repeatable) or --qmp PATH", 2)
+					}
+					req := api.AddServerRequest{Name: c.String("name"), AZ: c.String("az"), QMP: absSocket(c.String("qmp")), QGA: absSocket(c.String("qga"))}
 					for _, d := range c.StringSlice("disk") {
 						name, src, ok := strings.Cut(d, "=")
 						if !ok || name == "" || src == "" {
@@ -48,6 +64,41 @@ func serverCommand() *cli.Command {
 						return err
 					}
 					return show(c, s, func(w io.Writer) error { return printServer(w, s) })
+				},
+			},
+			{
+				Name:      "discover",
+				Usage:     "list the disks of a running QEMU VM through its QMP socket",
+				UsageText: "csbs server discover --qmp /run/vm1.qmp",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "qmp", Usage: "the VM's QMP socket `PATH`", Required: true},
+					&cli.StringFlag{Name: "qga", Usage: "the VM's guest agent socket `PATH` (default: found through QMP; none: do not freeze)"},
+					jsonFlag,
+				},
+				Action: func(c *cli.Context) error {
+					if err := needArgs(c, 0, "--qmp PATH"); err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					var ds []qemu.DiscoveredDisk
+					req := api.DiscoverRequest{QMP: absLocal(c.String("qmp")), QGA: absSocket(c.String("qga"))}
+					if err := cl.Do(c.Context, "POST", "/v1/servers/discover", nil, req, &ds); err != nil {
+						return err
+					}
+					return show(c, ds, func(w io.Writer) error {
+						t := newTable(w, "DISK", "SIZE", "NODE", "FORMAT", "SOURCE")
+						for _, d := range ds {
+							src := d.Source
+							if d.Skipped != "" {
+								src = "skipped: " + d.Skipped
+							}
+							t.row(d.Name, bytesH(d.Size), d.NodeName, d.Driver, src)
+						}
+						return t.flush()
+					})
 				},
 			},
 			{
@@ -103,7 +154,16 @@ func serverCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					return cl.Do(c.Context, "DELETE", "/v1/servers/"+c.Args().First(), nil, nil, nil)
+					var out struct {
+						Warning string `json:"warning"`
+					}
+					if err := cl.Do(c.Context, "DELETE", "/v1/servers/"+c.Args().First(), nil, nil, &out); err != nil {
+						return err
+					}
+					if out.Warning != "" {
+						fmt.Fprintln(c.App.ErrWriter, "warning:", out.Warning)
+					}
+					return nil
 				},
 			},
 		},

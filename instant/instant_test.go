@@ -497,6 +497,10 @@ func TestControl(t *testing.T) {
 			}
 			if tc.complete {
 				r = e.waitState(r, catalog.RestoreComplete)
+				// The job records its end just after the restore is complete.
+				if _, err := e.runner.Wait(context.Background(), r.Project, r.JobID); err != nil {
+					t.Fatal(err)
+				}
 			}
 			for _, st := range tc.steps {
 				var err error

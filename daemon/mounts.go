@@ -7,13 +7,13 @@ import (
 	"csbs/mounts"
 )
 
-// volumes opens backup disks for the FUSE tree: the backup counts as in
+// disks opens backup disks for the FUSE tree: the backup counts as in
 // use until release, and reads are counted for the metrics.
-type volumes struct{ d *Daemon }
+type disks struct{ d *Daemon }
 
-var _ mounts.Volumes = volumes{}
+var _ mounts.Disks = disks{}
 
-func (v volumes) OpenDisk(b catalog.Backup, disk string) (fusefs.Volume, func(), error) {
+func (v disks) OpenDisk(b catalog.Backup, disk string) (fusefs.Image, func(), error) {
 	for _, bd := range b.Disks {
 		if bd.Name != disk {
 			continue
@@ -28,19 +28,19 @@ func (v volumes) OpenDisk(b catalog.Backup, disk string) (fusefs.Volume, func(),
 			release()
 			return nil, nil, err
 		}
-		return countingVolume{Volume: vol, d: v.d}, func() { vol.Close(); release() }, nil
+		return countingImage{Image: vol, d: v.d}, func() { vol.Close(); release() }, nil
 	}
 	return nil, nil, catalog.ErrNotFound
 }
 
-// countingVolume counts FUSE reads for the metrics.
-type countingVolume struct {
-	fusefs.Volume
+// countingImage counts FUSE reads for the metrics.
+type countingImage struct {
+	fusefs.Image
 	d *Daemon
 }
 
-func (v countingVolume) ReadAt(p []byte, off int64) (int, error) {
-	n, err := v.Volume.ReadAt(p, off)
+func (v countingImage) ReadAt(p []byte, off int64) (int, error) {
+	n, err := v.Image.ReadAt(p, off)
 	v.d.metrics.FUSEReads.Inc()
 	v.d.metrics.FUSEReadBytes.Add(float64(n))
 	return n, err

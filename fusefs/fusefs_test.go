@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,273 +36,227 @@ func needFUSE(t *testing.T) {
 	}
 }
 
-// memTree is a tree held in a map (directory path → entries) that
-// counts what the file system asks of it.
-type memTree struct {
-	mu      sync.Mutex
+// image is a disk image in memory whose reads fail from failAt on.
+type image struct {
+	b      []byte
+	failAt int64 // -1: never
+	err    error
+}
+
+func (m *image) Size() int64 { return int64(len(m.b)) }
+
+func (m *image) ReadAt(p []byte, off int64) (int, error) {
+	if m.failAt >= 0 && off+int64(len(p)) > m.failAt {
+		return 0, m.err
+	}
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// tree is a catalog in memory: paths are joined with "/"; a directory
+// lists its entries, a disk opens its image.
+type tree struct {
 	dirs    map[string][]Entry
-	lists   map[string]int
-	lookups int
-	readErr error
-	// children: a server directory's listing carries each backup's
-	// disks, as package mounts does.
-	children bool
+	images  map[string]*image
+	listErr map[string]error
+
+	opened, released atomic.Int64
 }
 
-func newMemTree() *memTree {
-	t := &memTree{dirs: map[string][]Entry{}, lists: map[string]int{}}
-	t.set("", "p1")
-	t.set("p1", "web", "db")
-	t.set("p1/web", "b1", "b2")
-	t.set("p1/db", "b3")
-	for _, b := range []string{"p1/web/b1", "p1/web/b2", "p1/db/b3"} {
-		t.dirs[b] = []Entry{{Name: "vda", Size: 8192}}
-	}
-	return t
-}
-
-func (t *memTree) set(dir string, names ...string) {
-	var es []Entry
-	for _, n := range names {
-		es = append(es, Entry{Name: n, Mtime: time.Unix(1700000000, 0)})
-	}
-	t.dirs[dir] = es
-}
-
-func (t *memTree) List(_ context.Context, path []string) ([]Entry, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+func (t *tree) List(ctx context.Context, path []string) ([]Entry, error) {
 	key := strings.Join(path, "/")
-	t.lists[key]++
+	if err := t.listErr[key]; err != nil {
+		return nil, err
+	}
 	es, ok := t.dirs[key]
 	if !ok {
 		return nil, catalog.ErrNotFound
 	}
-	es = slices.Clone(es)
-	if t.children && len(path) == levelBackup {
-		for i := range es {
-			if sub, ok := t.dirs[key+"/"+es[i].Name]; ok {
-				es[i].Children = slices.Clone(sub)
-			}
-		}
-	}
 	return es, nil
 }
 
-func (t *memTree) Open(_ context.Context, path []string) (Volume, func(), error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.readErr != nil {
-		return failing{t.readErr}, func() {}, nil
+func (t *tree) Open(ctx context.Context, path []string) (Image, func(), error) {
+	img, ok := t.images[strings.Join(path, "/")]
+	if !ok {
+		return nil, nil, catalog.ErrNotFound
 	}
-	return sized{bytes.NewReader(bytes.Repeat([]byte(strings.Join(path, "/")), 1000)[:8192])}, func() {}, nil
+	t.opened.Add(1)
+	var once sync.Once
+	return img, func() { once.Do(func() { t.released.Add(1) }) }, nil
 }
 
-func (t *memTree) listed(dir string) int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.lists[dir]
-}
+var created = time.Date(2026, 5, 1, 10, 30, 0, 0, time.UTC)
 
-// lookupTree is a memTree that also finds single entries.
-type lookupTree struct{ *memTree }
-
-func (t lookupTree) Lookup(_ context.Context, path []string) (Entry, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.lookups++
-	for _, e := range t.dirs[strings.Join(path[:len(path)-1], "/")] {
-		if e.Name == path[len(path)-1] {
-			return e, nil
-		}
+func newTree() *tree {
+	disk := make([]byte, 3<<20+123)
+	for i := range disk {
+		disk[i] = byte(i * 7)
 	}
-	return Entry{}, catalog.ErrNotFound
+	return &tree{
+		dirs: map[string][]Entry{
+			"":                 {{Name: "default", Mtime: created}, {Name: "broken", Mtime: created}},
+			"default":          {{Name: "web1", Mtime: created}},
+			"default/web1":     {{Name: "bk1", Mtime: created}},
+			"default/web1/bk1": {{Name: "vda", Size: int64(len(disk)), Mtime: created}, {Name: "vdb", Size: 8192, Mtime: created}},
+			"broken/gone":      nil,
+		},
+		listErr: map[string]error{
+			"broken": &blockstore.CorruptMapError{Reason: "test"},
+		},
+		images: map[string]*image{
+			"default/web1/bk1/vda": {b: disk, failAt: -1},
+			"default/web1/bk1/vdb": {b: make([]byte, 8192), failAt: 4096, err: fmt.Errorf("read: %w", &blockstore.CorruptBlockError{Block: 1, Reason: "test"})},
+		},
+	}
 }
 
-type sized struct{ *bytes.Reader }
-
-func (s sized) Size() int64 { return s.Reader.Size() }
-
-type failing struct{ err error }
-
-func (f failing) ReadAt([]byte, int64) (int, error) { return 0, f.err }
-func (f failing) Size() int64                       { return 8192 }
-
-func mount(t *testing.T, tree Tree, cache bool) (*Mount, string) {
+func mount(t *testing.T, tr Tree) string {
 	t.Helper()
+	needFUSE(t)
 	dir := t.TempDir()
-	m, err := MountTree(dir, tree, Options{Name: "test", Cache: cache})
+	m, err := MountTree(dir, tr, Options{Name: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if err := m.Unmount(); err != nil {
-			t.Error(err)
+			t.Errorf("unmount: %v", err)
 		}
 	})
-	return m, dir
+	return dir
 }
 
-func names(t *testing.T, dir string) string {
-	t.Helper()
-	des, err := os.ReadDir(dir)
+// TestTree: directories list the tree's names, disks appear as .img
+// files with their sizes, read-only modes and the backups' times.
+func TestTree(t *testing.T) {
+	tr := newTree()
+	dir := mount(t, tr)
+	names := func(path string) []string {
+		es, err := os.ReadDir(filepath.Join(dir, path))
+		if err != nil {
+			t.Fatalf("readdir %s: %v", path, err)
+		}
+		var out []string
+		for _, e := range es {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	if got := names(""); !slices.Equal(got, []string{"broken", "default"}) && !slices.Equal(got, []string{"default", "broken"}) {
+		t.Fatalf("root lists %v", got)
+	}
+	if got := names("default/web1/bk1"); !slices.Equal(got, []string{"vda.img", "vdb.img"}) {
+		t.Fatalf("backup lists %v", got)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "default/web1"))
+	if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o555 || !fi.ModTime().Equal(created) {
+		t.Fatalf("server dir: %v %v", fi, err)
+	}
+	fi, err = os.Stat(filepath.Join(dir, "default/web1/bk1/vda.img"))
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o444 || fi.Size() != int64(len(tr.images["default/web1/bk1/vda"].b)) || !fi.ModTime().Equal(created) {
+		t.Fatalf("image: %v %v", fi, err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Blocks != (st.Size+511)/512 {
+		t.Fatalf("image reports %d blocks of 512 bytes for %d bytes", st.Blocks, st.Size)
+	}
+}
+
+// TestReadImage: an image reads as the tree's bytes, at any offset and
+// length, to its exact end; it opens read-only and is released on close.
+func TestReadImage(t *testing.T) {
+	tr := newTree()
+	dir := mount(t, tr)
+	want := tr.images["default/web1/bk1/vda"].b
+	got, err := os.ReadFile(filepath.Join(dir, "default/web1/bk1/vda.img"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read image: %d bytes, %v", len(got), err)
+	}
+	f, err := os.Open(filepath.Join(dir, "default/web1/bk1/vda.img"))
 	if err != nil {
-		t.Fatalf("read %s: %v", dir, err)
+		t.Fatal(err)
 	}
-	var out []string
-	for _, d := range des {
-		out = append(out, d.Name())
+	buf := make([]byte, 10000)
+	for _, off := range []int64{1, 4095, 1 << 20, int64(len(want)) - 100} {
+		n, err := f.ReadAt(buf, off)
+		end := min(off+int64(len(buf)), int64(len(want)))
+		if int64(n) != end-off || (err != nil && !errors.Is(err, io.EOF)) || !bytes.Equal(buf[:n], want[off:end]) {
+			t.Fatalf("read at %d: %d bytes, %v", off, n, err)
+		}
 	}
-	return strings.Join(out, ",")
+	f.Close()
+	for _, flag := range []int{os.O_WRONLY, os.O_RDWR} {
+		if _, err := os.OpenFile(filepath.Join(dir, "default/web1/bk1/vda.img"), flag, 0); !errors.Is(err, syscall.EROFS) {
+			t.Fatalf("open for writing (%d): %v, want EROFS", flag, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for tr.released.Load() != tr.opened.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d opens, %d releases after every file was closed", tr.opened.Load(), tr.released.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
-// TestCachedDirectories: with a cache, a directory is listed from the
-// Tree once however often it is read, lookups in it ask nothing more,
-// and a change shows only once Invalidate says so, at once, although the
-// kernel keeps entries for 30 s.
-func TestCachedDirectories(t *testing.T) {
-	needFUSE(t)
-	tree := newMemTree()
-	m, dir := mount(t, tree, true)
-	web := filepath.Join(dir, "p1", "web")
-	for range 3 {
-		if got := names(t, web); got != "b1,b2" {
-			t.Fatalf("web lists %q", got)
-		}
-		for _, b := range []string{"b1", "b2"} {
-			if fi, err := os.Stat(filepath.Join(web, b, "vda.img")); err != nil || fi.Size() != 8192 {
-				t.Fatalf("stat %s: %v", b, err)
+// TestErrno: what the tree and the image report becomes one errno each,
+// through the kernel.
+func TestErrno(t *testing.T) {
+	dir := mount(t, newTree())
+	cases := []struct {
+		name string
+		op   func() error
+		want syscall.Errno
+	}{
+		{"unknown project", func() error { _, err := os.Stat(filepath.Join(dir, "nosuch")); return err }, syscall.ENOENT},
+		{"disk without .img", func() error { _, err := os.Stat(filepath.Join(dir, "default/web1/bk1/vda")); return err }, syscall.ENOENT},
+		{"directory listed by nobody", func() error { _, err := os.ReadDir(filepath.Join(dir, "default/web2")); return err }, syscall.ENOENT},
+		{"damaged map", func() error { _, err := os.ReadDir(filepath.Join(dir, "broken")); return err }, syscall.EIO},
+		{"damaged block", func() error { _, err := os.ReadFile(filepath.Join(dir, "default/web1/bk1/vdb.img")); return err }, syscall.EIO},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.op(); !errors.Is(err, tc.want) {
+				t.Fatalf("%v, want %v", err, tc.want)
 			}
-		}
-	}
-	if n := tree.listed("p1/web"); n != 1 {
-		t.Fatalf("p1/web listed %d times, want once", n)
-	}
-	tree.mu.Lock()
-	tree.set("p1/web", "b2", "b4")
-	tree.dirs["p1/web/b4"] = []Entry{{Name: "vda", Size: 4096}}
-	tree.mu.Unlock()
-	if got := names(t, web); got != "b1,b2" {
-		t.Fatalf("a cached directory changed without Invalidate: %q", got)
-	}
-	m.Invalidate([]string{"p1", "web"}, "b1", "b4")
-	if got := names(t, web); got != "b2,b4" {
-		t.Fatalf("after Invalidate web lists %q", got)
-	}
-	if _, err := os.Stat(filepath.Join(web, "b1")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("a removed entry is still there after Invalidate: %v", err)
-	}
-	if fi, err := os.Stat(filepath.Join(web, "b4", "vda.img")); err != nil || fi.Size() != 4096 {
-		t.Fatalf("a new entry after Invalidate: %v", err)
-	}
-	// A name the kernel never saw: only the directory's own listing can
-	// tell it (the kernel keeps listings, FOPEN_CACHE_DIR).
-	tree.mu.Lock()
-	tree.set("p1/web", "b2", "b4", "b5")
-	tree.dirs["p1/web/b5"] = []Entry{{Name: "vda", Size: 4096}}
-	tree.mu.Unlock()
-	m.Invalidate([]string{"p1", "web"}, "b5")
-	if got := names(t, web); got != "b2,b4,b5" {
-		t.Fatalf("after a new entry web lists %q", got)
-	}
-	// Invalidating an entry drops what is cached below it: a backup
-	// replaced under the same name shows its new disks.
-	tree.mu.Lock()
-	tree.dirs["p1/web/b2"] = []Entry{{Name: "vda", Size: 8192}, {Name: "vdb", Size: 512}}
-	tree.mu.Unlock()
-	m.Invalidate([]string{"p1", "web"}, "b2")
-	if got := names(t, filepath.Join(web, "b2")); got != "vda.img,vdb.img" {
-		t.Fatalf("disks of a replaced backup: %q", got)
+		})
 	}
 }
 
-// TestChildrenComeWithTheirParent: entries listed with their own
-// children need no List of their own; once the parent's listing is
-// dropped, the children's go with it.
-func TestChildrenComeWithTheirParent(t *testing.T) {
-	needFUSE(t)
-	tree := newMemTree()
-	tree.children = true
-	m, dir := mount(t, tree, true)
-	web := filepath.Join(dir, "p1", "web")
-	for _, b := range []string{"b1", "b2"} {
-		if got := names(t, filepath.Join(web, b)); got != "vda.img" {
-			t.Fatalf("%s lists %q", b, got)
-		}
-	}
-	if n := tree.listed("p1/web/b1") + tree.listed("p1/web/b2"); n != 0 {
-		t.Fatalf("backup directories listed %d times; their disks came with the server's listing", n)
-	}
-	tree.mu.Lock()
-	tree.dirs["p1/web/b1"] = []Entry{{Name: "vdc", Size: 512}}
-	tree.mu.Unlock()
-	m.Invalidate([]string{"p1"}, "web")
-	if got := names(t, filepath.Join(web, "b1")); got != "vdc.img" {
-		t.Fatalf("after the server's listing was dropped, b1 lists %q", got)
-	}
-}
-
-// TestUncached: without a cache every readdir asks the Tree.
-func TestUncached(t *testing.T) {
-	needFUSE(t)
-	tree := newMemTree()
-	_, dir := mount(t, tree, false)
-	for range 3 {
-		names(t, filepath.Join(dir, "p1"))
-	}
-	if n := tree.listed("p1"); n < 3 {
-		t.Fatalf("p1 listed %d times uncached, want every time", n)
-	}
-}
-
-// TestLookupWithoutListing: a Tree that finds single entries answers a
-// deep stat in a fresh mount without listing any directory.
-func TestLookupWithoutListing(t *testing.T) {
-	needFUSE(t)
-	tree := lookupTree{newMemTree()}
-	_, dir := mount(t, tree, true)
-	if fi, err := os.Stat(filepath.Join(dir, "p1", "db", "b3", "vda.img")); err != nil || fi.Size() != 8192 {
-		t.Fatalf("stat: %v", err)
-	}
-	tree.mu.Lock()
-	defer tree.mu.Unlock()
-	if len(tree.lists) != 0 || tree.lookups != 4 {
-		t.Fatalf("a deep stat listed %v and looked up %d entries; want no listing and 4 lookups", tree.lists, tree.lookups)
-	}
-}
-
-// TestReads: an image reads its bytes; a damaged block is EIO and a
-// missing backup ENOENT, never other bytes; images are read-only.
-func TestReads(t *testing.T) {
-	needFUSE(t)
-	tree := newMemTree()
-	_, dir := mount(t, tree, true)
-	img := filepath.Join(dir, "p1", "web", "b1", "vda.img")
-	got, err := os.ReadFile(img)
-	if err != nil || !bytes.Equal(got, bytes.Repeat([]byte("p1/web/b1/vda"), 1000)[:8192]) {
-		t.Fatalf("read: %v", err)
-	}
-	if err := os.WriteFile(img, []byte("x"), 0o644); err == nil {
-		t.Fatal("an image accepted a write")
-	}
-	for _, tc := range []struct {
+// TestToErrno is the mapping itself, row by row.
+func TestToErrno(t *testing.T) {
+	cases := []struct {
 		err  error
 		want syscall.Errno
 	}{
-		{fmt.Errorf("read: %w", &blockstore.CorruptBlockError{}), syscall.EIO},
-		{fmt.Errorf("read: %w", blockstore.ErrMapNotFound), syscall.ENOENT},
-	} {
-		tree.mu.Lock()
-		tree.readErr = tc.err
-		tree.mu.Unlock()
-		f, err := os.Open(filepath.Join(dir, "p1", "web", "b2", "vda.img"))
-		if err != nil {
-			t.Fatal(err)
+		{nil, 0},
+		{fmt.Errorf("x: %w", catalog.ErrNotFound), syscall.ENOENT},
+		{fmt.Errorf("x: %w", blockstore.ErrMapNotFound), syscall.ENOENT},
+		{&blockstore.CorruptBlockError{}, syscall.EIO},
+		{&blockstore.MissingBlockError{}, syscall.EIO},
+		{fmt.Errorf("read: %w", &blockstore.CorruptMapError{}), syscall.EIO},
+		// Only when the kernel interrupted the request: a reader that gets
+		// EINTR (Go's os package among them) simply asks again.
+		{context.Canceled, syscall.EINTR},
+		{errors.New("anything else"), syscall.EIO},
+	}
+	for _, tc := range cases {
+		if got := toErrno(tc.err); got != tc.want {
+			t.Errorf("toErrno(%v) = %v, want %v", tc.err, got, tc.want)
 		}
-		_, err = f.ReadAt(make([]byte, 4096), 0)
-		f.Close()
-		if !errors.Is(err, tc.want) {
-			t.Fatalf("read failing with %v: %v, want %v", tc.err, err, tc.want)
-		}
+	}
+}
+
+// TestCleanStale leaves a directory that is no mount alone.
+func TestCleanStale(t *testing.T) {
+	cleaned, err := CleanStale(t.TempDir())
+	if cleaned || err != nil {
+		t.Fatalf("CleanStale of a plain directory: %v %v", cleaned, err)
 	}
 }

@@ -61,7 +61,7 @@ func (ms *Manager) browse(rec catalog.MountRecord, b catalog.Backup, real string
 	}
 	// The image behind the loop device is one fixed backup: no cache and
 	// no watch needed.
-	inner, err := ms.mountTree(rec, rec.Internal, NewTree(ms.cfg.Catalog, ms.cfg.Volumes, b.Project, "", b.ID), "browse", false)
+	inner, err := ms.mountTree(rec, rec.Internal, NewTree(ms.cfg.Catalog, ms.cfg.Disks, b.Project, "", b.ID), "browse", false)
 	if err != nil {
 		return fmt.Errorf("mount backup image: %w", err)
 	}

@@ -36,7 +36,7 @@ func TestBrowse(t *testing.T) {
 	if err := e.cat.Update(func(tx *catalog.Txn) error { return errors.Join(tx.PutBackup(b), tx.PutBackup(common)) }); err != nil {
 		t.Fatal(err)
 	}
-	e.vols.files[b.ID] = img
+	e.disks.files[b.ID] = img
 
 	files := filepath.Join(e.dir, "files")
 	if _, err := e.mgr.Browse(common, "vda", files, true); !errors.Is(err, catalog.ErrInvalid) {
@@ -61,7 +61,7 @@ func TestBrowse(t *testing.T) {
 			t.Fatalf("file from the browsed backup: %v", err)
 		}
 	}
-	if e.vols.opened() == 0 {
+	if e.disks.opened() == 0 {
 		t.Fatal("the backup's disk is not open (in use) while browsed")
 	}
 	if got := e.mgr.List(p.ID); len(got) != 1 || got[0].Path != files {
@@ -70,8 +70,8 @@ func TestBrowse(t *testing.T) {
 	if err := e.mgr.Unbrowse(p.ID, files); err != nil {
 		t.Fatal(err)
 	}
-	if e.vols.opened() != 0 {
-		t.Fatalf("%d disks open after unbrowse", e.vols.opened())
+	if e.disks.opened() != 0 {
+		t.Fatalf("%d disks open after unbrowse", e.disks.opened())
 	}
 	if err := e.mgr.Unbrowse(p.ID, files); !errors.Is(err, catalog.ErrNotFound) {
 		t.Fatalf("second unbrowse: %v", err)

@@ -17,6 +17,6 @@
 // listing. When the watch cannot start, a mount works uncached.
 //
 // The package sees the catalog through Catalog and backup disks through
-// Volumes, and checks host paths through Access, so that it is tested
+// Disks, and checks host paths through Access, so that it is tested
 // with a real catalog and real FUSE mounts but without a daemon.
 package mounts

@@ -32,7 +32,7 @@ type Access interface {
 // Config is what a Manager works with.
 type Config struct {
 	Catalog Catalog
-	Volumes Volumes
+	Disks   Disks
 	Access  Access
 	// DataDir holds the internal FUSE mounts behind browse mounts
 	// (<DataDir>/browse).
@@ -152,7 +152,7 @@ func (ms *Manager) Mount(rec catalog.MountRecord) (catalog.MountRecord, error) {
 // starts before the mount, so that no change after the first listing is
 // missed; without it the mount works uncached.
 func (ms *Manager) mount(rec catalog.MountRecord, real string) error {
-	e, err := ms.mountTree(rec, real, NewTree(ms.cfg.Catalog, ms.cfg.Volumes, rec.Project, rec.Server, rec.Backup), rec.Project, true)
+	e, err := ms.mountTree(rec, real, NewTree(ms.cfg.Catalog, ms.cfg.Disks, rec.Project, rec.Server, rec.Backup), rec.Project, true)
 	if err != nil {
 		return err
 	}

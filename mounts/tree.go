@@ -17,17 +17,17 @@ type Catalog interface {
 	WatchMounts(ctx context.Context, fn func([]catalog.MountChange)) error
 }
 
-// Volumes opens the disks of backups for reading (the daemon: the store
+// Disks opens the disks of backups for reading (the daemon: the store
 // and the engine, which counts the backup as in use until release).
-type Volumes interface {
-	OpenDisk(b catalog.Backup, disk string) (vol fusefs.Volume, release func(), err error)
+type Disks interface {
+	OpenDisk(b catalog.Backup, disk string) (img fusefs.Image, release func(), err error)
 }
 
 // Tree is the FUSE tree of a catalog's available Enhanced backups,
 // narrowed to a project, a server and a backup (ids; "" shows all).
 type Tree struct {
 	cat                     Catalog
-	vols                    Volumes
+	disks                   Disks
 	project, server, backup string
 
 	// cached: a catalog watch reports changes (see invalidate), so
@@ -51,8 +51,8 @@ var (
 
 // NewTree returns the tree of cat, narrowed to project, server and
 // backup ids ("" = no narrowing).
-func NewTree(cat Catalog, vols Volumes, project, server, backup string) *Tree {
-	return &Tree{cat: cat, vols: vols, project: project, server: server, backup: backup,
+func NewTree(cat Catalog, disks Disks, project, server, backup string) *Tree {
+	return &Tree{cat: cat, disks: disks, project: project, server: server, backup: backup,
 		names: map[string]string{}, projects: map[string]catalog.Project{}, open: map[int]func(){}}
 }
 
@@ -230,7 +230,7 @@ func (t *Tree) Lookup(ctx context.Context, path []string) (fusefs.Entry, error) 
 }
 
 // Open opens a disk image for reading.
-func (t *Tree) Open(ctx context.Context, path []string) (fusefs.Volume, func(), error) {
+func (t *Tree) Open(ctx context.Context, path []string) (fusefs.Image, func(), error) {
 	if len(path) != 4 {
 		return nil, nil, notFound(path)
 	}
@@ -253,11 +253,11 @@ func (t *Tree) Open(ctx context.Context, path []string) (fusefs.Volume, func(), 
 	if err != nil {
 		return nil, nil, err
 	}
-	vol, release, err := t.vols.OpenDisk(b, path[3])
+	img, release, err := t.disks.OpenDisk(b, path[3])
 	if err != nil {
 		return nil, nil, err
 	}
-	return vol, t.track(release), nil
+	return img, t.track(release), nil
 }
 
 // track registers a closer and returns one that runs it at most once.

@@ -37,26 +37,26 @@ func needFUSE(t *testing.T) {
 	}
 }
 
-// memVolumes serves each disk as bytes derived from its backup and name,
+// memDisks serves each disk as bytes derived from its backup and name,
 // or from a file when one is set; it counts open disks.
-type memVolumes struct {
+type memDisks struct {
 	mu    sync.Mutex
 	open  int
 	files map[string]string // backup id → image file
 }
 
-type memVolume struct {
+type memImage struct {
 	io.ReaderAt
 	size int64
 }
 
-func (v memVolume) Size() int64 { return v.size }
+func (v memImage) Size() int64 { return v.size }
 
 func diskBytes(b catalog.Backup, disk string, size int64) []byte {
 	return bytes.Repeat([]byte(b.ID+"/"+disk+";"), int(size)/len(b.ID+disk+";")+2)[:size]
 }
 
-func (m *memVolumes) OpenDisk(b catalog.Backup, disk string) (fusefs.Volume, func(), error) {
+func (m *memDisks) OpenDisk(b catalog.Backup, disk string) (fusefs.Image, func(), error) {
 	for _, d := range b.Disks {
 		if d.Name != disk {
 			continue
@@ -76,14 +76,14 @@ func (m *memVolumes) OpenDisk(b catalog.Backup, disk string) (fusefs.Volume, fun
 				release()
 				return nil, nil, err
 			}
-			return memVolume{f, d.Size}, func() { f.Close(); release() }, nil
+			return memImage{f, d.Size}, func() { f.Close(); release() }, nil
 		}
-		return memVolume{bytes.NewReader(diskBytes(b, disk, d.Size)), d.Size}, release, nil
+		return memImage{bytes.NewReader(diskBytes(b, disk, d.Size)), d.Size}, release, nil
 	}
 	return nil, nil, catalog.ErrNotFound
 }
 
-func (m *memVolumes) opened() int {
+func (m *memDisks) opened() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.open
@@ -110,11 +110,11 @@ func (a allowUnder) CheckMountReal(c access.Caller, path, real string) error {
 }
 
 type env struct {
-	dir  string
-	cat  *catalog.Catalog
-	vols *memVolumes
-	mgr  *Manager
-	now  time.Time
+	dir   string
+	cat   *catalog.Catalog
+	disks *memDisks
+	mgr   *Manager
+	now   time.Time
 }
 
 func newEnv(t *testing.T) *env {
@@ -128,8 +128,8 @@ func newEnv(t *testing.T) *env {
 	if _, err := cat.EnsureIndexes(); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dir: dir, cat: cat, vols: &memVolumes{files: map[string]string{}}, now: time.Date(2025, 3, 1, 2, 0, 0, 0, time.UTC)}
-	e.mgr = NewManager(Config{Catalog: cat, Volumes: e.vols, Access: allowUnder(dir), DataDir: filepath.Join(dir, "data")})
+	e := &env{dir: dir, cat: cat, disks: &memDisks{files: map[string]string{}}, now: time.Date(2025, 3, 1, 2, 0, 0, 0, time.UTC)}
+	e.mgr = NewManager(Config{Catalog: cat, Disks: e.disks, Access: allowUnder(dir), DataDir: filepath.Join(dir, "data")})
 	t.Cleanup(func() {
 		e.mgr.Shutdown()
 		if err := cat.Check(); err != nil {
@@ -381,7 +381,7 @@ func TestTreeFollowsTheCatalog(t *testing.T) {
 	if err := e.mgr.Unmount(p1.ID, rec.Path); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.vols.opened(); n != 0 {
+	if n := e.disks.opened(); n != 0 {
 		t.Fatalf("%d disks left open after unmount", n)
 	}
 }

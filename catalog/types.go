@@ -25,6 +25,10 @@ type Token struct {
 	Hash    string    `json:"hash"`
 	Created time.Time `json:"created"`
 	Revoked bool      `json:"revoked"`
+	// Replication marks a token another appliance uses to pull the
+	// project's backups: it may only read them through /v1/replication
+	// and is refused everywhere else.
+	Replication bool `json:"replication,omitempty"`
 }
 
 // Disk is one disk of a server.
@@ -147,6 +151,9 @@ type Backup struct {
 	// TypeReason explains why the backup has its type (for a Common
 	// backup: why, and how to get an Enhanced one).
 	TypeReason string `json:"type_reason"`
+	// Replica is set on a backup copied here from another appliance
+	// (see replication.go); nil for a backup made here.
+	Replica *ReplicaOrigin `json:"replica,omitempty"`
 }
 
 // Size is the sum of the disk sizes.
@@ -166,6 +173,7 @@ const (
 	JobRetention = "retention"
 	JobGC        = "gc"
 	JobScrub     = "scrub"
+	JobReplicate = "replicate"
 )
 
 // Job states.
@@ -204,6 +212,8 @@ type Job struct {
 	Trigger    string `json:"trigger,omitempty"`
 	// Request of a restore job.
 	RestoreID string `json:"restore_id,omitempty"`
+	// Request and progress of a replication job.
+	Replicate *ReplicateJob `json:"replicate,omitempty"`
 }
 
 // Finished reports whether the job reached a final state.

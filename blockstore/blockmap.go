@@ -4,7 +4,6 @@ import (
 	"container/list"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -23,6 +22,9 @@ type MapInfo struct {
 	// Segments has bit i set when segment i is stored in the map file
 	// (all-zero segments are not).
 	Segments []byte `json:"segments"`
+	// Staged: an import (a replica) being built; not a backup yet, but GC
+	// keeps what it names.
+	Staged bool `json:"staged,omitempty"`
 }
 
 // Blocks returns the number of blocks of the map (the last may be partial).
@@ -30,20 +32,13 @@ func (m MapInfo) Blocks() int64 { return blocksFor(m.Size, m.BlockSize) }
 
 func blocksFor(size int64, bs int) int64 { return (size + int64(bs) - 1) / int64(bs) }
 
-// MapInfo returns the header of committed map id, or ErrMapNotFound.
+// MapInfo returns the header of committed map id, or ErrMapNotFound (also
+// for a staged import).
 func (s *Store) MapInfo(id MapID) (MapInfo, error) {
-	var info MapInfo
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(mapKey(id))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("map %s: %w", id, ErrMapNotFound)
-		}
-		if err != nil {
-			return fmt.Errorf("read map %s: %w", id, err)
-		}
-		info, err = decodeMapInfo(id, item)
-		return err
-	})
+	info, err := s.mapHeader(id)
+	if err == nil && info.Staged {
+		return MapInfo{}, fmt.Errorf("map %s is an import in progress: %w", id, ErrMapNotFound)
+	}
 	return info, err
 }
 
@@ -62,7 +57,9 @@ func (s *Store) ListMaps() ([]MapInfo, error) {
 	var out []MapInfo
 	err := s.db.View(func(txn *badger.Txn) error {
 		return eachMapInfo(context.Background(), txn, func(info MapInfo) error {
-			out = append(out, info)
+			if !info.Staged {
+				out = append(out, info)
+			}
 			return nil
 		})
 	})

@@ -45,10 +45,11 @@ const sweepBatch = 1000
 // pending set, or (created later) the GC gate's holds; and every pack
 // numbered up to maxPack is either in the view's pack table or in writing.
 type snapshot struct {
-	txn     *badger.Txn
-	pending map[MapID]*mapWriter
-	writing map[uint64]struct{}
-	maxPack uint64
+	txn       *badger.Txn
+	pending   map[MapID]*mapWriter
+	importing map[MapID]*mapWriter
+	writing   map[uint64]struct{}
+	maxPack   uint64
 }
 
 // takeSnapshot fixes a snapshot. With gate set it also turns the GC gate
@@ -64,10 +65,11 @@ func (s *Store) takeSnapshot(gate bool) *snapshot {
 		s.gate.mu.Unlock()
 	}
 	return &snapshot{
-		txn:     s.db.NewTransaction(false),
-		pending: maps.Clone(s.pending),
-		writing: maps.Clone(s.writing),
-		maxPack: s.nextPack - 1,
+		txn:       s.db.NewTransaction(false),
+		pending:   maps.Clone(s.pending),
+		importing: maps.Clone(s.importing),
+		writing:   maps.Clone(s.writing),
+		maxPack:   s.nextPack - 1,
 	}
 }
 
@@ -215,6 +217,17 @@ func (s *Store) mark(ctx context.Context, snap *snapshot, marked *bloom) (map[Ma
 	err := eachMapInfo(ctx, snap.txn, func(info MapInfo) error {
 		committed[info.ID] = struct{}{}
 		s.hook(HookGCMarkMap)
+		if info.Staged {
+			// An import: its file grows under its writer's lock, slots not
+			// yet written are holes, and one a crash tore is skipped (the
+			// import writes it again and fetches what GC took).
+			err := s.eachMapSegment(ctx, info.ID, nil, snap.importing[info.ID], add)
+			var bad *CorruptMapError
+			if errors.Is(err, fs.ErrNotExist) || errors.As(err, &bad) {
+				return nil
+			}
+			return err
+		}
 		err := s.eachMapSegment(ctx, info.ID, &info, nil, add)
 		if errors.Is(err, fs.ErrNotExist) {
 			if still, herr := s.mapCommitted(info.ID); herr != nil || still {
@@ -486,9 +499,15 @@ func (s *Store) removeOrphanMaps(committed map[MapID]struct{}) (int64, error) {
 		}
 		s.mu.Lock()
 		_, pending := s.pending[id]
+		_, importing := s.importing[id]
+		pending = pending || importing
 		still := false
 		if !pending {
-			still, err = s.mapCommitted(id)
+			_, err = s.mapHeader(id)
+			still = err == nil
+			if errors.Is(err, ErrMapNotFound) {
+				err = nil
+			}
 		}
 		if err == nil && !pending && !still {
 			s.removeMapFile(id)

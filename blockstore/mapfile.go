@@ -170,6 +170,16 @@ func (mw *mapWriter) finish() error {
 	return syncDir(filepath.Dir(mw.path))
 }
 
+// close closes the file without removing it.
+func (mw *mapWriter) close() {
+	mw.mu.Lock()
+	defer mw.mu.Unlock()
+	if mw.f != nil {
+		mw.f.Close()
+		mw.f = nil
+	}
+}
+
 func (mw *mapWriter) abort() {
 	if mw.f != nil {
 		mw.f.Close()

@@ -288,6 +288,9 @@ func (s *Store) damagedMaps(ctx context.Context, removed []Hash) ([]MapID, error
 	}
 	var out []MapID
 	err = eachMapInfo(ctx, snap.txn, func(info MapInfo) error {
+		if info.Staged {
+			return nil // an import lacks blocks until it finishes
+		}
 		err := s.eachMapSegment(ctx, info.ID, &info, nil, func(_ int64, hs []Hash) error {
 			for _, h := range hs {
 				if h.IsZero() {
@@ -355,7 +358,12 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		st.Packs++
 		st.PackBytes += pi.Size
 	}
-	err = eachMapInfo(ctx, snap.txn, func(MapInfo) error { st.Maps++; return nil })
+	err = eachMapInfo(ctx, snap.txn, func(info MapInfo) error {
+		if !info.Staged {
+			st.Maps++
+		}
+		return nil
+	})
 	if err != nil {
 		return st, err
 	}

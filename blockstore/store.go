@@ -126,6 +126,7 @@ type Store struct {
 	// visible, and a pack leaves writing only once its blocks are indexed.
 	mu        sync.Mutex
 	pending   map[MapID]*mapWriter // maps being written (or written, not yet committed)
+	importing map[MapID]*mapWriter // staged imports open for writing
 	writing   map[uint64]struct{}  // packs allocated whose blocks are not yet indexed
 	nextPack  uint64
 	packLimit uint64 // numbers below it are reserved in meta/packseq
@@ -205,6 +206,7 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 		mapFiles:  newFileCache(64),
 		valueBufs: sync.Pool{New: func() any { b := make([]byte, 0, bs+bs/8); return &b }},
 		pending:   map[MapID]*mapWriter{},
+		importing: map[MapID]*mapWriter{},
 		writing:   map[uint64]struct{}{},
 	}
 	if err := s.loadPackSeq(); err != nil {

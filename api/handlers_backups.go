@@ -67,10 +67,17 @@ type BackupView struct {
 	InUse bool  `json:"in_use"`
 	// SupportLLD mirrors the CSBS API's marker of Enhanced backups.
 	SupportLLD bool `json:"support_lld"`
+	// Region where the backup was made: this appliance's, or for a
+	// replica its source's.
+	Region string `json:"region"`
 }
 
 func (s *Server) backupView(b catalog.Backup) BackupView {
-	return BackupView{Backup: b, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced}
+	region := s.Region
+	if b.Replica != nil {
+		region = b.Replica.SourceRegion
+	}
+	return BackupView{Backup: b, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced, Region: region}
 }
 
 func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (any, error) {

@@ -27,6 +27,7 @@ import (
 	"csbs/config"
 	"csbs/engine"
 	"csbs/metrics"
+	"csbs/replication"
 	"csbs/restore"
 	"csbs/scheduler"
 )
@@ -52,6 +53,7 @@ type Daemon struct {
 	api     *api.Server
 	serving *serving
 	mounts  *mounts
+	repl    *replication.Service
 	metrics *metrics.Metrics
 	started time.Time
 
@@ -105,13 +107,14 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
+	d.repl = replication.New(store, d.cat, d.runner, d.clock, d.log, filepath.Join(cfg.DataDir, "replication"), cfg.Region)
 	d.metrics = metrics.New(d, opts.Version)
 	d.serving = newServing(d)
 	d.mounts = newMounts(d)
 	d.api = &api.Server{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
-		Status: d.status, StoreStats: d.storeStats,
+		Status: d.status, StoreStats: d.storeStats, Replication: d.repl,
 	}
 	return d, nil
 }
@@ -216,6 +219,10 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 		d.store.Close()
 		return err
 	}
+	if err := d.repl.Recover(); err != nil {
+		d.store.Close()
+		return err
+	}
 	listeners, err := d.listen()
 	if err != nil {
 		d.store.Close()
@@ -247,6 +254,8 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
 	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.repl.Run(runCtx) }()
 	wg.Add(2)
 	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobGC, d.cfg.GC) }()
 	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobScrub, d.cfg.Scrub) }()

@@ -66,6 +66,8 @@ func newApp() *cli.App {
 			policyCommand(),
 			backupCommand(),
 			restoreCommand(),
+			remoteCommand(),
+			replicationCommand(),
 			exportCommand(),
 			mountCommand(),
 			umountCommand(),

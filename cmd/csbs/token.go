@@ -19,6 +19,7 @@ func tokenCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for the token", Value: "token"},
 					&cli.BoolFlag{Name: "admin", Usage: "create an admin token"},
+					&cli.BoolFlag{Name: "replication", Usage: "a replication token: another appliance pulls the project's backups with it (csbs remote add there); it can do nothing else"},
 					quietFlag("print only the secret"),
 					jsonFlag,
 				},
@@ -28,7 +29,7 @@ func tokenCommand() *cli.Command {
 						return err
 					}
 					var t api.TokenView
-					if err := cl.Do(c.Context, "POST", "/v1/tokens", nil, api.CreateTokenRequest{Name: c.String("name"), Admin: c.Bool("admin")}, &t); err != nil {
+					if err := cl.Do(c.Context, "POST", "/v1/tokens", nil, api.CreateTokenRequest{Name: c.String("name"), Admin: c.Bool("admin"), Replication: c.Bool("replication")}, &t); err != nil {
 						return err
 					}
 					if c.Bool("quiet") {
@@ -54,9 +55,16 @@ func tokenCommand() *cli.Command {
 						return err
 					}
 					return show(c, ts, func(w io.Writer) error {
-						t := newTable(w, "ID", "NAME", "PROJECT", "CREATED", "REVOKED")
+						t := newTable(w, "ID", "NAME", "PROJECT", "KIND", "CREATED", "REVOKED")
 						for _, tk := range ts {
-							t.row(tk.ID, tk.Name, tk.Project, timeH(tk.Created), tk.Revoked)
+							kind := "project"
+							switch {
+							case tk.Project == "(admin)":
+								kind = "admin"
+							case tk.Replication:
+								kind = "replication"
+							}
+							t.row(tk.ID, tk.Name, tk.Project, kind, timeH(tk.Created), tk.Revoked)
 						}
 						return t.flush()
 					})

@@ -150,22 +150,22 @@ func (s *Service) replicate(ctx context.Context, tr *tracker, r catalog.Remote, 
 	}
 	x := &transfer{s: s, tr: tr, r: r, c: c, b: b, st: st}
 	tr.begin(st)
-	bk, err := x.run(ctx)
+	bk, runErr := x.run(ctx)
 	c2 := tr.counters()
 	tr.end()
-	if err == nil {
+	if runErr == nil {
 		s.log.Info("replicated", "remote", r.Name, "backup", b.Name, "replica", bk.ID)
 		return bk, nil
 	}
-	drop := gone(err)
+	drop := gone(runErr)
 	uerr := s.cat.Update(func(tx *catalog.Txn) error {
 		cur, err := tx.ReplicaState(r.Project, r.ID, b.ID)
 		if err != nil {
 			return err
 		}
-		cur.State, cur.Error, cur.Ended = catalog.ReplicaFailed, err.Error(), s.clock.Now().UTC()
+		cur.State, cur.Error, cur.Ended = catalog.ReplicaFailed, runErr.Error(), s.clock.Now().UTC()
 		cur.BlocksFetched, cur.BlocksSkipped, cur.WireBytes = c2.fetched, c2.skipped, c2.wire
-		if errors.Is(err, context.Canceled) {
+		if errors.Is(runErr, context.Canceled) {
 			cur.Error = "canceled (run it again to go on; blocks that arrived are kept)"
 		}
 		cur.Imports = x.st.Imports
@@ -177,7 +177,7 @@ func (s *Service) replicate(ctx context.Context, tr *tracker, r catalog.Remote, 
 	if drop {
 		s.dropImports(ctx, x.st)
 	}
-	return catalog.Backup{}, errors.Join(err, uerr)
+	return catalog.Backup{}, errors.Join(runErr, uerr)
 }
 
 // gone reports whether a replication cannot go on from where it stopped:

@@ -90,7 +90,7 @@ func errorStatus(err error) *Error {
 	case errors.Is(err, errBadBody):
 		return &Error{http.StatusBadRequest, "bad_request", err.Error()}
 	case errors.Is(err, replication.ErrRemote):
-		return &Error{http.StatusBadGateway, "remote", strings.TrimPrefix(err.Error(), replication.ErrRemote.Error()+": ")}
+		return &Error{http.StatusBadGateway, "remote", err.Error()}
 	}
 	return &Error{http.StatusInternalServerError, "internal", err.Error()}
 }

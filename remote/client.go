@@ -97,6 +97,24 @@ func New(baseURL string, pin Fingerprint, token string, opt Options) *Client {
 		},
 	}
 	dialer := &net.Dialer{Timeout: opt.DialTimeout, KeepAlive: 30 * time.Second}
+	if opt.Rate > 0 {
+		// Pacing reads alone would let the kernel's receive buffers
+		// (autotuned to megabytes) take a burst at full speed first; a
+		// fixed buffer of half a second's worth over all connections
+		// bounds the burst on the wire to that, and still fills a link
+		// with up to 500 ms round trips.
+		rcvbuf := int(min(max(opt.Rate/int64(opt.Conns)/2, 64<<10), 4<<20))
+		dialer.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		}
+	}
 	c.tr = &http.Transport{
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			raw, err := dialer.DialContext(ctx, network, addr)

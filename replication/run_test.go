@@ -181,3 +181,40 @@ func waitPolicyRun(t *testing.T, p *pair, name, skip string) catalog.Job {
 	t.Fatalf("replication %s did not run", name)
 	return catalog.Job{}
 }
+
+// Connections that break in the middle of a transfer are retried: the
+// job completes, what arrived before the break is stored and not asked
+// for again.
+func TestBrokenConnectionsAreRetried(t *testing.T) {
+	p := newPair(t, nil)
+	img := testdisk.Ext4(t, p.dir, 48, 24, 41)
+	call[api.ServerView](t, p.src.Admin, "POST", "/v1/servers", api.AddServerRequest{Name: "web1", Disks: []catalog.Disk{{Name: "vda", Source: img}}})
+	b := p.backup(t, "web1", false)
+	p.addRemote(t, "src")
+	j := call[catalog.Job](t, p.dst.Admin, "POST", "/v1/remotes/src/backups/"+b.Name+"/replicate", api.ReplicateRequest{Rate: 6 << 20})
+	// Cut twice, each time once more blocks arrived, in the middle of a
+	// response (the proxy stops forwarding at that byte).
+	last := int64(0)
+	for cuts := 0; cuts < 2; {
+		cur := call[catalog.Job](t, p.dst.Admin, "GET", "/v1/jobs/"+j.ID, nil)
+		if cur.Finished() {
+			t.Fatalf("the job ended before the connections were cut: %+v", cur)
+		}
+		if cur.Replicate.BlocksFetched > last {
+			last = cur.Replicate.BlocksFetched
+			p.proxy.CutAfter(256 << 10)
+			cuts++
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	j = waitJob(t, p.dst.Admin, j.ID)
+	if j.State != catalog.JobSucceeded {
+		t.Fatalf("replication over broken connections: %+v", j)
+	}
+	if j.Replicate.BlocksFetched != j.Replicate.DataBlocks {
+		t.Fatalf("fetched %d blocks for %d data blocks", j.Replicate.BlocksFetched, j.Replicate.DataBlocks)
+	}
+	if got := restore(t, p.dst, j.BackupID, "vda"); testdisk.SHA256(t, got) != testdisk.SHA256(t, img) {
+		t.Fatal("replica restores different bytes")
+	}
+}

@@ -20,8 +20,22 @@ import (
 // ErrRemote marks a failure of (or a refusal by) the remote appliance:
 // unreachable, a certificate that is not the pinned one, a refused
 // token, a store that cannot share blocks with this one. The API answers
-// it with 502.
-var ErrRemote = errors.New("remote")
+// it with 502. Such errors are *RemoteError.
+var ErrRemote = errors.New("remote failed")
+
+// RemoteError is a failure of, or a refusal by, a remote.
+type RemoteError struct {
+	Remote string
+	Err    error
+}
+
+func (e *RemoteError) Error() string { return "remote " + e.Remote + ": " + e.Err.Error() }
+
+// Unwrap returns the cause, so that its kind (transient or not) shows.
+func (e *RemoteError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrRemote) true.
+func (e *RemoteError) Is(target error) bool { return target == ErrRemote }
 
 // Service replicates backups from remotes into this appliance's store.
 type Service struct {
@@ -165,10 +179,10 @@ func (s *Service) identity(ctx context.Context, name string, c *remote.Client) (
 		return id, remoteErr(name, err)
 	}
 	if id.Hash != remote.HashAlgorithm {
-		return id, fmt.Errorf("%w: remote %s hashes blocks with %q, this appliance with %q: their stores cannot share blocks", ErrRemote, name, id.Hash, remote.HashAlgorithm)
+		return id, &RemoteError{name, fmt.Errorf("hashes blocks with %q, this appliance with %q: their stores cannot share blocks", id.Hash, remote.HashAlgorithm)}
 	}
 	if bs := s.store.BlockSize(); id.BlockSize != bs {
-		return id, fmt.Errorf("%w: remote %s stores %d-byte blocks, this appliance %d-byte blocks: replication needs the same store.block_size on both (it is fixed when a store is created)", ErrRemote, name, id.BlockSize, bs)
+		return id, &RemoteError{name, fmt.Errorf("stores %d-byte blocks, this appliance %d-byte blocks: replication needs the same store.block_size on both (it is fixed when a store is created)", id.BlockSize, bs)}
 	}
 	return id, nil
 }
@@ -183,9 +197,13 @@ func remoteErr(name string, err error) error {
 		return err
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%w: remote %s did not answer in time: %v", ErrRemote, name, err)
+		return &RemoteError{name, fmt.Errorf("did not answer in time: %w", err)}
 	}
-	return fmt.Errorf("%w: remote %s: %v", ErrRemote, name, err)
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return err
+	}
+	return &RemoteError{name, err}
 }
 
 func writeSecret(path, secret string) error {
@@ -252,7 +270,7 @@ func (s *Service) Check(ctx context.Context, r catalog.Remote) RemoteStatus {
 	defer c.Close()
 	id, err := s.identity(ctx, r.Name, c)
 	if err != nil {
-		return RemoteStatus{Error: strings.TrimPrefix(err.Error(), ErrRemote.Error()+": ")}
+		return RemoteStatus{Error: err.Error()}
 	}
 	return RemoteStatus{OK: true, Identity: &id}
 }

@@ -1,5 +1,6 @@
 // Package testproxy is a TCP proxy for tests that counts the bytes that
-// cross it: what two appliances send each other on the wire.
+// cross it (what two appliances send each other on the wire) and can
+// break its connections at a chosen byte, as a failing network would.
 package testproxy
 
 import (
@@ -18,6 +19,7 @@ type Proxy struct {
 	l      net.Listener
 	up     atomic.Int64 // client → target
 	down   atomic.Int64 // target → client
+	cutAt  atomic.Int64 // down-byte count at which every connection breaks; 0 = none
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
@@ -70,24 +72,65 @@ func (p *Proxy) relay(c net.Conn) {
 		return
 	}
 	defer s.Close()
+	// Small buffers of its own, so that what the proxy counts is what
+	// the client's side accepted, as on a wire, and not what waits in the
+	// proxy's kernel buffers.
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(64 << 10)
+	}
+	if tc, ok := s.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(64 << 10)
+	}
 	p.track(c, true)
 	p.track(s, true)
 	defer p.track(c, false)
 	defer p.track(s, false)
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn, n *atomic.Int64) {
-		_, _ = io.Copy(countWriter{dst, n}, src)
-		// Half-close so the other side sees the end, then let the
-		// other direction finish.
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(countWriter{s, &p.up}, c)
+		halfClose(s)
+	}()
+	p.pipeDown(c, s)
+	<-done
+}
+
+// pipeDown relays target → client, breaking every connection at the
+// byte CutAfter named.
+func (p *Proxy) pipeDown(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			b, cut := buf[:n], false
+			if at := p.cutAt.Load(); at > 0 {
+				if left := at - p.down.Load(); left <= int64(n) {
+					b, cut = b[:max(left, 0)], true
+				}
+			}
+			w, werr := dst.Write(b)
+			p.down.Add(int64(w))
+			if cut {
+				p.cutAt.Store(0)
+				p.Cut()
+				return
+			}
+			if werr != nil {
+				return
+			}
 		}
-		done <- struct{}{}
+		if err != nil {
+			halfClose(dst)
+			return
+		}
 	}
-	go pipe(s, c, &p.up)
-	go pipe(c, s, &p.down)
-	<-done
-	<-done
+}
+
+// halfClose lets the reader of c see the end of the stream.
+func halfClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
 }
 
 type countWriter struct {
@@ -107,15 +150,27 @@ func (p *Proxy) Bytes() int64 { return p.up.Load() + p.down.Load() }
 // Down returns the bytes relayed from the target to clients.
 func (p *Proxy) Down() int64 { return p.down.Load() }
 
+// CutAfter breaks every connection once n more bytes went from the
+// target to clients: the connection that carries byte n stops right
+// there, in the middle of whatever it was sending. New connections are
+// relayed again.
+func (p *Proxy) CutAfter(n int64) { p.cutAt.Store(p.down.Load() + n) }
+
+// Cut breaks every connection open now; new connections are relayed
+// again.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
 // Close stops the proxy and cuts every connection.
 func (p *Proxy) Close() {
 	if err := p.l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		return
 	}
-	p.mu.Lock()
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
+	p.Cut()
 	p.wg.Wait()
 }

@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-replication fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -36,6 +36,11 @@ test-crash:
 # bench/results.md. Not part of CI.
 bench: build
 	bash bench/run.sh
+
+# Replication between two appliances on loopback (TLS) beside restic copy
+# between two local repositories; writes bench/results-replication.md.
+bench-replication: build
+	BENCH_ONLY=replication BENCH_OUT=bench/results-replication.md bash bench/run.sh
 
 # Fuzz every target for FUZZTIME each (the regular test run replays the
 # seeds in the code and the corpora in */testdata/fuzz). Minimizing a new

@@ -156,7 +156,12 @@ func main() {
 	flag.StringVar(&b.csbs, "csbs", "csbs", "csbs binary")
 	flag.IntVar(&b.reps, "reps", 3, "runs per figure (median reported)")
 	flag.StringVar(&b.codec, "codec", "zstd", "csbs store compression (s2, zstd)")
+	only := flag.String("only", "ceilings,store,nbd", "groups to run, comma-separated: ceilings, store, nbd, replication")
 	flag.Parse()
+	groups := map[string]bool{}
+	for _, g := range strings.Split(*only, ",") {
+		groups[strings.TrimSpace(g)] = true
+	}
 	fi, err := os.Stat(b.image)
 	if err != nil {
 		log.Fatal(err)
@@ -169,9 +174,18 @@ func main() {
 	}
 	for rep := range b.reps {
 		log.Printf("rep %d/%d", rep+1, b.reps)
-		b.ceilings()
-		b.store(changed)
-		b.nbdFigures()
+		if groups["ceilings"] {
+			b.ceilings()
+		}
+		if groups["store"] {
+			b.store(changed)
+		}
+		if groups["nbd"] {
+			b.nbdFigures()
+		}
+		if groups["replication"] {
+			b.replication(changed)
+		}
 	}
 	b.print(os.Stdout)
 	if *out != "" {

@@ -92,7 +92,7 @@ func (s *Server) deleteProject(_ context.Context, p principal, r *http.Request) 
 	if !p.admin {
 		return nil, errAdminOnly
 	}
-	return nil, s.Catalog.Update(func(tx *catalog.Txn) error {
+	return nil, s.Catalog.Release(func(tx *catalog.Txn) error {
 		pr, err := tx.ProjectByName(r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -186,7 +186,7 @@ func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (a
 
 func (s *Server) revokeToken(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out TokenView
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		t, err := tx.Token(r.PathValue("id"))
 		if err != nil {
 			return err

@@ -63,8 +63,13 @@ func (s *Server) createBackup(_ context.Context, p principal, r *http.Request) (
 // BackupView is a backup as the API shows it.
 type BackupView struct {
 	catalog.Backup
-	Size  int64 `json:"size"`
-	InUse bool  `json:"in_use"`
+	// Damaged shadows the record's field (omitted when false there) so
+	// that scripts always find it.
+	Damaged bool `json:"damaged"`
+	// Damage says, for a damaged backup, what that means and what to do.
+	Damage string `json:"damage,omitempty"`
+	Size   int64  `json:"size"`
+	InUse  bool   `json:"in_use"`
 	// SupportLLD mirrors the CSBS API's marker of Enhanced backups.
 	SupportLLD bool `json:"support_lld"`
 	// Region where the backup was made: this appliance's, or for a
@@ -73,11 +78,21 @@ type BackupView struct {
 }
 
 func (s *Server) backupView(b catalog.Backup) BackupView {
-	region := s.Region
+	v := BackupView{Backup: b, Damaged: b.Damaged, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced, Region: s.Region}
 	if b.Replica != nil {
-		region = b.Replica.SourceRegion
+		v.Region = b.Replica.SourceRegion
 	}
-	return BackupView{Backup: b, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced, Region: region}
+	if b.Damaged {
+		v.Damage = damageAdvice(b)
+	}
+	return v
+}
+
+// damageAdvice explains a backup that scrub marked damaged.
+func damageAdvice(b catalog.Backup) string {
+	return fmt.Sprintf("scrub found blocks of this backup damaged or missing; reading them (restore, attach, mount) fails with an I/O error, never wrong data. "+
+		"To repair, back up the same data again (csbs backup create %s --wait stores those blocks anew if the server's disks still hold them) and run csbs scrub to clear the mark; "+
+		"or delete the backup (csbs backup rm %s)", b.ServerName, b.ID)
 }
 
 func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (any, error) {
@@ -223,7 +238,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		return s.Serving.StartInstant(ctx, rs, b)
 	}
 	rs.JobID = catalog.NewID(catalog.KindJob)
-	if err := s.Catalog.Update(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
+	if err := s.Catalog.Release(func(tx *catalog.Txn) error { return tx.PutRestore(rs) }); err != nil {
 		return nil, err
 	}
 	if _, err := s.Runner.Submit(catalog.Job{ID: rs.JobID, Project: p.project.ID, Kind: catalog.JobRestore, BackupID: b.ID, RestoreID: rs.ID}); err != nil {

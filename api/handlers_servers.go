@@ -107,7 +107,7 @@ func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (an
 }
 
 func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
-	return nil, s.Catalog.Update(func(tx *catalog.Txn) error {
+	return nil, s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -121,7 +121,7 @@ func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (
 
 func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out catalog.Server
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -288,7 +288,7 @@ func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (
 }
 
 func (s *Server) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
-	err := s.Catalog.Update(func(tx *catalog.Txn) error {
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err

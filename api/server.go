@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	"csbs/access"
@@ -91,6 +92,8 @@ func errorStatus(err error) *Error {
 		return &Error{http.StatusBadRequest, "bad_request", err.Error()}
 	case errors.Is(err, replication.ErrRemote):
 		return &Error{http.StatusBadGateway, "remote", err.Error()}
+	case errors.Is(err, syscall.ENOSPC):
+		return &Error{http.StatusInsufficientStorage, "insufficient_storage", err.Error()}
 	}
 	return &Error{http.StatusInternalServerError, "internal", err.Error()}
 }
@@ -157,6 +160,7 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("POST /v1/gc", s.maintenance(catalog.JobGC))
 	route("POST /v1/scrub", s.maintenance(catalog.JobScrub))
 	route("GET /v1/store/stats", s.storeStats)
+	route("POST /v1/store/rebuild-index", s.maintenance(catalog.JobRebuildIndex))
 	route("GET /v1/mounts", s.listMounts)
 	route("POST /v1/mounts", s.mount)
 	route("POST /v1/mounts/unmount", s.unmount)

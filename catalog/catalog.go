@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 // ErrNotFound means no object with that id or name exists in the caller's
@@ -56,12 +58,52 @@ var idPrefix = map[string]string{
 // c/ prefix, so that a backup's record and its block maps commit in one
 // transaction. It is safe for concurrent use (Badger transactions detect
 // conflicting writes; Update retries them).
+//
+// Every write that Update or Release acknowledges is durable: Badger runs
+// with SyncWrites=false for ingest speed, so the catalog calls DB.Sync
+// after each write transaction (a revoked token must stay revoked after a
+// power loss).
 type Catalog struct {
-	db *badger.DB
+	db    *badger.DB
+	space func(WriteClass) error
+}
+
+// WriteClass tells the free-space check what a write transaction does.
+// Badger maps its memtable and value-log files into memory; a write to a
+// mapped page of a full file system is SIGBUS, not an error. So every
+// transaction with writes asks the check before it commits, which
+// refuses with ENOSPC while free space is below what the class must
+// leave.
+type WriteClass int
+
+const (
+	// WriteGrow adds to the catalog or changes a setting: new projects,
+	// tokens, servers, policies and backup jobs, bindings, protection.
+	// It keeps the whole free-space reserve (store.min_free).
+	WriteGrow WriteClass = iota
+	// WriteRelease removes objects, revokes tokens, or records the
+	// progress and end of work admitted earlier (job and restore states,
+	// GC, retention, scrub and restore jobs, export and mount records).
+	// It may use the upper half of the reserve: refusing it would leave
+	// a full disk with no way out (no backup rm, no gc, no revocation) and
+	// jobs that look alive forever, and such writes are a few hundred
+	// bytes each, bounded by the work admitted before.
+	WriteRelease
+)
+
+// Options configure a Catalog.
+type Options struct {
+	// Space, when set, is asked before a transaction with writes
+	// commits, and returns an error wrapping syscall.ENOSPC (saying free
+	// space, reserve and what to do) when the write must not happen.
+	// Transactions that only read are never refused. The daemon passes
+	// the store's free-space check.
+	Space func(WriteClass) error
 }
 
 // New returns a catalog on db.
-func New(db *badger.DB) *Catalog { return &Catalog{db: db} }
+// New returns a catalog on the store's database (blockstore.Store.KV).
+func New(db *kv.DB, opts Options) *Catalog { return &Catalog{db: db.Badger(), space: opts.Space} }
 
 // NewID returns a fresh id for an object kind, e.g. "srv-3f9a1c2b7d4e".
 func NewID(kind string) string {
@@ -77,24 +119,66 @@ func key(kind, id string) []byte { return []byte("c/" + kind + "/" + id) }
 // Txn is a catalog view of one Badger transaction, for changes that must
 // commit together (a backup record with its maps, a server with its
 // policy binding).
-type Txn struct{ t *badger.Txn }
-
-// Wrap gives catalog access to a transaction opened elsewhere, such as the
-// one blockstore.Commit hands to its callback.
-func Wrap(t *badger.Txn) *Txn { return &Txn{t} }
-
-// View runs fn in a read-only transaction.
-func (c *Catalog) View(fn func(*Txn) error) error {
-	return c.db.View(func(t *badger.Txn) error { return fn(&Txn{t}) })
+type Txn struct {
+	t *badger.Txn
+	// wrote: the transaction has writes to commit (set by put and del,
+	// and by Badger, which hands out the raw transaction).
+	wrote bool
 }
 
-// Update runs fn in a read-write transaction, retrying on conflicts.
-func (c *Catalog) Update(fn func(*Txn) error) error {
+// Wrap gives catalog access to a transaction opened elsewhere, such as the
+// one blockstore.Commit hands to its callback. The caller checks space
+// (CheckSpace) and syncs; blockstore.Commit syncs.
+func Wrap(t *kv.Txn) *Txn { return &Txn{t: t.Badger()} }
+
+// View runs fn in a read-only transaction. Reads need no free space.
+func (c *Catalog) View(fn func(*Txn) error) error {
+	return c.db.View(func(t *badger.Txn) error { return fn(&Txn{t: t}) })
+}
+
+// Update runs fn in a read-write transaction of class WriteGrow,
+// retrying on conflicts, and makes it durable before returning.
+func (c *Catalog) Update(fn func(*Txn) error) error { return c.update(WriteGrow, fn) }
+
+// Release is Update for writes of class WriteRelease: removals,
+// revocations, and the progress and end of admitted work.
+func (c *Catalog) Release(fn func(*Txn) error) error { return c.update(WriteRelease, fn) }
+
+// CheckSpace asks the free-space check whether a write of class w may
+// happen now (nil when the catalog has no check).
+func (c *Catalog) CheckSpace(w WriteClass) error {
+	if c.space == nil {
+		return nil
+	}
+	return c.space(w)
+}
+
+// update runs fn and, if it wrote anything, asks the space check before
+// the commit (a transaction that only reads passes on a full disk: the
+// daemon must start and answer there) and syncs after it.
+func (c *Catalog) update(w WriteClass, fn func(*Txn) error) error {
 	for range 10 {
-		err := c.db.Update(func(t *badger.Txn) error { return fn(&Txn{t}) })
-		if !errors.Is(err, badger.ErrConflict) {
+		wrote := false
+		err := c.db.Update(func(t *badger.Txn) error {
+			tx := &Txn{t: t}
+			if err := fn(tx); err != nil {
+				return err
+			}
+			if wrote = tx.wrote; wrote {
+				return c.CheckSpace(w)
+			}
+			return nil
+		})
+		if errors.Is(err, badger.ErrConflict) {
+			continue
+		}
+		if err != nil || !wrote {
 			return err
 		}
+		if err := c.db.Sync(); err != nil {
+			return fmt.Errorf("catalog: make the write durable: %w", err)
+		}
+		return nil
 	}
 	return fmt.Errorf("catalog update: too many conflicting writers")
 }
@@ -120,6 +204,7 @@ func put(tx *Txn, kind, id string, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode %s %s: %w", kind, id, err)
 	}
+	tx.wrote = true
 	if err := tx.t.Set(key(kind, id), b); err != nil {
 		return fmt.Errorf("write %s %s: %w", kind, id, err)
 	}
@@ -127,6 +212,7 @@ func put(tx *Txn, kind, id string, v any) error {
 }
 
 func del(tx *Txn, kind, id string) error {
+	tx.wrote = true
 	if err := tx.t.Delete(key(kind, id)); err != nil {
 		return fmt.Errorf("delete %s %s: %w", kind, id, err)
 	}
@@ -575,9 +661,12 @@ func (tx *Txn) PutSchedState(st SchedState) error { return put(tx, KindSchedStat
 // DeleteSchedState forgets a policy's scheduler state.
 func (tx *Txn) DeleteSchedState(policyID string) error { return del(tx, KindSchedState, policyID) }
 
-// Badger returns the underlying transaction, for writes of other packages
+// KV returns the underlying transaction, for writes of other packages
 // (block map headers) that must commit with catalog changes.
-func (tx *Txn) Badger() *badger.Txn { return tx.t }
+func (tx *Txn) KV() *kv.Txn {
+	tx.wrote = true
+	return kv.NewTxn(tx.t)
+}
 
 // --- NBD exports of attached backups ---
 

@@ -214,6 +214,8 @@ type Job struct {
 	RestoreID string `json:"restore_id,omitempty"`
 	// Request and progress of a replication job.
 	Replicate *ReplicateJob `json:"replicate,omitempty"`
+	// StoreIO is what the job asked of the pack store (jobio.go).
+	StoreIO *JobIO `json:"store_io,omitempty"`
 }
 
 // Finished reports whether the job reached a final state.

@@ -26,10 +26,38 @@ var (
 	timeRE       = regexp.MustCompile(`^([01][0-9]|2[0-3]):([0-5][0-9])$`)
 )
 
-// ValidateName checks a project, server or backup name.
+// ValidateName checks a project, server, token or backup name.
 func ValidateName(kind, name string) error {
 	if !objectNameRE.MatchString(name) {
 		return invalidf("%s name %q: want 1-64 of [A-Za-z0-9_.-], starting with a letter or digit", kind, name)
+	}
+	return refuseIDLike(kind, name)
+}
+
+// LooksLikeID reports whether name has the form NewID gives ids of any
+// kind (a prefix such as "bk-" and 12 hex digits), in any letter case.
+func LooksLikeID(name string) bool {
+	for _, prefix := range idPrefix {
+		if len(name) != len(prefix)+12 || !strings.EqualFold(name[:len(prefix)], prefix) {
+			continue
+		}
+		hex := true
+		for _, c := range name[len(prefix):] {
+			hex = hex && (c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F')
+		}
+		if hex {
+			return true
+		}
+	}
+	return false
+}
+
+// refuseIDLike keeps names out of the id space: lookups try a reference
+// as an id first, so a backup named like another backup's id would make
+// "backup rm NAME" delete that other backup.
+func refuseIDLike(kind, name string) error {
+	if LooksLikeID(name) {
+		return invalidf("%s name %q looks like an object id (prj-, tok-, srv-, pol-, bk-, job- or rst- and 12 hex digits), which would clash with id lookups; choose another name", kind, name)
 	}
 	return nil
 }
@@ -88,6 +116,9 @@ const (
 func NormalizePolicy(p *Policy) error {
 	if !policyNameRE.MatchString(p.Name) {
 		return invalidf("policy name %q: want 1-255 of [A-Za-z0-9_-]", p.Name)
+	}
+	if err := refuseIDLike("policy", p.Name); err != nil {
+		return err
 	}
 	if len(p.Times) == 0 {
 		return invalidf("policy %s: at least one execution time (--time HH:MM)", p.Name)

@@ -109,3 +109,61 @@ func TestNames(t *testing.T) {
 		}
 	}
 }
+
+// Names of the id form would shadow ids in lookups (ids win), so every
+// named object refuses them; near misses stay valid names.
+func TestIDLikeNames(t *testing.T) {
+	validators := map[string]func(name string) error{
+		"project": func(n string) error { return ValidateName("project", n) },
+		"server":  func(n string) error { return ValidateName("server", n) },
+		"token":   func(n string) error { return ValidateName("token", n) },
+		"backup":  ValidateBackupName,
+		"policy": func(n string) error {
+			p := Policy{Name: n, Times: []string{"02:00"}, Period: PeriodDays, EveryN: 1, MaxBackups: 7}
+			return NormalizePolicy(&p)
+		},
+	}
+	cases := []struct {
+		name  string
+		refer string // "" = a valid name
+	}{
+		{name: "bk-b3b682482270", refer: "looks like an object id"},
+		{name: "prj-000000000000", refer: "looks like an object id"},
+		{name: "tok-abcdefabcdef", refer: "looks like an object id"},
+		{name: "srv-0123456789ab", refer: "looks like an object id"},
+		{name: "pol-ffffffffffff", refer: "looks like an object id"},
+		{name: "job-123456abcdef", refer: "looks like an object id"},
+		{name: "rst-a1b2c3d4e5f6", refer: "looks like an object id"},
+		{name: "BK-B3B682482270", refer: "looks like an object id"},
+		{name: "bk-b3b68248227"},     // 11 hex digits
+		{name: "bk-b3b6824822700"},   // 13
+		{name: "bk-b3b68248227g"},    // not hex
+		{name: "bkp-b3b682482270"},   // not a prefix
+		{name: "web-0123456789ab"},   // not a prefix
+		{name: "bk_b3b682482270"},    // underscore
+		{name: "srv-0123456789ab-2"}, // longer
+	}
+	for kind, validate := range validators {
+		for _, tc := range cases {
+			t.Run(kind+"/"+tc.name, func(t *testing.T) {
+				err := validate(tc.name)
+				if tc.refer == "" {
+					if err != nil {
+						t.Fatalf("valid name refused: %v", err)
+					}
+					return
+				}
+				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.refer) || !strings.Contains(err.Error(), kind+" name") {
+					t.Fatalf("got %v, want an invalid error naming the %s and saying %q", err, kind, tc.refer)
+				}
+			})
+		}
+	}
+	// Every id NewID makes is refused as a name.
+	for kind := range idPrefix {
+		id := NewID(kind)
+		if err := ValidateName("server", id); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s id %s accepted as a name: %v", kind, id, err)
+		}
+	}
+}

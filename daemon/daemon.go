@@ -18,14 +18,17 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"csbs/access"
 	"csbs/api"
 	"csbs/blockstore"
+	"csbs/blockstore/s3packs"
 	"csbs/catalog"
 	"csbs/config"
 	"csbs/engine"
+	"csbs/internal/durable"
 	"csbs/metrics"
 	"csbs/replication"
 	"csbs/restore"
@@ -46,6 +49,7 @@ type Daemon struct {
 	log     *slog.Logger
 	version string
 	store   *blockstore.Store
+	s3      *s3packs.S3Packs // nil for the local backend
 	cat     *catalog.Catalog
 	engine  *engine.Engine
 	runner  *scheduler.Runner
@@ -82,21 +86,40 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}
+	if err := checkOpenSpace(cfg); err != nil {
+		return nil, err
+	}
 	codec, err := blockstore.ParseCodec(cfg.Store.Compression)
 	if err != nil {
 		return nil, err
 	}
+	packs, s3p, err := openPacks(context.Background(), cfg, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	packSize := 0
+	if s3p != nil {
+		packSize = int(cfg.Store.S3.PackSize)
+	}
 	store, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{
 		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: int64(cfg.Store.CacheSize), Logger: opts.Log,
-		MinFree: int64(cfg.Store.MinFree),
+		MinFree: int64(cfg.Store.MinFree), Packs: packs, PackSize: packSize,
 	})
 	if err != nil {
+		if packs != nil {
+			packs.Close()
+		}
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
 			return nil, fmt.Errorf("store %s is in use by another csbs daemon: %w", cfg.StoreDir(), err)
 		}
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, cat: catalog.New(store.DB())}
+	if err := recordBackend(cfg.StoreDir(), backendName(cfg)); err != nil {
+		store.Close()
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p}
+	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if err := d.bootstrap(); err != nil {
 		store.Close()
 		return nil, err
@@ -137,6 +160,44 @@ func accessRules(cfg config.Config) *access.Rules {
 	return r
 }
 
+// checkOpenSpace refuses to open the store on a file system with less
+// than half the reserve free: Badger replays its logs into new mapped
+// files when it opens, which on a full disk is SIGBUS.
+func checkOpenSpace(cfg config.Config) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(cfg.DataDir, &st); err != nil {
+		return fmt.Errorf("free space of %s: %w", cfg.DataDir, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if need := int64(cfg.Store.MinFree) / 2; free < need {
+		return fmt.Errorf("store %s: %w: %d MiB free, csbs needs %d MiB (half of store.min_free) to open its store (Badger replays its logs into new files and would crash on a full disk); free space on that file system and start again",
+			cfg.StoreDir(), syscall.ENOSPC, free>>20, need>>20)
+	}
+	return nil
+}
+
+// catalogSpace is the catalog's free-space check: a write of class
+// WriteGrow keeps the whole reserve (store.min_free), one of class
+// WriteRelease half of it, which still covers the memtable files Badger
+// maps and the table a flush writes (see blockstore/space.go).
+func (d *Daemon) catalogSpace(w catalog.WriteClass) error {
+	if w == catalog.WriteGrow {
+		if err := d.store.CheckSpace(0); err != nil {
+			return fmt.Errorf("%w; deleting backups, csbs gc, restores and token revocation still work", err)
+		}
+		return nil
+	}
+	free, err := d.store.FreeBytes()
+	if err != nil {
+		return err
+	}
+	if floor := int64(d.cfg.Store.MinFree) / 2; free < floor {
+		return fmt.Errorf("store %s: %w: %d MiB free, below %d MiB (half of store.min_free), the least csbs needs to write anything without crashing; free space on that file system or grow it",
+			d.cfg.StoreDir(), syscall.ENOSPC, free>>20, floor>>20)
+	}
+	return nil
+}
+
 // bootstrap creates the default project and the admin token file on
 // first start.
 func (d *Daemon) bootstrap() error {
@@ -153,7 +214,7 @@ func (d *Daemon) bootstrap() error {
 		return fmt.Errorf("create default project: %w", err)
 	}
 	var adopted []string
-	err = d.cat.Update(func(tx *catalog.Txn) error {
+	err = d.cat.Release(func(tx *catalog.Txn) error {
 		var err error
 		adopted, err = tx.AdoptLegacyHostAccess()
 		return err
@@ -187,22 +248,11 @@ func (d *Daemon) bootstrap() error {
 	if err != nil {
 		return fmt.Errorf("create admin token: %w", err)
 	}
-	if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+	if err := durable.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write admin token: %w", err)
 	}
 	d.log.Info("created admin token", "file", path)
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // Serve runs until ctx ends, then shuts down: listeners stop, running
@@ -310,9 +360,16 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	if err := d.store.Sync(); err != nil {
 		serveErr = errors.Join(serveErr, err)
 	}
-	// Badger's Close flushes memtables and retries forever when it cannot
-	// write (a vanished or full file system). Every commit is synced
-	// already, so after a bounded wait the daemon exits without it.
+	// Badger's Close flushes memtables into new mapped files: on a full
+	// file system that is SIGBUS, and it retries forever when it cannot
+	// write at all (a vanished file system). Every acknowledged write is
+	// synced already and the next start replays Badger's log, so the
+	// daemon exits without it when the disk is full, and after a bounded
+	// wait otherwise.
+	if free, err := d.store.FreeBytes(); err == nil && free < int64(d.cfg.Store.MinFree)/2 {
+		d.log.Warn("the store's file system is full: exiting without Badger's final flush (acknowledged writes are synced; the next start replays the log)", "free_mib", free>>20)
+		return serveErr
+	}
 	closed := make(chan error, 1)
 	go func() { closed <- d.store.Close() }()
 	select {
@@ -366,7 +423,7 @@ func (d *Daemon) listen() ([]net.Listener, error) {
 // recoverRestores marks normal restores interrupted by a stop as failed
 // (their targets were never renamed into place).
 func (d *Daemon) recoverRestores() error {
-	return d.cat.Update(func(tx *catalog.Txn) error {
+	return d.cat.Release(func(tx *catalog.Txn) error {
 		rs, err := tx.Restores("")
 		if err != nil {
 			return err
@@ -401,8 +458,12 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	case free < 2*minFree:
 		st.Warnings = append(st.Warnings, fmt.Sprintf("the store's disk is nearly full: %d MiB free, backups stop at %d MiB; run csbs gc, delete backups or grow the disk", free>>20, minFree>>20))
 	}
+	st.Store.Backend = d.cfg.Store.Backend
 	if !admin {
 		return
+	}
+	if d.s3 != nil {
+		st.Store.ObjectStore = objectStoreStatus(d.s3)
 	}
 	st.Store.DiskBytes, _ = d.store.DiskUsage()
 	st.Store.FreeBytes, st.Store.MinFreeBytes = free, minFree

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"csbs/blockstore"
 	"csbs/catalog"
 )
 
@@ -18,7 +19,13 @@ func (e executor) Execute(ctx context.Context, j catalog.Job, progress func(done
 		e.d.metrics.SchedulerLag.Observe(max(started.Sub(j.Scheduled).Seconds(), 0))
 	}
 	var total atomic.Int64
+	// Every pack store request the job makes is counted in its record.
+	var ioc blockstore.IOCounter
+	ctx = blockstore.WithIOCounter(ctx, &ioc)
 	out, err := e.execute(ctx, j, func(done, t int64) { total.Store(t); progress(done, t) })
+	if st := ioc.Stats(); st != (blockstore.IOStats{}) {
+		out.StoreIO = &catalog.JobIO{Puts: st.Puts, PutBytes: st.PutBytes, Gets: st.Gets, GetBytes: st.GetBytes}
+	}
 	var b *catalog.Backup
 	if j.Kind == catalog.JobBackup && err == nil {
 		_ = e.d.cat.View(func(tx *catalog.Txn) error {
@@ -43,6 +50,8 @@ func (e executor) execute(ctx context.Context, j catalog.Job, progress func(done
 		return e.scrub(ctx, j, progress)
 	case catalog.JobReplicate:
 		return e.d.repl.Execute(ctx, j, progress)
+	case catalog.JobRebuildIndex:
+		return e.rebuildIndex(ctx, j)
 	}
 	return j, fmt.Errorf("job kind %q cannot run", j.Kind)
 }
@@ -92,7 +101,7 @@ func (e executor) restore(ctx context.Context, j catalog.Job, progress func(done
 	runErr := e.d.engine.RestoreTargets(ctx, r, func(done, total int64) {
 		progress(done, total)
 	})
-	err := e.d.cat.Update(func(tx *catalog.Txn) error {
+	err := e.d.cat.Release(func(tx *catalog.Txn) error {
 		cur, err := tx.Restore(j.Project, j.RestoreID)
 		if err != nil {
 			return err

@@ -41,7 +41,7 @@ func (e executor) scrub(ctx context.Context, j catalog.Job, progress func(done, 
 		bad[id.String()] = true
 	}
 	var damaged []string
-	err = e.d.cat.Update(func(tx *catalog.Txn) error {
+	err = e.d.cat.Release(func(tx *catalog.Txn) error {
 		all, err := tx.AllBackups()
 		if err != nil {
 			return err

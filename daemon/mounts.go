@@ -284,7 +284,7 @@ func (ms *mounts) Mount(rec catalog.MountRecord) (catalog.MountRecord, error) {
 	if err := ms.mount(rec, real); err != nil {
 		return rec, err
 	}
-	return rec, ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
+	return rec, ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
 }
 
 // mount mounts the tree of rec at real (rec.Path with its symlinks
@@ -319,7 +319,7 @@ func (ms *mounts) Unmount(project, path string) error {
 	ms.mu.Lock()
 	delete(ms.m, path)
 	ms.mu.Unlock()
-	return ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
+	return ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
 }
 
 // List returns a project's mounts ("" = all).
@@ -369,7 +369,7 @@ func (ms *mounts) Browse(b catalog.Backup, disk, path string, byAdmin bool) (cat
 	if err := ms.browse(rec, b, real); err != nil {
 		return rec, err
 	}
-	return rec, ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
+	return rec, ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutMountRecord(rec) })
 }
 
 func (ms *mounts) browse(rec catalog.MountRecord, b catalog.Backup, real string) error {
@@ -448,7 +448,7 @@ func (ms *mounts) Unbrowse(project, path string) error {
 		}
 	}
 	os.Remove(b.fuse)
-	return ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
+	return ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(path) })
 }
 
 // recover cleans mounts a crashed daemon left and mounts them again.
@@ -476,7 +476,7 @@ func (ms *mounts) recover() {
 			// Loop mounts do not survive the daemon: undo what is left.
 			exec.Command("umount", "-l", rec.Path).Run()
 			fusefs.CleanStale(rec.Internal)
-			_ = ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
+			_ = ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
 			continue
 		}
 		if cleaned, _ := fusefs.CleanStale(rec.Path); cleaned {
@@ -494,7 +494,7 @@ func (ms *mounts) recover() {
 		}
 		if err != nil {
 			ms.d.log.Warn("mount not restored", "path", rec.Path, "err", err)
-			_ = ms.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
+			_ = ms.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteMountRecord(rec.Path) })
 		}
 	}
 }

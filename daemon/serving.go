@@ -21,6 +21,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/hydrate"
+	"csbs/internal/durable"
 	"csbs/nbd"
 	"csbs/restore"
 )
@@ -85,7 +86,7 @@ func (s *serving) enableSecretNames() error {
 		if _, err := rand.Read(key); err != nil {
 			return fmt.Errorf("nbd name key: %w", err)
 		}
-		err = writeFileAtomic(path, key, 0o600)
+		err = durable.WriteFile(path, key, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("nbd name key %s: %w", path, err)
@@ -204,7 +205,7 @@ func (s *serving) Attach(ctx context.Context, b catalog.Backup, disk string) (ap
 	if err := s.attach(b, disk, name); err != nil {
 		return api.ExportInfo{}, err
 	}
-	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+	err := s.d.cat.Release(func(tx *catalog.Txn) error {
 		return tx.PutExportRecord(catalog.ExportRecord{Name: name, Project: b.Project, BackupID: b.ID, Disk: disk, Created: s.d.clock.Now().UTC()})
 	})
 	if err != nil {
@@ -246,7 +247,7 @@ func (s *serving) Detach(ctx context.Context, b catalog.Backup, disk string) err
 		return fmt.Errorf("backup %s disk %s is not attached: %w", b.Name, disk, catalog.ErrNotFound)
 	}
 	s.remove(name)
-	return s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(name) })
+	return s.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(name) })
 }
 
 func (s *serving) view(e *served) api.ExportInfo {
@@ -304,7 +305,7 @@ func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog
 		return r, err
 	}
 	r = inst.r
-	if err := s.d.cat.Update(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
+	if err := s.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
 		s.stop(inst)
 		return r, err
 	}
@@ -350,6 +351,13 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 			return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
 		}
 		if create {
+			// The target's name and size must be on disk before the guest
+			// can flush anything into it.
+			if err := errors.Join(f.Sync(), durable.SyncDir(filepath.Dir(t.Target))); err != nil {
+				f.Close()
+				vol.Close()
+				return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
+			}
 			inst.r.Targets[i].Fresh = fresh
 		} else {
 			fresh = t.Fresh
@@ -429,7 +437,7 @@ func (s *serving) run(inst *instant) {
 
 func (s *serving) setState(r catalog.Restore, mod func(*catalog.Restore)) (catalog.Restore, error) {
 	var out catalog.Restore
-	err := s.d.cat.Update(func(tx *catalog.Txn) error {
+	err := s.d.cat.Release(func(tx *catalog.Txn) error {
 		cur, err := tx.Restore(r.Project, r.ID)
 		if err != nil {
 			return err
@@ -491,14 +499,22 @@ func (s *serving) ControlRestore(ctx context.Context, r catalog.Restore, action 
 			return r, fmt.Errorf("%w: restore %s has hydrated %d of %d bytes; wait until it is complete (or cancel it)", catalog.ErrConflict, r.ID, live.Done, live.Total)
 		}
 		s.stop(inst)
-		return s.setState(r, func(x *catalog.Restore) {
+		out, err := s.setState(r, func(x *catalog.Restore) {
 			x.State, x.Ended = catalog.RestoreSucceeded, s.d.clock.Now().UTC()
 			x.Targets = r.Targets
 		})
+		if err == nil {
+			// Only now: a restart before the state was recorded reopens
+			// the restore, and a new bitmap would hydrate over the guest.
+			for _, t := range r.Targets {
+				hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
+			}
+		}
+		return out, err
 	case "cancel":
 		s.stop(inst)
 		for _, t := range r.Targets {
-			os.Remove(s.bitmapPath(r.ID, t.Disk))
+			hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
 		}
 		return s.setState(r, func(x *catalog.Restore) {
 			x.State, x.Ended = catalog.RestoreCanceled, s.d.clock.Now().UTC()
@@ -552,7 +568,7 @@ func (s *serving) recover() error {
 			// nbd.tcp_listen changed: the name's secret part comes or goes.
 			old := e.Name
 			e.Name = name
-			err = s.d.cat.Update(func(tx *catalog.Txn) error {
+			err = s.d.cat.Release(func(tx *catalog.Txn) error {
 				if err := tx.DeleteExportRecord(old); err != nil {
 					return err
 				}
@@ -564,7 +580,7 @@ func (s *serving) recover() error {
 		}
 		if err != nil {
 			s.d.log.Warn("attached export not restored", "export", e.Name, "err", err)
-			_ = s.d.cat.Update(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
+			_ = s.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
 		}
 	}
 	for _, r := range rs {

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	"csbs/internal/kv"
 
 	"csbs/access"
 	"csbs/blockstore"
@@ -281,7 +281,13 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 			NewBytes: st.NewBytes, Blocks: st.DataBlocks,
 		})
 	}
-	err = e.Store.Commit(ctx, pending, func(t *badger.Txn) error {
+	// The commit writes the backup's records; like every catalog write it
+	// keeps the free-space reserve.
+	if err := e.Catalog.CheckSpace(catalog.WriteGrow); err != nil {
+		abort()
+		return catalog.Backup{}, fmt.Errorf("commit backup of server %s: %w", server.Name, err)
+	}
+	err = e.Store.Commit(ctx, pending, func(t *kv.Txn) error {
 		return commitBackupRecord(catalog.Wrap(t), &b, decision, e.Now())
 	})
 	if err != nil {

@@ -6,27 +6,34 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
+
+	"csbs/internal/durable"
 )
 
 // Bitmap is the persistent record of which blocks the target holds.
 //
-// Two views: "have" (in memory) says where reads of a block go, and the
-// file says what is known to be in the target after a crash. A block's
-// file bit is written only once its data is in the target: right away for
-// a guest write (before the write is acknowledged, so a daemon kill cannot
-// make the hydrator overwrite it later), and after fdatasync of the target
-// for hydrated blocks. Bits only ever go from 0 to 1.
+// Three views: "have" (in memory) says where reads of a block go; the
+// bits file says which blocks the target holds durably, and a bit reaches
+// it only after an fdatasync of the target covered the block's data;
+// "durable" (in memory) is the part of the file that is itself synced.
+// Guest writes to blocks whose bit is not durable are recorded in the
+// journal first (see doc.go). Bits only ever go from 0 to 1.
 //
 // File layout: a 32-byte header (magic "CSBSHYD1", block count, block
 // size, disk size), then one bit per block, LSB first.
 type Bitmap struct {
-	f       *os.File
+	f       File
+	j       *journal
 	nblocks int64
+	bs      int64
+	size    int64
 	have    []atomic.Uint64
+	durable []atomic.Uint64
 
-	mu      sync.Mutex // guards persist and file writes
+	mu      sync.Mutex // guards persist and bits-file writes
 	persist []byte
 	count   atomic.Int64 // blocks in have
 }
@@ -37,46 +44,99 @@ const bitmapHeader = 32
 // ErrBadBitmap means a bitmap file does not belong to this restore.
 var ErrBadBitmap = errors.New("hydration bitmap does not match")
 
-// OpenBitmap opens or creates the bitmap file at path for a disk of
-// nblocks blocks of bs bytes and size bytes.
+// OpenBitmap opens or creates the bitmap file at path, and its journal
+// files path.j0 and path.j1, for a disk of nblocks blocks of bs bytes and
+// size bytes. New files are made durable (with their directory entries)
+// before it returns.
 func OpenBitmap(path string, nblocks int64, bs int, size int64) (*Bitmap, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open hydration bitmap: %w", err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
+	var files []*os.File
+	fail := func(err error) (*Bitmap, error) {
+		for _, f := range files {
+			f.Close()
+		}
 		return nil, err
 	}
-	b := &Bitmap{f: f, nblocks: nblocks, have: make([]atomic.Uint64, (nblocks+63)/64), persist: make([]byte, (nblocks+7)/8)}
+	created := false
+	for _, p := range []string{path, path + ".j0", path + ".j1"} {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return fail(fmt.Errorf("open hydration bitmap: %w", err))
+		}
+		files = append(files, f)
+		if fi, err := f.Stat(); err != nil {
+			return fail(fmt.Errorf("open hydration bitmap: %w", err))
+		} else if fi.Size() == 0 {
+			created = true
+		}
+	}
+	b, err := NewBitmap(files[0], [2]File{files[1], files[2]}, nblocks, bs, size)
+	if err != nil {
+		return fail(fmt.Errorf("%s: %w", path, err))
+	}
+	if created {
+		if err := durable.SyncDir(filepath.Dir(path)); err != nil {
+			return fail(err)
+		}
+	}
+	return b, nil
+}
+
+// RemoveBitmap removes the files OpenBitmap made at path.
+func RemoveBitmap(path string) error {
+	var errs []error
+	for _, p := range []string{path, path + ".j0", path + ".j1"} {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// NewBitmap reads or initialises a bitmap on open files: bits, and the two
+// journal files. An empty bits file is a new bitmap.
+func NewBitmap(bits File, journal [2]File, nblocks int64, bs int, size int64) (*Bitmap, error) {
+	fi, err := bits.Stat()
+	if err != nil {
+		return nil, err
+	}
+	words := (nblocks + 63) / 64
+	b := &Bitmap{
+		f: bits, nblocks: nblocks, bs: int64(bs), size: size,
+		have: make([]atomic.Uint64, words), durable: make([]atomic.Uint64, words),
+		persist: make([]byte, (nblocks+7)/8),
+	}
+	if b.j, err = newJournal(journal); err != nil {
+		return nil, err
+	}
 	if fi.Size() == 0 {
 		hdr := encodeHeader(nblocks, bs, size)
-		if _, err := f.WriteAt(append(hdr, b.persist...), 0); err != nil {
-			f.Close()
+		if _, err := bits.WriteAt(append(hdr, b.persist...), 0); err != nil {
 			return nil, fmt.Errorf("create hydration bitmap: %w", err)
 		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return nil, err
+		if err := bits.Sync(); err != nil {
+			return nil, fmt.Errorf("create hydration bitmap: %w", err)
 		}
 		return b, nil
 	}
 	data := make([]byte, fi.Size())
-	if _, err := f.ReadAt(data, 0); err != nil {
-		f.Close()
+	if _, err := bits.ReadAt(data, 0); err != nil {
 		return nil, fmt.Errorf("read hydration bitmap: %w", err)
 	}
 	bitsData, err := DecodeBitmap(data, nblocks, bs, size)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
 	copy(b.persist, bitsData)
+	// Bits in the file vouch for synced data, but the file itself may hold
+	// bits written since its last sync: make them durable before trusting
+	// them as such.
+	if err := bits.Sync(); err != nil {
+		return nil, fmt.Errorf("sync hydration bitmap: %w", err)
+	}
 	for i := int64(0); i < nblocks; i++ {
 		if bitsData[i/8]&(1<<(i%8)) != 0 {
-			b.have[i/64].Store(b.have[i/64].Load() | 1<<(i%64))
-			b.count.Add(1)
+			b.setHave(i)
+			b.durable[i/64].Store(b.durable[i/64].Load() | 1<<(i%64))
 		}
 	}
 	return b, nil
@@ -141,9 +201,13 @@ func (b *Bitmap) Blocks() int64 { return b.nblocks }
 // Complete reports whether every block is in the target.
 func (b *Bitmap) Complete() bool { return b.Count() == b.nblocks }
 
-// persistBits writes the file bits of the given blocks (their data must
-// already be in the target).
-func (b *Bitmap) persistBits(blocks []int64) error {
+// Durable reports whether block i's bit is on disk, and with it the
+// block's data.
+func (b *Bitmap) Durable(i int64) bool { return b.durable[i/64].Load()&(1<<(i%64)) != 0 }
+
+// persistDurable writes the bits of blocks to the file, syncs it and marks the
+// bits durable. The blocks' data must be durable already.
+func (b *Bitmap) persistDurable(blocks []int64) error {
 	if len(blocks) == 0 {
 		return nil
 	}
@@ -163,14 +227,23 @@ func (b *Bitmap) persistBits(blocks []int64) error {
 	if _, err := b.f.WriteAt(b.persist[lo:hi+1], bitmapHeader+lo); err != nil {
 		return fmt.Errorf("write hydration bitmap: %w", err)
 	}
+	if err := b.f.Sync(); err != nil {
+		return fmt.Errorf("sync hydration bitmap: %w", err)
+	}
+	for _, i := range blocks {
+		w := &b.durable[i/64]
+		for {
+			old := w.Load()
+			if w.CompareAndSwap(old, old|1<<(i%64)) {
+				break
+			}
+		}
+	}
 	return nil
 }
 
-// Sync makes the bitmap file durable.
-func (b *Bitmap) Sync() error { return b.f.Sync() }
-
-// Close closes the file.
-func (b *Bitmap) Close() error { return b.f.Close() }
+// Close closes the bits and journal files.
+func (b *Bitmap) Close() error { return firstErr(b.f.Close(), b.j.close()) }
 
 // popcount is used by tests to check the file.
 func popcount(bs []byte) int {

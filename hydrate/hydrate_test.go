@@ -29,7 +29,7 @@ func (m memSource) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // backup stores disk in a new store and returns its volume.
-func backup(t *testing.T, disk []byte) *blockstore.Volume {
+func backup(t testing.TB, disk []byte) *blockstore.Volume {
 	t.Helper()
 	s, err := blockstore.Open(filepath.Join(t.TempDir(), "store"), blockstore.Options{BlockSize: 4096})
 	if err != nil {
@@ -64,7 +64,7 @@ func disk(seed uint64, size int) []byte {
 	return b
 }
 
-func openDevice(t *testing.T, vol *blockstore.Volume, dir string) *Device {
+func openDevice(t testing.TB, vol *blockstore.Volume, dir string) *Device {
 	t.Helper()
 	target := filepath.Join(dir, "target.img")
 	_, statErr := os.Stat(target)

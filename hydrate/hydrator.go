@@ -131,11 +131,9 @@ func (h *Hydrator) Run(ctx context.Context) error {
 		if len(batch) == 0 {
 			return nil
 		}
-		// Data first, then the bits that vouch for it.
-		if err := d.target.Sync(); err != nil {
-			return fmt.Errorf("sync target: %w", err)
-		}
-		if err := d.bm.persistBits(batch); err != nil {
+		// Data first, then the bits that vouch for it (and for the guest's
+		// writes recorded in the journal meanwhile).
+		if err := d.syncPoint(batch); err != nil {
 			return err
 		}
 		batch = batch[:0]
@@ -181,10 +179,7 @@ func (h *Hydrator) Run(ctx context.Context) error {
 			}
 		}
 	}
-	if err := flush(); err != nil {
-		return err
-	}
-	return d.bm.Sync()
+	return flush()
 }
 
 func firstErr(errs ...error) error {
@@ -222,17 +217,13 @@ func (h *Hydrator) copyBlock(i int64) (int64, error) {
 	if d.bm.Has(i) {
 		return 0, nil
 	}
-	hash, err := d.vol.BlockHash(i)
+	wrote, err := d.fill(i)
 	if err != nil {
 		return 0, err
 	}
-	var n int64
-	if !(hash.IsZero() && d.fresh) {
-		if err := d.fill(i); err != nil {
-			return 0, err
-		}
-		n = d.blockLen(i)
-	}
 	d.bm.setHave(i)
-	return n, nil
+	if !wrote {
+		return 0, nil
+	}
+	return d.blockLen(i), nil
 }

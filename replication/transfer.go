@@ -14,10 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"csbs/blockstore"
 	"csbs/catalog"
+	"csbs/internal/kv"
 	"csbs/remote"
 )
 
@@ -583,7 +582,7 @@ func (x *transfer) commit(ctx context.Context) (catalog.Backup, error) {
 	}
 	c := x.tr.counters()
 	x.st.BlocksFetched, x.st.BlocksSkipped, x.st.WireBytes = c.fetched, c.skipped, c.wire
-	err := s.store.Commit(ctx, pms, func(txn *badger.Txn) error {
+	err := s.store.Commit(ctx, pms, func(txn *kv.Txn) error {
 		tx := catalog.Wrap(txn)
 		taken, err := tx.BackupNameTaken(bk.Project, bk.ServerID, bk.Name)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"syscall"
 	"time"
 
 	"csbs/catalog"
@@ -64,7 +65,7 @@ func NewRunner(cat *catalog.Catalog, exec Executor, clock Clock, log *slog.Logge
 // Recover marks jobs left queued or running by a previous daemon as
 // failed. Call it once before Run.
 func (r *Runner) Recover() error {
-	return r.cat.Update(func(tx *catalog.Txn) error {
+	return r.cat.Release(func(tx *catalog.Txn) error {
 		jobs, err := tx.Jobs("")
 		if err != nil {
 			return err
@@ -102,13 +103,21 @@ func (r *Runner) Submit(j catalog.Job) (catalog.Job, error) {
 			j.State = catalog.JobSkipped
 			j.Ended = j.Created
 			j.Error = fmt.Sprintf("server %s already has backup job %s queued or running", j.ServerID, other)
-			if err := r.put(j); err != nil {
+			if err := r.putNew(j); err != nil {
 				return j, err
 			}
 			return j, fmt.Errorf("%w: %s", ErrServerBusy, j.Error)
 		}
 	}
-	if err := r.put(j); err != nil {
+	if err := r.putNew(j); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			// Keep a trace of the refused job (a scheduled backup has no
+			// caller to tell): a skipped record is a release-class write.
+			j.State, j.Ended, j.Error = catalog.JobSkipped, j.Created, "not started: "+err.Error()
+			if perr := r.put(j); perr != nil {
+				r.log.Warn("record job refused for lack of space", "job", j.ID, "err", perr)
+			}
+		}
 		return j, err
 	}
 	r.finished[j.ID] = make(chan struct{})
@@ -122,8 +131,20 @@ func (r *Runner) Submit(j catalog.Job) (catalog.Job, error) {
 	return j, nil
 }
 
+// putNew records a submitted job. A backup job adds data to the store, so
+// it needs the whole free-space reserve and is refused on a full disk; a
+// restore, scrub, GC or retention job reads or frees space and must work
+// there (see catalog.WriteClass).
+func (r *Runner) putNew(j catalog.Job) error {
+	if j.Kind == catalog.JobBackup {
+		return r.cat.Update(func(tx *catalog.Txn) error { return tx.PutJob(j) })
+	}
+	return r.put(j)
+}
+
+// put records the progress or end of a submitted job.
 func (r *Runner) put(j catalog.Job) error {
-	return r.cat.Update(func(tx *catalog.Txn) error { return tx.PutJob(j) })
+	return r.cat.Release(func(tx *catalog.Txn) error { return tx.PutJob(j) })
 }
 
 func (r *Runner) poke() {

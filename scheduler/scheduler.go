@@ -166,7 +166,7 @@ func (s *Scheduler) tickPolicy(p catalog.Policy, now time.Time) (time.Time, erro
 }
 
 func (s *Scheduler) putState(st catalog.SchedState) error {
-	return s.cat.Update(func(tx *catalog.Txn) error { return tx.PutSchedState(st) })
+	return s.cat.Release(func(tx *catalog.Txn) error { return tx.PutSchedState(st) })
 }
 
 // fire queues an automatic backup job for every server bound to p.
@@ -290,7 +290,7 @@ func (s *Scheduler) DeleteBackup(ctx context.Context, b catalog.Backup, force bo
 		}
 		maps = append(maps, id)
 	}
-	err := s.cat.Update(func(tx *catalog.Txn) error {
+	err := s.cat.Release(func(tx *catalog.Txn) error {
 		cur, err := tx.Backup(b.Project, b.ID)
 		if err != nil {
 			return err
@@ -299,7 +299,7 @@ func (s *Scheduler) DeleteBackup(ctx context.Context, b catalog.Backup, force bo
 			return err
 		}
 		for _, id := range maps {
-			if err := blockstore.DeleteMapTxn(tx.Badger(), id); err != nil {
+			if err := blockstore.DeleteMapTxn(tx.KV(), id); err != nil {
 				return err
 			}
 		}

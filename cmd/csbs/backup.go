@@ -218,7 +218,15 @@ func protectAction(c *cli.Context) error {
 }
 
 func printBackup(w io.Writer, b api.BackupView) error {
-	fmt.Fprintf(w, "id:        %s\nname:      %s\nserver:    %s (%s)\nstatus:    %s\ntype:      %s\n", b.ID, b.Name, b.ServerName, b.ServerID, b.Status, b.Type)
+	status := b.Status
+	if b.Damaged {
+		status += ", DAMAGED"
+	}
+	fmt.Fprintf(w, "id:        %s\nname:      %s\nserver:    %s (%s)\nstatus:    %s\n", b.ID, b.Name, b.ServerName, b.ServerID, status)
+	if b.Damaged {
+		fmt.Fprintf(w, "damage:    %s\n", b.Damage)
+	}
+	fmt.Fprintf(w, "type:      %s\n", b.Type)
 	fmt.Fprintf(w, "why:       %s\n", b.TypeReason)
 	fmt.Fprintf(w, "trigger:   %s\ncreated:   %s\nsize:      %s\nprotected: %v\nin use:    %v\n", b.Trigger, timeH(b.Created), bytesH(b.Size), b.Protected, b.InUse)
 	fmt.Fprintf(w, "region:    %s\n", b.Region)

@@ -39,7 +39,7 @@ func opensslFingerprint(t *testing.T, certFile string) string {
 	return strings.TrimSpace(string(out))
 }
 
-type jobJSON struct {
+type replJobJSON struct {
 	ID        string `json:"id"`
 	State     string `json:"state"`
 	Error     string `json:"error"`
@@ -67,7 +67,7 @@ type remoteBackupJSON struct {
 func waitFetched(t *testing.T, a *appliance, job string, n int64) {
 	t.Helper()
 	for {
-		var j jobJSON
+		var j replJobJSON
 		a.okJSON(&j, "job", "show", job)
 		if j.Replicate.BlocksFetched >= n {
 			return
@@ -96,6 +96,7 @@ func noBackupsVisible(t *testing.T, a *appliance, when string) {
 // attached at the destination, and what crossed the wire in all runs is
 // one transfer plus at most the requests in flight at each kill.
 func TestReplicationE2E(t *testing.T) {
+	t.Parallel()
 	needTools(t, "openssl", "nbdinfo", "qemu-img")
 	src, srcAddr, cert := tlsAppliance(t, "src")
 	dst := startAppliance(t, "")
@@ -141,7 +142,7 @@ func TestReplicationE2E(t *testing.T) {
 	}
 
 	// Run 1: kill the destination in the middle.
-	var j1 jobJSON
+	var j1 replJobJSON
 	dst.okJSON(&j1, "backup", "replicate", "golden", "--remote", "src", "--rate", "6MiB/s")
 	waitFetched(t, dst, j1.ID, 150)
 	dst.cmd.Process.Signal(syscall.SIGKILL)
@@ -159,7 +160,7 @@ func TestReplicationE2E(t *testing.T) {
 
 	// Run 2: kill the source in the middle; the job fails after its
 	// retries.
-	var j2 jobJSON
+	var j2 replJobJSON
 	dst.okJSON(&j2, "backup", "replicate", "golden", "--remote", "src", "--rate", "6MiB/s")
 	waitFetched(t, dst, j2.ID, 1)
 	src.cmd.Process.Signal(syscall.SIGKILL)
@@ -174,7 +175,7 @@ func TestReplicationE2E(t *testing.T) {
 	src.start()
 
 	// Run 3 completes.
-	var j3 jobJSON
+	var j3 replJobJSON
 	dst.okJSON(&j3, "backup", "replicate", "golden", "--remote", "src")
 	dst.ok("job", "wait", j3.ID)
 	dst.okJSON(&j3, "job", "show", j3.ID)
@@ -250,6 +251,7 @@ func TestReplicationE2E(t *testing.T) {
 // TestReplicationCLI walks the replication policy commands and the
 // token kinds as a user would.
 func TestReplicationCLI(t *testing.T) {
+	t.Parallel()
 	needTools(t, "openssl")
 	src, srcAddr, cert := tlsAppliance(t, "src")
 	dst := startAppliance(t, "")
@@ -273,7 +275,7 @@ func TestReplicationCLI(t *testing.T) {
 	if show := dst.ok("replication", "show", "dr"); !strings.Contains(show, "the newest 2 qualifying of server web1") || !strings.Contains(show, "at most 50 MiB/s") {
 		t.Fatalf("replication show:\n%s", show)
 	}
-	var j jobJSON
+	var j replJobJSON
 	dst.okJSON(&j, "replication", "run-now", "dr", "--wait")
 	if j.State != "succeeded" || !strings.Contains(j.Note, "2 replicated") {
 		t.Fatalf("run-now: %+v", j)

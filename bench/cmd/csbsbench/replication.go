@@ -15,35 +15,10 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
-
-// startApplianceConf is startAppliance with extra config lines.
-func (b *bench) startApplianceConf(dir, extra string) *appliance {
-	a := &appliance{b: b, dir: dir, cfg: filepath.Join(dir, "csbs.toml")}
-	conf := "data_dir = \"csbs\"\n[log]\nlevel = \"warn\"\n[store]\ncompression = \"" + b.codec + "\"\n" + extra
-	if err := os.WriteFile(a.cfg, []byte(conf), 0o600); err != nil {
-		log.Fatal(err)
-	}
-	a.daemon = exec.Command(b.csbs, "serve", "--config", a.cfg)
-	a.daemon.Stderr = os.Stderr
-	if err := a.daemon.Start(); err != nil {
-		log.Fatal(err)
-	}
-	for i := 0; i < 200; i++ {
-		if exec.Command(b.csbs, "--config", a.cfg, "status").Run() == nil {
-			return a
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	a.daemon.Process.Signal(syscall.SIGTERM)
-	log.Fatalf("appliance in %s did not start", dir)
-	return nil
-}
 
 // selfSigned writes a certificate for 127.0.0.1 and returns the files
 // and the SHA-256 of its DER bytes.

@@ -242,3 +242,26 @@ func TestBlockRequestAndResponse(t *testing.T) {
 		t.Fatalf("a cut response is not transient: %v", err)
 	}
 }
+
+func TestQualifies(t *testing.T) {
+	ok := BackupInfo{Name: "b", Status: "available", Disks: []DiskInfo{{Name: "vda"}}}
+	for _, tc := range []struct {
+		name string
+		mod  func(*BackupInfo)
+		want string // "" = qualifies
+	}{
+		{"available", func(*BackupInfo) {}, ""},
+		{"being made", func(b *BackupInfo) { b.Status = "creating" }, "is creating on the remote"},
+		{"failed", func(b *BackupInfo) { b.Status = "error" }, "only available backups"},
+		{"damaged", func(b *BackupInfo) { b.Damaged = true }, "is damaged on the remote"},
+		{"a replica", func(b *BackupInfo) { b.Replica = true }, "replicas are not replicated again"},
+		{"no disks", func(b *BackupInfo) { b.Disks = nil }, "has no disks"},
+	} {
+		b := ok
+		tc.mod(&b)
+		err := b.Qualifies()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}

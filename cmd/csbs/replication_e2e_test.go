@@ -272,6 +272,10 @@ func TestReplicationCLI(t *testing.T) {
 	}
 	dst.ok("remote", "add", "src", "--url", "https://"+srcAddr, "--token-file", tokFile, "--fingerprint", opensslFingerprint(t, cert.CertFile))
 	dst.ok("replication", "create", "--name", "dr", "--remote", "src", "--server", "web1", "--last", "2", "--time", "03:00", "--rate", "50MiB/s")
+	// Remotes and policies belong to a project: --project (the global
+	// flag, also after the command) names another one.
+	dst.ok("project", "create", "team-b")
+	dst.fails(nil, `remote "src" not found`, "replication", "create", "--name", "dr", "--remote", "src", "--project", "team-b", "--time", "03:00")
 	if show := dst.ok("replication", "show", "dr"); !strings.Contains(show, "the newest 2 qualifying of server web1") || !strings.Contains(show, "at most 50 MiB/s") {
 		t.Fatalf("replication show:\n%s", show)
 	}

@@ -29,7 +29,9 @@
 //   - Only available, undamaged backups made on the remote qualify.
 //   - Blocks that arrived stay, also across restarts and GC, until the
 //     replication completes or is given up; a rerun fetches only what is
-//     still missing. A kill loses at most the batches in flight.
+//     still missing. A kill loses at most the transfer window: the
+//     batches being received (Inflight), the received batches waiting to
+//     be stored (Inflight/2) and the PutBlocks in progress.
 //   - A broken connection or a failing remote is retried (Retries tries,
 //     backing off from Backoff); a refused token, a wrong certificate, a
 //     missing backup or damaged data are not.

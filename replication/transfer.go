@@ -211,7 +211,6 @@ type diskTransfer struct {
 	data     int64             // blocks with data in the map
 	missing  []blockstore.Hash // sorted, distinct
 	newBytes atomic.Int64
-	putMu    sync.Mutex // an Import is used by one goroutine at a time
 }
 
 func (x *transfer) run(ctx context.Context) (catalog.Backup, error) {
@@ -417,8 +416,11 @@ func (x *transfer) findMissing(ctx context.Context, d *diskTransfer) error {
 }
 
 // fetchBlocks fetches a disk's missing blocks in batches, several
-// requests in flight, in disk order; each batch is verified and stored
-// (durably) as it arrives.
+// requests in flight, in disk order. One goroutine stores what arrives
+// (an Import is used by one goroutine), taking whatever batches queued
+// up while it stored the last into one PutBlocks, so that the requests
+// keep the wire busy while a pack is synced, and slow syncs cost fewer
+// of them.
 func (x *transfer) fetchBlocks(ctx context.Context, d *diskTransfer) error {
 	if len(d.missing) == 0 {
 		return nil
@@ -426,6 +428,19 @@ func (x *transfer) fetchBlocks(ctx context.Context, d *diskTransfer) error {
 	s := x.s
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	puts := make(chan arrived, max(1, s.Inflight/2))
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		for a := range puts {
+			if err := x.store(ctx, d, a, puts); err != nil {
+				cancel(err)
+				for range puts { // let the fetchers finish
+				}
+				return
+			}
+		}
+	}()
 	batches := make(chan []remote.BlockRef, s.Inflight)
 	var wg sync.WaitGroup
 	for range max(1, s.Inflight) {
@@ -433,7 +448,7 @@ func (x *transfer) fetchBlocks(ctx context.Context, d *diskTransfer) error {
 		go func() {
 			defer wg.Done()
 			for refs := range batches {
-				if err := x.fetchBatch(ctx, d, refs); err != nil {
+				if err := x.fetchBatch(ctx, refs, puts); err != nil {
 					cancel(err)
 					return
 				}
@@ -450,6 +465,8 @@ func (x *transfer) fetchBlocks(ctx context.Context, d *diskTransfer) error {
 	})
 	close(batches)
 	wg.Wait()
+	close(puts)
+	<-stored
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}
@@ -457,6 +474,41 @@ func (x *transfer) fetchBlocks(ctx context.Context, d *diskTransfer) error {
 		return err
 	}
 	return ctx.Err()
+}
+
+// arrived is blocks received, not yet stored.
+type arrived struct {
+	blocks []blockstore.BlockValue
+	bytes  int64
+}
+
+// maxPut bounds the bytes of one PutBlocks made of queued batches.
+const maxPut = 16 << 20
+
+// store stores a, together with the batches queued behind it.
+func (x *transfer) store(ctx context.Context, d *diskTransfer, a arrived, queue <-chan arrived) error {
+more:
+	for a.bytes < maxPut {
+		select {
+		case b, ok := <-queue:
+			if !ok {
+				break more
+			}
+			a.blocks, a.bytes = append(a.blocks, b.blocks...), a.bytes+b.bytes
+		default:
+			break more
+		}
+	}
+	if err := d.im.PutBlocks(ctx, a.blocks); err != nil {
+		var ce *blockstore.CorruptBlockError
+		if errors.As(err, &ce) {
+			return fmt.Errorf("the remote sent block %s that does not verify: %w", ce.Hash, err)
+		}
+		return err
+	}
+	d.newBytes.Add(a.bytes)
+	x.tr.fetched(int64(len(a.blocks)), int64(x.s.store.BlockSize()))
+	return nil
 }
 
 // scan walks the scratch file of a disk's hashes and hands out, in
@@ -512,32 +564,25 @@ func (x *transfer) scan(ctx context.Context, d *diskTransfer, emit func([]remote
 	return nil
 }
 
-// fetchBatch fetches and stores one batch. What arrived before a broken
-// connection is stored, and only the rest is asked for again.
-func (x *transfer) fetchBatch(ctx context.Context, d *diskTransfer, refs []remote.BlockRef) error {
+// fetchBatch fetches one batch and hands it to the storing goroutine.
+// What arrived before a broken connection is handed on, and only the
+// rest is asked for again.
+func (x *transfer) fetchBatch(ctx context.Context, refs []remote.BlockRef, puts chan<- arrived) error {
 	maxValue := x.s.store.BlockSize() + 64<<10
 	return x.s.retry(ctx, func() error {
-		var got []blockstore.BlockValue
-		var bytesIn int64
+		var a arrived
 		err := x.c.Blocks(ctx, x.b.ID, refs, maxValue, func(i int, v []byte) error {
-			got = append(got, blockstore.BlockValue{Hash: refs[i].Hash, Value: v})
-			bytesIn += int64(len(v))
+			a.blocks = append(a.blocks, blockstore.BlockValue{Hash: refs[i].Hash, Value: v})
+			a.bytes += int64(len(v))
 			return nil
 		})
-		if len(got) > 0 {
-			d.putMu.Lock()
-			perr := d.im.PutBlocks(ctx, got)
-			d.putMu.Unlock()
-			if perr != nil {
-				var ce *blockstore.CorruptBlockError
-				if errors.As(perr, &ce) {
-					return fmt.Errorf("the remote sent block %s that does not verify: %w", ce.Hash, perr)
-				}
-				return perr
+		if len(a.blocks) > 0 {
+			select {
+			case puts <- a:
+			case <-ctx.Done():
+				return context.Cause(ctx)
 			}
-			d.newBytes.Add(bytesIn)
-			x.tr.fetched(int64(len(got)), int64(x.s.store.BlockSize()))
-			refs = refs[len(got):]
+			refs = refs[len(a.blocks):]
 		}
 		if err != nil {
 			return remoteErr(x.r.Name, err)

@@ -69,11 +69,13 @@ func New(baseURL string, pin Fingerprint, token string, opt Options) *Client {
 	c := &Client{url: baseURL, pin: pin, token: token, chunk: 64 << 10, idle: opt.IdleTimeout}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if opt.Rate > 0 {
-		// Reads are cut to chunk bytes, each paid for after it arrives:
-		// over any span the bytes received stay within one chunk of
-		// rate × time.
+		// Reads are cut to chunk bytes, each paid for after it arrives.
+		// The bucket holds an eighth of a second: a stall of the remote
+		// (a pack read, a busy CPU) shorter than that is made up for
+		// afterwards instead of lowering the average, and over any span
+		// the bytes received stay within that much of rate × time.
 		c.chunk = int(min(int64(c.chunk), max(opt.Rate/20, 4<<10)))
-		c.lim = rate.NewLimiter(rate.Limit(opt.Rate), c.chunk)
+		c.lim = rate.NewLimiter(rate.Limit(opt.Rate), int(max(int64(c.chunk), opt.Rate/8)))
 	}
 	host := ""
 	if u, err := url.Parse(baseURL); err == nil {

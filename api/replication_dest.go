@@ -120,7 +120,21 @@ func (s *Server) removeRemote(ctx context.Context, p principal, r *http.Request)
 }
 
 func (s *Server) listRemoteBackups(ctx context.Context, p principal, r *http.Request) (any, error) {
-	return s.Replication.RemoteBackups(ctx, p.project.ID, r.PathValue("ref"), r.URL.Query().Get("server"))
+	t := r.URL.Query().Get("type")
+	if t != "" && t != catalog.TypeCommon && t != catalog.TypeEnhanced {
+		return nil, fmt.Errorf("%w: type %q: want common or enhanced", catalog.ErrInvalid, t)
+	}
+	bs, err := s.Replication.RemoteBackups(ctx, p.project.ID, r.PathValue("ref"), r.URL.Query().Get("server"))
+	if err != nil || t == "" {
+		return bs, err
+	}
+	out := []replication.RemoteBackup{}
+	for _, b := range bs {
+		if b.Type == t {
+			out = append(out, b)
+		}
+	}
+	return out, nil
 }
 
 func (s *Server) showRemoteBackup(ctx context.Context, p principal, r *http.Request) (any, error) {

@@ -50,6 +50,8 @@ func (e executor) execute(ctx context.Context, j catalog.Job, progress func(done
 		return e.scrub(ctx, j, progress)
 	case catalog.JobReplicate:
 		return e.d.repl.Execute(ctx, j, progress)
+	case catalog.JobHydrate:
+		return e.d.serving.hydrate(ctx, j, progress)
 	case catalog.JobRebuildIndex:
 		return e.rebuildIndex(ctx, j)
 	}
@@ -63,6 +65,7 @@ func (e executor) backup(ctx context.Context, j catalog.Job, progress func(done,
 	}
 	j.BackupID = b.ID
 	j.BackupName = b.Name
+	j.Note = joinNote(j.Note, b.Note)
 	if b.Trigger == catalog.TriggerAuto && j.PolicyID != "" {
 		deleted, err := e.d.sched.ApplyRetention(ctx, j.Project, j.PolicyID, j.ServerID)
 		switch {

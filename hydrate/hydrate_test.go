@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"csbs/blockstore"
 )
@@ -217,5 +218,33 @@ func TestBitmapRejectsForeignFiles(t *testing.T) {
 	}
 	if popcount(good[bitmapHeader:]) != 10 {
 		t.Fatal("popcount")
+	}
+}
+
+// TestRateLimitHoldsFromTheStart: hydration copies at most its limit per
+// second from the first byte (plus one block), not a burst at full speed
+// first, so the rate csbs restore show reports stays beside the limit.
+// The bound is on the least time a limited copy can take, which load on
+// the machine can only lengthen.
+func TestRateLimitHoldsFromTheStart(t *testing.T) {
+	const limit = 4 << 20
+	base := disk(7, 3<<20)
+	vol := backup(t, base)
+	d := openDevice(t, vol, t.TempDir())
+	h := NewHydrator(d, limit)
+	start := time.Now()
+	if err := h.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	copied := h.copied.Load()
+	if copied < 1<<20 {
+		t.Fatalf("copied only %d bytes of a 3 MiB disk with data", copied)
+	}
+	if least := time.Duration(float64(copied-4096) / limit * float64(time.Second)); took < least {
+		t.Fatalf("copied %d bytes in %s at a limit of %d B/s: at least %s", copied, took, limit, least)
+	}
+	if r := h.Rate(); r > limit*1.05 {
+		t.Fatalf("rate %.0f B/s over the limit %d", r, limit)
 	}
 }

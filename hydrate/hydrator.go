@@ -101,6 +101,10 @@ func (h *Hydrator) Rate() float64 {
 func (h *Hydrator) Run(ctx context.Context) error {
 	h.mu.Lock()
 	h.started = time.Now()
+	// The bucket starts empty: a limit holds from the first byte, rather
+	// than after a burst of up to 8 MiB at full speed (which made a small
+	// restore report several times its limit).
+	h.limiter.ReserveN(h.started, h.limiter.Burst())
 	h.mu.Unlock()
 	d := h.dev
 	// Fetch blocks ahead on several cores; copyBlock then finds them in

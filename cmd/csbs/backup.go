@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"csbs/api"
 	"csbs/catalog"
-	"csbs/replication"
 )
 
 func backupCommand() *cli.Command {
@@ -17,204 +17,152 @@ func backupCommand() *cli.Command {
 		Name:  "backup",
 		Usage: "create, list, show and delete backups",
 		Subcommands: []*cli.Command{
-			{
-				Name:  "create",
-				Usage: "back up all disks of a server now (a manual backup)",
-				UsageText: `csbs backup create web1 --wait
-   csbs backup create web1 --full --enable-instant-restore --name before-upgrade --wait`,
-				ArgsUsage: "SERVER",
-				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "name", Usage: "backup `NAME` (default manualbk_xxxx)"},
-					&cli.BoolFlag{Name: "full", Usage: "full backup: read every disk whole (with IR enabled: an Enhanced backup)"},
-					&cli.BoolFlag{Name: "enable-instant-restore", Usage: "with --full: enable Instant Restore for the project; the backup is Enhanced"},
-					&cli.BoolFlag{Name: "wait", Usage: "wait for the backup and show progress"},
-					jsonFlag,
-				},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "SERVER"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					req := api.CreateBackupRequest{Server: c.Args().First(), Name: c.String("name"), Full: c.Bool("full"), EnableIR: c.Bool("enable-instant-restore")}
-					var j catalog.Job
-					if err := cl.Do(c.Context, "POST", "/v1/backups", nil, req, &j); err != nil {
-						return err
-					}
-					if !c.Bool("wait") {
-						return show(c, j, func(w io.Writer) error {
-							_, err := fmt.Fprintf(w, "backup job %s queued (follow it: csbs job wait %s)\n", j.ID, j.ID)
-							return err
-						})
-					}
-					if j, err = waitJob(c, cl, j.ID); err != nil {
-						return err
-					}
-					var b api.BackupView
-					if err := cl.Do(c.Context, "GET", "/v1/backups/"+j.BackupID, nil, nil, &b); err != nil {
-						return err
-					}
-					return show(c, b, func(w io.Writer) error { return printBackup(w, b) })
-				},
-			},
-			{
-				Name: "ls", Usage: "list backups, newest first (--remote R: the remote's, with their replication state here)",
+			backupCreateCommand(),
+			withRemote(listing[api.BackupView]{
+				Usage: "list backups, newest first (--remote R: the remote's, and whether each is replicated here)",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "server", Usage: "only backups of `SERVER`"},
 					&cli.StringFlag{Name: "type", Usage: "only `TYPE` common or enhanced"},
-					&cli.StringFlag{Name: "remote", Usage: "list the backups of `REMOTE` and whether they are replicated here"},
-					jsonFlag,
+					remoteFlag("list the backups of `REMOTE` (id or name there) and their replication state here"),
 				},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
+				Path:    apiPath("/v1/backups"),
+				Query:   queryOf("server", "type"),
+				Columns: []string{"ID", "NAME", "SERVER", "TYPE", "STATUS", "TRIGGER", "CREATED", "SIZE", "NEW"},
+				Row: func(b api.BackupView) []any {
+					var added int64
+					for _, d := range b.Disks {
+						added += d.NewBytes
 					}
-					if r := c.String("remote"); r != "" {
-						return remoteBackupsAction(c, cl, r)
+					st := b.Status
+					if b.Damaged {
+						st += ",damaged"
 					}
-					q := url.Values{}
-					if v := c.String("server"); v != "" {
-						q.Set("server", v)
+					if b.Protected {
+						st += ",protected"
 					}
-					if v := c.String("type"); v != "" {
-						q.Set("type", v)
+					if b.Replica != nil {
+						st += ",replica"
 					}
-					var bs []api.BackupView
-					if err := cl.Do(c.Context, "GET", "/v1/backups", q, nil, &bs); err != nil {
-						return err
-					}
-					return show(c, bs, func(w io.Writer) error {
-						t := newTable(w, "ID", "NAME", "SERVER", "TYPE", "STATUS", "TRIGGER", "CREATED", "SIZE", "NEW")
-						for _, b := range bs {
-							var added int64
-							for _, d := range b.Disks {
-								added += d.NewBytes
-							}
-							st := b.Status
-							if b.Damaged {
-								st += ",damaged"
-							}
-							if b.Protected {
-								st += ",protected"
-							}
-							if b.Replica != nil {
-								st += ",replica"
-							}
-							t.row(b.ID, b.Name, b.ServerName, b.Type, st, b.Trigger, timeH(b.Created), bytesH(b.Size), bytesH(added))
-						}
-						return t.flush()
-					})
+					return []any{b.ID, b.Name, b.ServerName, b.Type, st, b.Trigger, timeH(b.Created), bytesH(b.Size), bytesH(added)}
 				},
-			},
-			{
-				Name: "show", Usage: "show a backup, its type and why (--remote R: a backup of the remote, with its replication state here)", ArgsUsage: "BACKUP",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "remote", Usage: "BACKUP is a backup of `REMOTE`"}, jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "BACKUP"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					if r := c.String("remote"); r != "" {
-						var b replication.RemoteBackup
-						if err := cl.Do(c.Context, "GET", "/v1/remotes/"+url.PathEscape(r)+"/backups/"+url.PathEscape(c.Args().First()), nil, nil, &b); err != nil {
-							return err
-						}
-						return show(c, b, func(w io.Writer) error { return printRemoteBackup(w, r, b) })
-					}
-					var b api.BackupView
-					if err := cl.Do(c.Context, "GET", "/v1/backups/"+c.Args().First(), nil, nil, &b); err != nil {
-						return err
-					}
-					return show(c, b, func(w io.Writer) error { return printBackup(w, b) })
-				},
-			},
-			{
-				Name: "rm", Usage: "delete a backup (space returns with csbs gc)", ArgsUsage: "BACKUP",
-				Flags: []cli.Flag{&cli.BoolFlag{Name: "force", Usage: "also delete a protected backup"}},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "BACKUP"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					q := url.Values{}
-					if c.Bool("force") {
-						q.Set("force", "true")
-					}
-					return cl.Do(c.Context, "DELETE", "/v1/backups/"+c.Args().First(), q, nil, nil)
-				},
-			},
-			{
-				Name:      "attach",
-				Usage:     "export an Enhanced backup's disks read-only over NBD",
-				UsageText: "csbs backup attach golden --disk vda\n   nbdinfo \"$(csbs backup attach golden --disk vda --quiet)\"",
-				ArgsUsage: "BACKUP",
-				Flags:     []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every disk)"}, quietFlag("print only the NBD URIs, one per line"), jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "BACKUP"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var es []api.ExportInfo
-					if err := cl.Do(c.Context, "POST", "/v1/backups/"+c.Args().First()+"/attach", nil, api.AttachRequest{Disk: c.String("disk")}, &es); err != nil {
-						return err
-					}
-					if c.Bool("quiet") {
-						for _, e := range es {
-							fmt.Fprintln(c.App.Writer, e.URI)
-						}
-						return nil
-					}
-					return show(c, es, func(w io.Writer) error { return printExports(w, es) })
-				},
-			},
-			{
-				Name: "detach", Usage: "remove a backup's NBD exports", ArgsUsage: "BACKUP",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every attached disk)"}},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "BACKUP"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					return cl.Do(c.Context, "POST", "/v1/backups/"+c.Args().First()+"/detach", nil, api.AttachRequest{Disk: c.String("disk")}, nil)
-				},
-			},
+				Empty: "no backups (make one: csbs backup create SERVER --wait)",
+			}.command(), remoteBackupsCommand()),
+			withRemote(verb[api.BackupView]{
+				Name: "show", Usage: "show a backup, its type and why (--remote R: a backup of the remote, and its replication state here)", Args: "BACKUP", JSON: true,
+				Flags: []cli.Flag{remoteFlag("BACKUP is a backup of `REMOTE` (its id or name there)")},
+				Path:  apiPath("/v1/backups/", 0),
+				Print: printBackup,
+			}.command(), remoteBackupCommand()),
 			backupReplicateCommand(),
-			browseCommands()[0],
-			browseCommands()[1],
-			{
-				Name: "protect", Usage: "protect a backup from retention and plain deletion", ArgsUsage: "BACKUP",
+			verb[api.DeletedBackup]{
+				Name: "rm", Usage: "delete a backup (space returns with csbs gc)", Args: "BACKUP", JSON: true,
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "force", Usage: "also delete a protected backup"}},
+				Method: "DELETE", Path: apiPath("/v1/backups/", 0),
+				Query: func(c *cli.Context) url.Values {
+					if c.Bool("force") {
+						return url.Values{"force": {"true"}}
+					}
+					return nil
+				},
+				Done: func(_ *cli.Context, d api.DeletedBackup) string {
+					return fmt.Sprintf("deleted backup %s (%s); csbs gc gives its space back", d.Name, d.ID)
+				},
+			}.command(),
+			verb[[]api.ExportInfo]{
+				Name:     "attach",
+				Usage:    "export an Enhanced backup's disks read-only over NBD",
+				Examples: "csbs backup attach golden --disk vda\n   nbdinfo \"$(csbs backup attach golden --disk vda --quiet)\"",
+				Args:     "BACKUP", JSON: true,
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every disk)"}, quietFlag("print only the NBD URIs, one per line")},
+				Method: "POST", Path: apiPath("/v1/backups/", 0, "/attach"),
+				Body: func(c *cli.Context) (any, error) { return api.AttachRequest{Disk: c.String("disk")}, nil },
+				Done: func(c *cli.Context, es []api.ExportInfo) string {
+					return fmt.Sprintf("attached backup %s read-only over NBD (csbs backup detach %s removes the exports):", arg(c, 0), arg(c, 0))
+				},
+				Print: printExports,
+				Quiet: func(es []api.ExportInfo) string {
+					var uris []string
+					for _, e := range es {
+						uris = append(uris, e.URI)
+					}
+					return strings.Join(uris, "\n")
+				},
+			}.command(),
+			verb[struct{}]{
+				Name: "detach", Usage: "remove a backup's NBD exports", Args: "BACKUP",
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "only `DISK` (default: every attached disk)"}},
+				Method: "POST", Path: apiPath("/v1/backups/", 0, "/detach"),
+				Body: func(c *cli.Context) (any, error) { return api.AttachRequest{Disk: c.String("disk")}, nil },
+				Done: func(c *cli.Context, _ struct{}) string {
+					if d := c.String("disk"); d != "" {
+						return fmt.Sprintf("detached disk %s of backup %s", d, arg(c, 0))
+					}
+					return "detached backup " + arg(c, 0)
+				},
+			}.command(),
+			browseCommand(),
+			unbrowseCommand(),
+			verb[api.BackupView]{
+				Name: "protect", Usage: "protect a backup from retention and plain deletion", Args: "BACKUP", JSON: true,
 				Flags:  []cli.Flag{&cli.BoolFlag{Name: "off", Usage: "remove the protection"}},
-				Action: protectAction,
-			},
+				Method: "PATCH", Path: apiPath("/v1/backups/", 0),
+				Body: func(c *cli.Context) (any, error) {
+					on := !c.Bool("off")
+					return api.UpdateBackupRequest{Protected: &on}, nil
+				},
+				Done: func(_ *cli.Context, b api.BackupView) string {
+					if b.Protected {
+						return fmt.Sprintf("protected backup %s: retention keeps it, and csbs backup rm needs --force", b.Name)
+					}
+					return fmt.Sprintf("backup %s is no longer protected", b.Name)
+				},
+			}.command(),
 		},
 	}
 }
 
-func protectAction(c *cli.Context) error {
-	if err := needArgs(c, 1, "BACKUP"); err != nil {
-		return err
+// backupCreateCommand queues a backup job and, with --wait, follows it
+// and shows the backup it made.
+func backupCreateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "create",
+		Usage: "back up all disks of a server now (a manual backup)",
+		UsageText: `csbs backup create web1 --wait
+   csbs backup create web1 --full --enable-instant-restore --name before-upgrade --wait`,
+		ArgsUsage: "SERVER",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "backup `NAME` (default manualbk_xxxx)"},
+			&cli.BoolFlag{Name: "full", Usage: "full backup: read every disk whole (with IR enabled: an Enhanced backup)"},
+			&cli.BoolFlag{Name: "enable-instant-restore", Usage: "with --full: enable Instant Restore for the project; the backup is Enhanced"},
+			&cli.BoolFlag{Name: "wait", Usage: "wait for the backup and show progress"},
+			jsonFlag,
+		},
+		Action: func(c *cli.Context) error {
+			if err := needArgs(c, 1, "SERVER"); err != nil {
+				return err
+			}
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			req := api.CreateBackupRequest{Server: arg(c, 0), Name: c.String("name"), Full: c.Bool("full"), EnableIR: c.Bool("enable-instant-restore")}
+			j, err := call[catalog.Job](c, cl, "POST", "/v1/backups", nil, req)
+			if err != nil {
+				return err
+			}
+			if !c.Bool("wait") {
+				return emit(c, j, fmt.Sprintf("queued backup job %s of server %s (follow it: csbs job wait %s)", j.ID, arg(c, 0), j.ID), jobID, nil)
+			}
+			if j, err = waitJob(c, cl, j.ID); err != nil {
+				return err
+			}
+			b, err := call[api.BackupView](c, cl, "GET", "/v1/backups/"+url.PathEscape(j.BackupID), nil, nil)
+			if err != nil {
+				return err
+			}
+			return emit(c, b, fmt.Sprintf("created %s backup %s of server %s", b.Type, b.Name, b.ServerName), func(b api.BackupView) string { return b.ID }, printBackup)
+		},
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	on := !c.Bool("off")
-	return cl.Do(c.Context, "PATCH", "/v1/backups/"+c.Args().First(), nil, api.UpdateBackupRequest{Protected: &on}, nil)
 }
 
 func printBackup(w io.Writer, b api.BackupView) error {
@@ -233,132 +181,26 @@ func printBackup(w io.Writer, b api.BackupView) error {
 	if o := b.Replica; o != nil {
 		fmt.Fprintf(w, "replica:   of backup %s on remote %s (project %s there), replicated %s; replication: ok\n", o.SourceBackupID, o.RemoteName, o.SourceProject, timeH(o.Replicated))
 	}
-	t := newTable(w, "DISK", "SIZE", "DATA BLOCKS", "NEW BYTES", "MAP")
+	if b.Consistency != "" {
+		fmt.Fprintf(w, "consistency: %s\n", b.Consistency)
+	}
+	if b.Note != "" {
+		fmt.Fprintf(w, "note:      %s\n", b.Note)
+	}
+	t := newTable(w, "DISK", "SIZE", "DATA BLOCKS", "NEW BYTES", "READ", "MAP")
 	for _, d := range b.Disks {
-		t.row(d.Name, bytesH(d.Size), d.Blocks, bytesH(d.NewBytes), d.MapID)
+		t.row(d.Name, bytesH(d.Size), d.Blocks, bytesH(d.NewBytes), bytesH(d.ReadBytes), d.MapID)
 	}
-	return t.flush()
-}
-
-func backupReplicateCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "replicate",
-		Usage: "copy a backup of a remote appliance here (only the blocks this store lacks cross the wire)",
-		UsageText: `csbs backup replicate golden --remote dc1 --wait
-   csbs backup ls --remote dc1     # the remote's backups and their replication state here`,
-		ArgsUsage: "BACKUP",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "remote", Usage: "the `REMOTE` that has the backup (BACKUP is its id or name there)", Required: true},
-			&cli.StringFlag{Name: "rate", Usage: "limit the transfer to `RATE` on the wire, e.g. 50MiB/s (default: unlimited)"},
-			&cli.BoolFlag{Name: "wait", Usage: "wait for the replica and show progress"},
-			jsonFlag,
-		},
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 1, "BACKUP --remote REMOTE"); err != nil {
-				return err
-			}
-			rate, err := parseRateFlag(c)
-			if err != nil {
-				return err
-			}
-			cl, err := client(c)
-			if err != nil {
-				return err
-			}
-			path := "/v1/remotes/" + url.PathEscape(c.String("remote")) + "/backups/" + url.PathEscape(c.Args().First()) + "/replicate"
-			var j catalog.Job
-			if err := cl.Do(c.Context, "POST", path, nil, api.ReplicateRequest{Rate: rate}, &j); err != nil {
-				return err
-			}
-			if !c.Bool("wait") {
-				return show(c, j, func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "replication job %s queued (follow it: csbs job wait %s)\n", j.ID, j.ID)
-					return err
-				})
-			}
-			if j, err = waitJob(c, cl, j.ID); err != nil {
-				return err
-			}
-			var b api.BackupView
-			if err := cl.Do(c.Context, "GET", "/v1/backups/"+j.BackupID, nil, nil, &b); err != nil {
-				return err
-			}
-			return show(c, b, func(w io.Writer) error {
-				if err := printBackup(w, b); err != nil {
-					return err
-				}
-				_, err := fmt.Fprintln(w, j.Note)
-				return err
-			})
-		},
-	}
-}
-
-func remoteBackupsAction(c *cli.Context, cl *api.Client, remote string) error {
-	q := url.Values{}
-	if v := c.String("server"); v != "" {
-		q.Set("server", v)
-	}
-	var bs []replication.RemoteBackup
-	if err := cl.Do(c.Context, "GET", "/v1/remotes/"+url.PathEscape(remote)+"/backups", q, nil, &bs); err != nil {
+	if err := t.flush(); err != nil {
 		return err
 	}
-	if t := c.String("type"); t != "" {
-		var keep []replication.RemoteBackup
-		for _, b := range bs {
-			if b.Type == t {
-				keep = append(keep, b)
-			}
-		}
-		bs = keep
-	}
-	return show(c, bs, func(w io.Writer) error {
-		t := newTable(w, "ID", "NAME", "SERVER", "TYPE", "STATUS", "CREATED", "SIZE", "REPLICATION", "REPLICA")
-		for _, b := range bs {
-			st := b.Status
-			if b.Damaged {
-				st += ",damaged"
-			}
-			if b.Replica {
-				st += ",replica"
-			}
-			t.row(b.ID, b.Name, b.ServerName, b.Type, st, timeH(b.Created), bytesH(b.Size), replicationStateH(b.Replication), orDash(b.Replication.ReplicaName))
-		}
-		return t.flush()
-	})
-}
-
-// replicationStateH is a remote backup's replication state in a word or
-// a line: none, running, ok, failed: reason.
-func replicationStateH(r replication.ReplicationState) string {
-	switch {
-	case r.State == catalog.ReplicaFailed:
-		return "failed: " + r.Error
-	case r.State == catalog.ReplicaOK && r.ReplicaName == "":
-		return "ok (replica deleted here)"
-	case r.State == catalog.ReplicaNone && !r.Qualifies:
-		return "none (does not qualify)"
-	}
-	return r.State
-}
-
-func printRemoteBackup(w io.Writer, remote string, b replication.RemoteBackup) error {
-	fmt.Fprintf(w, "id:          %s (on remote %s)\nname:        %s\nserver:      %s (%s)\nstatus:      %s\ntype:        %s\n", b.ID, remote, b.Name, b.ServerName, b.ServerID, b.Status, b.Type)
-	fmt.Fprintf(w, "created:     %s\nregion:      %s\nsize:        %s\n", timeH(b.Created), b.Region, bytesH(b.Size))
-	r := b.Replication
-	fmt.Fprintf(w, "replication: %s\n", replicationStateH(r))
-	if !r.Qualifies {
-		fmt.Fprintf(w, "why not:     %s\n", r.Why)
-	}
-	if r.ReplicaID != "" {
-		fmt.Fprintf(w, "replica:     %s (%s)\n", orDash(r.ReplicaName), r.ReplicaID)
-	}
-	if r.JobID != "" {
-		fmt.Fprintf(w, "last job:    %s: %d blocks fetched, %d already here, %s on the wire\n", r.JobID, r.BlocksFetched, r.BlocksSkipped, bytesH(r.WireBytes))
-	}
-	t := newTable(w, "DISK", "SIZE", "DATA BLOCKS")
 	for _, d := range b.Disks {
-		t.row(d.Name, bytesH(d.Size), d.Blocks)
+		switch {
+		case d.ChangedFrom != "":
+			fmt.Fprintf(w, "disk %s: changed blocks since backup %s (dirty bitmap), next backup tracked by %s\n", d.Name, d.ChangedFrom, d.Bitmap)
+		case d.FullRead != "":
+			fmt.Fprintf(w, "disk %s: full read: %s; next backup tracked by %s\n", d.Name, d.FullRead, d.Bitmap)
+		}
 	}
-	return t.flush()
+	return nil
 }

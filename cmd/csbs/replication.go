@@ -33,28 +33,31 @@ func replicationCommand() *cli.Command {
 		Name:  "replication",
 		Usage: "replication policies: pull a remote's newest backups on a schedule",
 		Subcommands: []*cli.Command{
-			{
+			verb[api.ReplicationView]{
 				Name:  "create",
 				Usage: "create a replication policy",
-				UsageText: `csbs replication create --name dr --remote dc1 --time 03:00
+				Examples: `csbs replication create --name dr --remote dc1 --time 03:00
    csbs replication create --name web-dr --remote dc1 --server web1 --last 3 --time 01:00 --time 13:00 --rate 50MiB/s`,
+				JSON: true,
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "name", Usage: "policy `NAME` (1-255 of A-Z a-z 0-9 _ -)", Required: true},
-					&cli.StringFlag{Name: "remote", Usage: "the `REMOTE` to pull from (csbs remote add)", Required: true},
+					&cli.StringFlag{Name: "name", Usage: "policy `NAME` (1-255 of A-Z a-z 0-9 _ -)"},
+					&cli.StringFlag{Name: "remote", Usage: "the `REMOTE` to pull from (csbs remote add)"},
 					&cli.StringFlag{Name: "server", Usage: "only backups of the remote's server `S` (name or id; default: every server)"},
 					&cli.IntFlag{Name: "last", Usage: "replicate the newest `N` qualifying backups of each server", Value: 1},
-					&cli.StringSliceFlag{Name: "time", Usage: "run at `HH:MM` (repeat, at least 1 h apart)", Required: true},
+					&cli.StringSliceFlag{Name: "time", Usage: "run at `HH:MM` (repeat, at least 1 h apart)"},
 					&cli.IntFlag{Name: "every-days", Usage: "run every `N` days (default: every day)"},
 					&cli.StringFlag{Name: "weekdays", Usage: "run on `DAYS`, e.g. mon,thu"},
 					&cli.StringFlag{Name: "timezone", Usage: "IANA `ZONE` of the times (default UTC)"},
 					&cli.StringFlag{Name: "rate", Usage: "limit the transfer to `RATE` on the wire, e.g. 50MiB/s (default: unlimited)"},
 					&cli.BoolFlag{Name: "disabled", Usage: "create it disabled (runs only with run-now)"},
-					jsonFlag,
+					quietFlag("print only the policy's id"),
 				},
-				Action: func(c *cli.Context) error {
+				Required: []string{"name", "remote", "time"},
+				Method:   "POST", Path: apiPath("/v1/replications"),
+				Body: func(c *cli.Context) (any, error) {
 					rate, err := parseRateFlag(c)
 					if err != nil {
-						return err
+						return nil, err
 					}
 					req := api.ReplicationRequest{
 						Name: c.String("name"), Remote: c.String("remote"), Server: c.String("server"), Last: c.Int("last"),
@@ -71,97 +74,61 @@ func replicationCommand() *cli.Command {
 						f := false
 						req.Enabled = &f
 					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var r api.ReplicationView
-					if err := cl.Do(c.Context, "POST", "/v1/replications", nil, req, &r); err != nil {
-						return err
-					}
-					return show(c, r, func(w io.Writer) error { return printReplication(w, r) })
+					return req, nil
 				},
-			},
-			{
-				Name: "ls", Usage: "list replication policies", Flags: []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var rs []api.ReplicationView
-					if err := cl.Do(c.Context, "GET", "/v1/replications", nil, nil, &rs); err != nil {
-						return err
-					}
-					return show(c, rs, func(w io.Writer) error {
-						t := newTable(w, "ID", "NAME", "REMOTE", "SERVERS", "LAST", "SCHEDULE", "NEXT RUN", "LAST RUN")
-						for _, r := range rs {
-							next := "-"
-							if len(r.NextRuns) > 0 {
-								next = timeH(r.NextRuns[0])
-							}
-							t.row(r.ID, r.Name, r.RemoteName, orDash(r.Server), r.Last, replicationSchedule(r.Replication), next, lastRun(r.LastJob))
-						}
-						return t.flush()
-					})
+				Done: func(_ *cli.Context, r api.ReplicationView) string {
+					return fmt.Sprintf("created replication %s (%s) from remote %s", r.Name, r.ID, r.RemoteName)
 				},
-			},
-			{
-				Name: "show", Usage: "show a replication policy, its next runs and its last run", ArgsUsage: "NAME",
-				Flags: []cli.Flag{&cli.IntFlag{Name: "next", Usage: "show the next `N` runs", Value: 5}, jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "NAME"); err != nil {
-						return err
+				Print: printReplication,
+				Quiet: func(r api.ReplicationView) string { return r.ID },
+			}.command(),
+			listing[api.ReplicationView]{
+				Usage:   "list replication policies",
+				Path:    apiPath("/v1/replications"),
+				Columns: []string{"ID", "NAME", "REMOTE", "SERVERS", "LAST", "SCHEDULE", "NEXT RUN", "LAST RUN"},
+				Row: func(r api.ReplicationView) []any {
+					next := "-"
+					if len(r.NextRuns) > 0 {
+						next = timeH(r.NextRuns[0])
 					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var r api.ReplicationView
-					q := url.Values{"next": {strconv.Itoa(c.Int("next"))}}
-					if err := cl.Do(c.Context, "GET", "/v1/replications/"+url.PathEscape(c.Args().First()), q, nil, &r); err != nil {
-						return err
-					}
-					return show(c, r, func(w io.Writer) error { return printReplication(w, r) })
+					return []any{r.ID, r.Name, r.RemoteName, orDash(r.Server), r.Last, replicationSchedule(r.Replication), next, lastRun(r.LastJob)}
 				},
-			},
-			{
-				Name: "rm", Usage: "remove a replication policy (its replicas stay)", ArgsUsage: "NAME",
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "NAME"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					return cl.Do(c.Context, "DELETE", "/v1/replications/"+url.PathEscape(c.Args().First()), nil, nil, nil)
+				Empty: "no replication policies (create one: csbs replication create --name N --remote R --time HH:MM)",
+			}.command(),
+			verb[api.ReplicationView]{
+				Name: "show", Usage: "show a replication policy, its next runs and its last run", Args: "NAME", JSON: true,
+				Flags: []cli.Flag{&cli.IntFlag{Name: "next", Usage: "show the next `N` runs", Value: 5}},
+				Path:  apiPath("/v1/replications/", 0),
+				Query: func(c *cli.Context) url.Values { return url.Values{"next": {strconv.Itoa(c.Int("next"))}} },
+				Print: printReplication,
+			}.command(),
+			verb[struct{}]{
+				Name: "rm", Usage: "remove a replication policy (its replicas stay)", Args: "NAME",
+				Method: "DELETE", Path: apiPath("/v1/replications/", 0),
+				Done: func(c *cli.Context, _ struct{}) string {
+					return fmt.Sprintf("removed replication %s (its replicas stay)", arg(c, 0))
 				},
-			},
-			{
-				Name: "run-now", Usage: "run a replication policy now", ArgsUsage: "NAME",
-				UsageText: "csbs replication run-now dr --wait",
-				Flags:     []cli.Flag{&cli.BoolFlag{Name: "wait", Usage: "wait for the run and show progress"}, jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "NAME"); err != nil {
-						return err
+			}.command(),
+			verb[catalog.Job]{
+				Name: "run-now", Usage: "run a replication policy now", Args: "NAME", JSON: true,
+				Examples: "csbs replication run-now dr --wait",
+				Flags:    []cli.Flag{&cli.BoolFlag{Name: "wait", Usage: "wait for the run and show progress"}, quietFlag("print only the job id")},
+				Method:   "POST", Path: apiPath("/v1/replications/", 0, "/run-now"),
+				Then: func(c *cli.Context, cl *api.Client, j catalog.Job) (catalog.Job, error) {
+					if !c.Bool("wait") {
+						return j, nil
 					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var j catalog.Job
-					if err := cl.Do(c.Context, "POST", "/v1/replications/"+url.PathEscape(c.Args().First())+"/run-now", nil, nil, &j); err != nil {
-						return err
-					}
-					if c.Bool("wait") {
-						if j, err = waitJob(c, cl, j.ID); err != nil {
-							return err
-						}
-					}
-					return show(c, j, func(w io.Writer) error { return printReplicateJob(w, j) })
+					return waitJob(c, cl, j.ID)
 				},
-			},
+				Done: func(c *cli.Context, j catalog.Job) string {
+					if j.Finished() {
+						return fmt.Sprintf("ran replication %s: job %s %s", arg(c, 0), j.ID, j.State)
+					}
+					return fmt.Sprintf("started replication %s: job %s (follow it: csbs job wait %s)", arg(c, 0), j.ID, j.ID)
+				},
+				Print: printReplicateJob,
+				Quiet: jobID,
+			}.command(),
 		},
 	}
 }
@@ -220,16 +187,11 @@ func printReplication(w io.Writer, r api.ReplicationView) error {
 }
 
 func printReplicateJob(w io.Writer, j catalog.Job) error {
-	fmt.Fprintf(w, "job %s: %s", j.ID, j.State)
 	if j.Error != "" {
-		fmt.Fprintf(w, ": %s", j.Error)
+		fmt.Fprintf(w, "error: %s\n", j.Error)
 	}
-	fmt.Fprintln(w)
 	if j.Note != "" {
 		fmt.Fprintln(w, j.Note)
-	}
-	if !j.Finished() {
-		fmt.Fprintf(w, "follow it: csbs job wait %s\n", j.ID)
 	}
 	return nil
 }

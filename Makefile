@@ -28,7 +28,8 @@ test-short:
 
 # The crash matrix in full: SIGKILL of the real daemon at 20 seeded random
 # points per scenario (backup, restore, hydration with guest writes, GC,
-# retention). `make test` runs it with 5 unless CSBS_CRASH_KILLS says more.
+# retention) and of the ingest in blockstore. `make test` runs 5 kills per
+# scenario unless CSBS_CRASH_KILLS says otherwise; CI (.ci/run) sets 10.
 test-crash:
 	CSBS_CRASH_KILLS=20 $(GO) test -race -count=1 -timeout 30m -run 'Crash|Killed' -v ./cmd/csbs/ ./blockstore/
 

@@ -21,7 +21,7 @@ type ProjectView struct {
 	HostAccess access.Grant `json:"host_access"`
 }
 
-func (s *Server) projectView(pr catalog.Project) ProjectView {
+func (s *Service) projectView(pr catalog.Project) ProjectView {
 	g := access.Grant{}
 	if s.Engine != nil && s.Engine.Access != nil {
 		g = s.Engine.Access.For(pr.Name)
@@ -29,7 +29,7 @@ func (s *Server) projectView(pr catalog.Project) ProjectView {
 	return ProjectView{Project: pr, InstantRestore: pr.IREnabled(), HostAccess: g}
 }
 
-func (s *Server) listProjects(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listProjects(_ context.Context, p principal, _ *http.Request) (any, error) {
 	if !p.admin {
 		return []ProjectView{s.projectView(p.project)}, nil
 	}
@@ -46,7 +46,7 @@ func (s *Server) listProjects(_ context.Context, p principal, _ *http.Request) (
 
 // showProject shows a project by name or id; a project token sees only
 // its own.
-func (s *Server) showProject(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showProject(_ context.Context, p principal, r *http.Request) (any, error) {
 	ref := r.PathValue("ref")
 	if !p.admin {
 		if ref != p.project.Name && ref != p.project.ID {
@@ -71,7 +71,7 @@ type CreateProjectRequest struct {
 	Name string `json:"name"`
 }
 
-func (s *Server) createProject(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createProject(_ context.Context, p principal, r *http.Request) (any, error) {
 	if !p.admin {
 		return nil, errAdminOnly
 	}
@@ -88,7 +88,7 @@ func (s *Server) createProject(_ context.Context, p principal, r *http.Request) 
 	return out, err
 }
 
-func (s *Server) deleteProject(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) deleteProject(_ context.Context, p principal, r *http.Request) (any, error) {
 	if !p.admin {
 		return nil, errAdminOnly
 	}
@@ -133,7 +133,7 @@ func tokenView(t catalog.Token, projectName string) TokenView {
 	return TokenView{ID: t.ID, Name: t.Name, Project: projectName, Created: t.Created, Revoked: t.Revoked, Replication: t.Replication}
 }
 
-func (s *Server) listTokens(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listTokens(_ context.Context, p principal, _ *http.Request) (any, error) {
 	var out []TokenView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		ts, err := tx.Tokens(p.project.ID)
@@ -155,7 +155,7 @@ func (s *Server) listTokens(_ context.Context, p principal, _ *http.Request) (an
 	return nonNil(out), err
 }
 
-func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createToken(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req CreateTokenRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -184,7 +184,7 @@ func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (a
 	return out, err
 }
 
-func (s *Server) revokeToken(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) revokeToken(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out TokenView
 	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		t, err := tx.Token(r.PathValue("id"))

@@ -82,7 +82,7 @@ type NextRun struct {
 // failedJobWindow is how far back failed jobs become warnings.
 const failedJobWindow = 24 * time.Hour
 
-func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) status(ctx context.Context, p principal, _ *http.Request) (any, error) {
 	now := s.Clock.Now()
 	st := Status{
 		Version: s.Version, Region: s.Region, AvailabilityZones: s.AZs,

@@ -16,7 +16,7 @@ import (
 // an admin token (the daemon connects where the remote's URL says, with
 // the token it holds); a project token uses its project's remotes.
 
-func (s *Server) replicationDestRoutes(route func(string, handlerFunc)) {
+func (s *Service) replicationDestRoutes(route func(string, handlerFunc)) {
 	route("GET /v1/remotes", s.listRemotes)
 	route("POST /v1/remotes", s.addRemote)
 	route("GET /v1/remotes/{ref}", s.showRemote)
@@ -40,7 +40,7 @@ type RemoteView struct {
 	Status *replication.RemoteStatus `json:"status,omitempty"`
 }
 
-func (s *Server) remoteView(tx *catalog.Txn, r catalog.Remote) (RemoteView, error) {
+func (s *Service) remoteView(tx *catalog.Txn, r catalog.Remote) (RemoteView, error) {
 	v := RemoteView{Remote: r, Replications: []string{}}
 	reps, err := tx.Replications(r.Project)
 	for _, rep := range reps {
@@ -51,7 +51,7 @@ func (s *Server) remoteView(tx *catalog.Txn, r catalog.Remote) (RemoteView, erro
 	return v, err
 }
 
-func (s *Server) listRemotes(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listRemotes(_ context.Context, p principal, _ *http.Request) (any, error) {
 	out := []RemoteView{}
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		rs, err := tx.Remotes(p.project.ID)
@@ -70,7 +70,7 @@ func (s *Server) listRemotes(_ context.Context, p principal, _ *http.Request) (a
 	return out, err
 }
 
-func (s *Server) addRemote(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) addRemote(ctx context.Context, p principal, r *http.Request) (any, error) {
 	if !p.admin {
 		return nil, &Error{http.StatusForbidden, "forbidden", "adding a remote needs an admin token: the appliance connects to the remote's address with the token it is given"}
 	}
@@ -92,7 +92,7 @@ func (s *Server) addRemote(ctx context.Context, p principal, r *http.Request) (a
 	return out, err
 }
 
-func (s *Server) showRemote(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showRemote(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var out RemoteView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		rm, err := tx.Remote(p.project.ID, r.PathValue("ref"))
@@ -112,14 +112,14 @@ func (s *Server) showRemote(ctx context.Context, p principal, r *http.Request) (
 	return out, nil
 }
 
-func (s *Server) removeRemote(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) removeRemote(ctx context.Context, p principal, r *http.Request) (any, error) {
 	if !p.admin {
 		return nil, &Error{http.StatusForbidden, "forbidden", "removing a remote needs an admin token"}
 	}
 	return nil, s.Replication.RemoveRemote(ctx, p.project.ID, r.PathValue("ref"))
 }
 
-func (s *Server) listRemoteBackups(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) listRemoteBackups(ctx context.Context, p principal, r *http.Request) (any, error) {
 	t := r.URL.Query().Get("type")
 	if t != "" && t != catalog.TypeCommon && t != catalog.TypeEnhanced {
 		return nil, fmt.Errorf("%w: type %q: want common or enhanced", catalog.ErrInvalid, t)
@@ -137,7 +137,7 @@ func (s *Server) listRemoteBackups(ctx context.Context, p principal, r *http.Req
 	return out, nil
 }
 
-func (s *Server) showRemoteBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showRemoteBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
 	return s.Replication.RemoteBackup(ctx, p.project.ID, r.PathValue("ref"), r.PathValue("backup"))
 }
 
@@ -146,7 +146,7 @@ type ReplicateRequest struct {
 	Rate int64 `json:"rate,omitempty"` // bytes/s on the wire; 0 = unlimited
 }
 
-func (s *Server) replicateBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) replicateBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req ReplicateRequest
 	if err := decodeOptional(r, &req); err != nil {
 		return nil, err
@@ -176,7 +176,7 @@ type ReplicationView struct {
 	LastJob    *catalog.Job `json:"last_job,omitempty"`
 }
 
-func (s *Server) replicationView(tx *catalog.Txn, rep catalog.Replication, n int) (ReplicationView, error) {
+func (s *Service) replicationView(tx *catalog.Txn, rep catalog.Replication, n int) (ReplicationView, error) {
 	v := ReplicationView{Replication: rep, NextRuns: []time.Time{}}
 	if rm, err := tx.Remote(rep.Project, rep.RemoteID); err == nil {
 		v.RemoteName = rm.Name
@@ -201,7 +201,7 @@ func (s *Server) replicationView(tx *catalog.Txn, rep catalog.Replication, n int
 	return v, err
 }
 
-func (s *Server) listReplications(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listReplications(_ context.Context, p principal, _ *http.Request) (any, error) {
 	out := []ReplicationView{}
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		reps, err := tx.Replications(p.project.ID)
@@ -220,7 +220,7 @@ func (s *Server) listReplications(_ context.Context, p principal, _ *http.Reques
 	return out, err
 }
 
-func (s *Server) createReplication(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createReplication(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req ReplicationRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -260,7 +260,7 @@ func (s *Server) createReplication(_ context.Context, p principal, r *http.Reque
 	return out, nil
 }
 
-func (s *Server) showReplication(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showReplication(_ context.Context, p principal, r *http.Request) (any, error) {
 	n := 5
 	if v := r.URL.Query().Get("next"); v != "" {
 		var err error
@@ -280,7 +280,7 @@ func (s *Server) showReplication(_ context.Context, p principal, r *http.Request
 	return out, err
 }
 
-func (s *Server) deleteReplication(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) deleteReplication(_ context.Context, p principal, r *http.Request) (any, error) {
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
 		rep, err := tx.Replication(p.project.ID, r.PathValue("ref"))
 		if err != nil {
@@ -294,7 +294,7 @@ func (s *Server) deleteReplication(_ context.Context, p principal, r *http.Reque
 	return nil, err
 }
 
-func (s *Server) runReplicationNow(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) runReplicationNow(_ context.Context, p principal, r *http.Request) (any, error) {
 	var rep catalog.Replication
 	if err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error

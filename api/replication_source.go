@@ -27,7 +27,7 @@ type rawHandlerFunc func(ctx context.Context, p principal, w http.ResponseWriter
 
 // replicationRoutes registers the source side's endpoints; they take
 // replication tokens only.
-func (s *Server) replicationRoutes(mux *http.ServeMux) {
+func (s *Service) replicationRoutes(mux *http.ServeMux) {
 	json := func(pattern string, h handlerFunc) {
 		mux.Handle(pattern, s.wrapAs(true, h))
 	}
@@ -43,7 +43,7 @@ func (s *Server) replicationRoutes(mux *http.ServeMux) {
 
 // wrapRaw authenticates a replication token and lets h write its own
 // answer; an error before h wrote anything is answered as JSON.
-func (s *Server) wrapRaw(h rawHandlerFunc) http.Handler {
+func (s *Service) wrapRaw(h rawHandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 		p, err := s.authenticate(r)
@@ -81,14 +81,14 @@ func (t *trackingWriter) Write(p []byte) (int, error) {
 	return t.ResponseWriter.Write(p)
 }
 
-func (s *Server) replicationIdentity(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) replicationIdentity(_ context.Context, p principal, _ *http.Request) (any, error) {
 	return remote.Identity{
 		Region: s.Region, Project: p.project.Name, BlockSize: s.Engine.Store.BlockSize(),
 		Hash: remote.HashAlgorithm, Version: s.Version, MaxBatch: remote.MaxBatch,
 	}, nil
 }
 
-func (s *Server) backupInfo(b catalog.Backup) remote.BackupInfo {
+func (s *Service) backupInfo(b catalog.Backup) remote.BackupInfo {
 	out := remote.BackupInfo{
 		ID: b.ID, Name: b.Name, ServerID: b.ServerID, ServerName: b.ServerName, Type: b.Type, Trigger: b.Trigger,
 		Full: b.Full, Created: b.Created, Region: s.Region, Status: b.Status, Damaged: b.Damaged,
@@ -103,7 +103,7 @@ func (s *Server) backupInfo(b catalog.Backup) remote.BackupInfo {
 	return out
 }
 
-func (s *Server) replicationBackups(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) replicationBackups(_ context.Context, p principal, r *http.Request) (any, error) {
 	server := r.URL.Query().Get("server")
 	out := []remote.BackupInfo{}
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
@@ -119,7 +119,7 @@ func (s *Server) replicationBackups(_ context.Context, p principal, r *http.Requ
 	return out, err
 }
 
-func (s *Server) replicationBackup(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) replicationBackup(_ context.Context, p principal, r *http.Request) (any, error) {
 	b, err := s.findBackup(p, r.PathValue("ref"))
 	if err != nil {
 		return nil, err
@@ -128,7 +128,7 @@ func (s *Server) replicationBackup(_ context.Context, p principal, r *http.Reque
 }
 
 // replicable finds a backup the token may replicate now.
-func (s *Server) replicable(p principal, ref string) (catalog.Backup, error) {
+func (s *Service) replicable(p principal, ref string) (catalog.Backup, error) {
 	b, err := s.findBackup(p, ref)
 	if err != nil {
 		return b, err
@@ -151,7 +151,7 @@ func backupDisk(b catalog.Backup, name string) (catalog.BackupDisk, blockstore.M
 
 // replicationMap streams a disk's block map, as differences to the base
 // backup's map when the receiver names one it holds.
-func (s *Server) replicationMap(ctx context.Context, p principal, w http.ResponseWriter, r *http.Request) error {
+func (s *Service) replicationMap(ctx context.Context, p principal, w http.ResponseWriter, r *http.Request) error {
 	b, err := s.replicable(p, r.PathValue("ref"))
 	if err != nil {
 		return err
@@ -214,7 +214,7 @@ func (s *Server) replicationMap(ctx context.Context, p principal, w http.Respons
 // replicationBlocks streams the stored values of a batch of blocks, each
 // named by its place in the backup: a block is sent only if the backup
 // really has it there, so a token reads no block of another project.
-func (s *Server) replicationBlocks(ctx context.Context, p principal, w http.ResponseWriter, r *http.Request) error {
+func (s *Service) replicationBlocks(ctx context.Context, p principal, w http.ResponseWriter, r *http.Request) error {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError

@@ -107,7 +107,7 @@ func (p Periodic) validate(name string) error {
 		return bad(name+".every", "%s: every and schedule both set; choose one", name)
 	}
 	if p.Schedule != "" {
-		// The policies' rule: scheduler.NextMaintenance reads it with
+		// The policies' rule: maintenance.Schedule.Next reads it with
 		// catalog.ParseClock too.
 		if _, err := catalog.ParseClock(p.Schedule); err != nil {
 			return bad(name+".schedule", "%s.schedule: %q is not a wall time HH:MM (24-hour, 00:00 to 23:59)", name, p.Schedule)

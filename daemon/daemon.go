@@ -29,6 +29,7 @@ import (
 	"csbs/config"
 	"csbs/engine"
 	"csbs/internal/durable"
+	"csbs/maintenance"
 	"csbs/metrics"
 	"csbs/replication"
 	"csbs/restore"
@@ -54,17 +55,13 @@ type Daemon struct {
 	engine  *engine.Engine
 	runner  *scheduler.Runner
 	sched   *scheduler.Scheduler
-	api     *api.Server
+	api     *api.Service
 	serving *serving
 	mounts  *mounts
 	repl    *replication.Service
 	metrics *metrics.Metrics
+	maint   *maintenance.Timer
 	started time.Time
-
-	nextMu sync.Mutex
-	// nextMaintenance is when each scheduled maintenance kind (gc, scrub)
-	// runs next, for status.
-	nextMaintenance map[string]time.Time
 }
 
 // AdminTokenFile is the admin token's file name inside the data dir.
@@ -133,9 +130,10 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
 	d.repl = replication.New(store, d.cat, d.runner, d.clock, d.log, filepath.Join(cfg.DataDir, "replication"), cfg.Region)
 	d.metrics = metrics.New(d, opts.Version)
+	d.maint = &maintenance.Timer{Clock: d.clock, Log: d.log, Submit: d.submitMaintenance}
 	d.serving = newServing(d)
 	d.mounts = newMounts(d)
-	d.api = &api.Server{
+	d.api = &api.Service{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
 		Status: d.status, StoreStats: d.storeStats, Replication: d.repl,
@@ -316,8 +314,8 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); d.repl.Run(runCtx) }()
 	wg.Add(2)
-	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobGC, d.cfg.GC) }()
-	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobScrub, d.cfg.Scrub) }()
+	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobGC, schedule(d.cfg.GC)) }()
+	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobScrub, schedule(d.cfg.Scrub)) }()
 	for _, l := range nbdListeners {
 		wg.Add(1)
 		go func() {
@@ -480,12 +478,10 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	if n := cs.Hits + cs.Misses; n > 0 {
 		st.Store.CacheHitRatio = float64(cs.Hits) / float64(n)
 	}
-	d.nextMu.Lock()
-	defer d.nextMu.Unlock()
-	if t, ok := d.nextMaintenance[catalog.JobGC]; ok {
+	if t, ok := d.maint.Next(catalog.JobGC); ok {
 		st.NextGC = &t
 	}
-	if t, ok := d.nextMaintenance[catalog.JobScrub]; ok {
+	if t, ok := d.maint.Next(catalog.JobScrub); ok {
 		st.NextScrub = &t
 	}
 }

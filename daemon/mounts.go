@@ -17,6 +17,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/fusefs"
+	"csbs/instant"
 )
 
 // fuseTree shows Enhanced backups from the catalog, narrowed to a
@@ -119,7 +120,7 @@ func (t *fuseTree) List(ctx context.Context, path []string) ([]fusefs.Entry, err
 	return out, err
 }
 
-func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Volume, func(), error) {
+func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Image, func(), error) {
 	if len(path) != 4 {
 		return nil, nil, catalog.ErrNotFound
 	}
@@ -158,19 +159,19 @@ func (t *fuseTree) Open(ctx context.Context, path []string) (fusefs.Volume, func
 			release()
 			return nil, nil, err
 		}
-		return countingVolume{Volume: vol, d: t.d}, t.track(func() { vol.Close(); release() }), nil
+		return countingImage{Image: vol, d: t.d}, t.track(func() { vol.Close(); release() }), nil
 	}
 	return nil, nil, catalog.ErrNotFound
 }
 
-// countingVolume counts FUSE reads for the metrics.
-type countingVolume struct {
-	fusefs.Volume
+// countingImage counts FUSE reads for the metrics.
+type countingImage struct {
+	fusefs.Image
 	d *Daemon
 }
 
-func (v countingVolume) ReadAt(p []byte, off int64) (int, error) {
-	n, err := v.Volume.ReadAt(p, off)
+func (v countingImage) ReadAt(p []byte, off int64) (int, error) {
+	n, err := v.Image.ReadAt(p, off)
 	v.d.metrics.FUSEReads.Inc()
 	v.d.metrics.FUSEReadBytes.Add(float64(n))
 	return n, err
@@ -350,10 +351,10 @@ func (ms *mounts) Browse(b catalog.Backup, disk, path string, byAdmin bool) (cat
 	if os.Geteuid() != 0 {
 		return catalog.MountRecord{}, fmt.Errorf("%w: browsing needs the daemon to run as root (loop devices and mount)", catalog.ErrInvalid)
 	}
-	if err := enhancedOnly(b); err != nil {
+	if err := instant.CheckServable(b); err != nil {
 		return catalog.MountRecord{}, err
 	}
-	if _, _, err := diskMap(b, disk); err != nil {
+	if _, _, err := instant.DiskMap(b, disk); err != nil {
 		return catalog.MountRecord{}, err
 	}
 	c, err := ms.d.engine.Caller(b.Project, byAdmin)

@@ -36,8 +36,10 @@ type Entry struct {
 	Mtime time.Time
 }
 
-// Volume is an open disk image.
-type Volume interface {
+// Image is an open disk image: Size bytes, read with ReadAt, which must
+// be safe for concurrent use. Read errors reach the reader as toErrno
+// maps them (a damaged block is EIO).
+type Image interface {
 	io.ReaderAt
 	Size() int64
 }
@@ -47,7 +49,7 @@ type Volume interface {
 // already narrowed to what the mount may show.
 type Tree interface {
 	List(ctx context.Context, path []string) ([]Entry, error)
-	Open(ctx context.Context, path []string) (Volume, func(), error)
+	Open(ctx context.Context, path []string) (Image, func(), error)
 }
 
 // levels of the tree below the root.
@@ -241,16 +243,16 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	vol, release, err := f.tree.Open(ctx, f.path)
+	img, release, err := f.tree.Open(ctx, f.path)
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return &handle{vol: vol, release: release}, fuse.FOPEN_KEEP_CACHE, 0
+	return &handle{img: img, release: release}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // handle is an open disk image.
 type handle struct {
-	vol     Volume
+	img     Image
 	release func()
 }
 
@@ -260,7 +262,7 @@ var (
 )
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := h.vol.ReadAt(dest, off)
+	n, err := h.img.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, toErrno(err)
 	}

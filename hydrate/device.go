@@ -8,21 +8,13 @@ import (
 	"slices"
 	"sync"
 
-	"csbs/blockstore"
-	"csbs/nbd"
+	"csbs/internal/extent"
+	"csbs/restore"
 )
-
-// Volume is the backup being restored; *blockstore.Volume implements it.
-type Volume interface {
-	Size() int64
-	BlockSize() int
-	BlockHash(i int64) (blockstore.Hash, error)
-	Block(ctx context.Context, i int64) ([]byte, error)
-}
 
 // Device is the instant-restore disk.
 type Device struct {
-	vol    Volume
+	vol    restore.Volume // the backup being restored
 	target File
 	bm     *Bitmap
 	bs     int64
@@ -42,12 +34,6 @@ type Device struct {
 	bufs   sync.Pool // block buffers for targetZero
 }
 
-var (
-	_ nbd.WritableDevice = (*Device)(nil)
-	_ nbd.Zeroer         = (*Device)(nil)
-	_ nbd.Extenter       = (*Device)(nil)
-)
-
 // maxJournal bounds the active journal file: a guest that writes much and
 // never flushes gets a sync point when the journal reaches it.
 const maxJournal = 16 << 20
@@ -58,7 +44,7 @@ const maxJournal = 16 << 20
 // and the bitmap does not vouch for is checked sector by sector, keeping
 // what a guest write put there and restoring the backup's bytes
 // elsewhere (see doc.go).
-func NewDevice(vol Volume, target File, bm *Bitmap, fresh bool) (*Device, error) {
+func NewDevice(vol restore.Volume, target File, bm *Bitmap, fresh bool) (*Device, error) {
 	bs := int64(vol.BlockSize())
 	if bm.Blocks() != (vol.Size()+bs-1)/bs {
 		return nil, fmt.Errorf("bitmap has %d blocks, volume %d", bm.Blocks(), (vol.Size()+bs-1)/bs)
@@ -369,8 +355,8 @@ func (d *Device) Flush() error { return d.syncPoint(nil) }
 
 // Extents reports allocation: blocks not yet in the target that are zero
 // in the backup are holes; everything else is data.
-func (d *Device) Extents(off, n int64) ([]nbd.Extent, error) {
-	return nbd.MapExtents(off, n, d.bs, func(i int64) (bool, error) {
+func (d *Device) Extents(off, n int64) ([]extent.Extent, error) {
+	return extent.FromBlocks(off, n, d.bs, func(i int64) (bool, error) {
 		if d.bm.Has(i) {
 			return false, nil
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"csbs/blockstore"
+	"csbs/restore"
 )
 
 // diskSector is the unit a power loss tears writes at.
@@ -188,7 +189,7 @@ func (i memInfo) Sys() any           { return nil }
 
 // openMem opens a device on a disk's files (a new restore when images is
 // nil, else the files a power loss left).
-func openMem(t *testing.T, d *memDisk, vol Volume, images map[string][]byte) (*Device, error) {
+func openMem(t *testing.T, d *memDisk, vol restore.Volume, images map[string][]byte) (*Device, error) {
 	t.Helper()
 	bs := int64(vol.BlockSize())
 	target := d.file("target", images["target"])

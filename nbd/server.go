@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"csbs/blockstore"
+	"csbs/internal/extent"
 )
 
 // Device is what an export serves: Size bytes readable with ReadAt, which
@@ -43,17 +44,10 @@ type Trimmer interface {
 	Trim(off, n int64) error
 }
 
-// Extent is a run of the device with the same allocation state.
-type Extent struct {
-	Length int64
-	Hole   bool // not allocated
-	Zero   bool // reads as zeroes
-}
-
 // Extenter reports allocation (the base:allocation meta context), which
 // lets nbdcopy and qemu-img skip holes.
 type Extenter interface {
-	Extents(off, n int64) ([]Extent, error)
+	Extents(off, n int64) ([]extent.Extent, error)
 }
 
 // Export is one named device.
@@ -76,9 +70,10 @@ type Exports interface {
 // ErrReadOnly is returned for writes to a read-only export.
 var ErrReadOnly = errors.New("export is read-only")
 
-// Server serves NBD (fixed newstyle negotiation) on any listener. See the
-// package documentation for what comes from go-nbd and what is ours.
-type Server struct {
+// ExportServer serves NBD exports (fixed newstyle negotiation) on any
+// listener. See the package documentation for what comes from go-nbd and
+// what is ours.
+type ExportServer struct {
 	Exports Exports
 	Log     *slog.Logger
 	// AllowList permits NBD_OPT_LIST (export names are not secret on a
@@ -97,7 +92,7 @@ type Server struct {
 }
 
 // Serve accepts connections until ctx ends or l fails.
-func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+func (s *ExportServer) Serve(ctx context.Context, l net.Listener) error {
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -127,7 +122,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 }
 
-func (s *Server) track(c net.Conn, export string) {
+func (s *ExportServer) track(c net.Conn, export string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns == nil {
@@ -142,7 +137,7 @@ func (s *Server) track(c net.Conn, export string) {
 	}
 }
 
-func (s *Server) untrack(c net.Conn) {
+func (s *ExportServer) untrack(c net.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e := s.conns[c]; e != "" {
@@ -152,7 +147,7 @@ func (s *Server) untrack(c net.Conn) {
 	c.Close()
 }
 
-func (s *Server) closeAll() {
+func (s *ExportServer) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
@@ -161,7 +156,7 @@ func (s *Server) closeAll() {
 }
 
 // Disconnect closes every connection to an export (on detach).
-func (s *Server) Disconnect(export string) {
+func (s *ExportServer) Disconnect(export string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c, e := range s.conns {
@@ -178,7 +173,7 @@ type Stats struct {
 }
 
 // Stats returns the counters.
-func (s *Server) Stats() Stats {
+func (s *ExportServer) Stats() Stats {
 	return Stats{
 		Reads: s.reads.Load(), ReadBytes: s.readBytes.Load(), ReadErrors: s.readErrors.Load(),
 		WrittenBytes: s.writtenBytes.Load(), WriteErrors: s.writeErrors.Load(),
@@ -186,7 +181,7 @@ func (s *Server) Stats() Stats {
 }
 
 // Connections returns the number of open connections per export.
-func (s *Server) Connections() map[string]int {
+func (s *ExportServer) Connections() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]int{}
@@ -204,7 +199,7 @@ type conn struct {
 	w *bufio.Writer
 }
 
-func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
+func (s *ExportServer) serveConn(ctx context.Context, nc net.Conn) {
 	c := &conn{Conn: nc, r: bufio.NewReaderSize(nc, 128<<10), w: bufio.NewWriterSize(nc, 128<<10)}
 	// A client gets 30 s to negotiate: a silent peer does not pin a goroutine.
 	nc.SetDeadline(time.Now().Add(30 * time.Second))
@@ -237,7 +232,7 @@ type session struct {
 	baseAlloc  bool
 }
 
-func (s *Server) negotiate(c *conn) (*Export, session, error) {
+func (s *ExportServer) negotiate(c *conn) (*Export, session, error) {
 	var st session
 	be := binary.BigEndian
 	hdr := make([]byte, 18)
@@ -345,7 +340,7 @@ func (s *Server) negotiate(c *conn) (*Export, session, error) {
 	}
 }
 
-func (s *Server) optReply(c *conn, opt, typ uint32, data []byte) {
+func (s *ExportServer) optReply(c *conn, opt, typ uint32, data []byte) {
 	b := make([]byte, 20+len(data))
 	be := binary.BigEndian
 	be.PutUint64(b, magicRepOpt)
@@ -368,7 +363,7 @@ func parseName(data []byte) (string, []byte, bool) {
 	return string(data[4 : 4+n]), data[4+n:], true
 }
 
-func (s *Server) infoGo(c *conn, opt uint32, data []byte, st session) (*Export, error) {
+func (s *ExportServer) infoGo(c *conn, opt uint32, data []byte, st session) (*Export, error) {
 	be := binary.BigEndian
 	name, rest, ok := parseName(data)
 	if !ok || len(rest) < 2 {
@@ -420,7 +415,7 @@ func (s *Server) infoGo(c *conn, opt uint32, data []byte, st session) (*Export, 
 	return exp, c.w.Flush()
 }
 
-func (s *Server) metaContext(c *conn, opt uint32, data []byte, st *session) {
+func (s *ExportServer) metaContext(c *conn, opt uint32, data []byte, st *session) {
 	be := binary.BigEndian
 	name, rest, ok := parseName(data)
 	if !ok || len(rest) < 4 {
@@ -489,7 +484,7 @@ type request struct {
 	data   []byte // write payload
 }
 
-func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session) {
+func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st session) {
 	var (
 		wmu sync.Mutex
 		wg  sync.WaitGroup
@@ -534,7 +529,7 @@ func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session)
 
 // execute runs one request and returns the NBD error (0 for success),
 // the read data or block status payload, and a message for errors.
-func (s *Server) execute(exp *Export, st session, r request) (uint32, []byte, string) {
+func (s *ExportServer) execute(exp *Export, st session, r request) (uint32, []byte, string) {
 	size := uint64(exp.Device.Size())
 	inRange := r.off <= size && uint64(r.length) <= size-r.off
 	switch r.typ {
@@ -623,8 +618,8 @@ func writeZeroes(w WritableDevice, off, n int64) error {
 	return nil
 }
 
-func (s *Server) blockStatus(exp *Export, r request) (uint32, []byte, string) {
-	var exts []Extent
+func (s *ExportServer) blockStatus(exp *Export, r request) (uint32, []byte, string) {
+	var exts []extent.Extent
 	if e, ok := exp.Device.(Extenter); ok {
 		var err error
 		if exts, err = e.Extents(int64(r.off), int64(r.length)); err != nil {
@@ -632,7 +627,7 @@ func (s *Server) blockStatus(exp *Export, r request) (uint32, []byte, string) {
 		}
 	}
 	if len(exts) == 0 {
-		exts = []Extent{{Length: int64(r.length)}}
+		exts = []extent.Extent{{Length: int64(r.length)}}
 	}
 	be := binary.BigEndian
 	out := make([]byte, 4, 4+8*len(exts))
@@ -662,7 +657,7 @@ func (s *Server) blockStatus(exp *Export, r request) (uint32, []byte, string) {
 
 // errno maps an error to its NBD error code: the one place where that
 // happens. Damaged backup data is EIO, never data.
-func (s *Server) errno(exp *Export, op string, r request, err error) (uint32, []byte, string) {
+func (s *ExportServer) errno(exp *Export, op string, r request, err error) (uint32, []byte, string) {
 	code := errIO
 	switch {
 	case blockstore.IsDataError(err):
@@ -682,7 +677,7 @@ func (s *Server) errno(exp *Export, op string, r request, err error) (uint32, []
 
 // reply writes one reply: a structured one for reads and block status
 // when negotiated, a simple one otherwise.
-func (s *Server) reply(c *conn, wmu *sync.Mutex, st session, r request, errno uint32, data []byte, msg string) {
+func (s *ExportServer) reply(c *conn, wmu *sync.Mutex, st session, r request, errno uint32, data []byte, msg string) {
 	be := binary.BigEndian
 	wmu.Lock()
 	defer wmu.Unlock()

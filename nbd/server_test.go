@@ -129,7 +129,7 @@ func serve(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := &Server{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 8}
+	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 8}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {

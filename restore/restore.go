@@ -35,9 +35,10 @@ import (
 	"csbs/blockstore"
 )
 
-// Volume is the backed-up disk to restore; *blockstore.Volume implements
-// it. Block must return a full, verified block and may be called
-// concurrently.
+// Volume is a backed-up disk read block by block, as normal restores and
+// instant restores (package hydrate) read it; *blockstore.Volume
+// implements it. Block must return a full, verified block and may be
+// called concurrently.
 type Volume interface {
 	Size() int64
 	BlockSize() int

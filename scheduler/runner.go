@@ -239,12 +239,6 @@ func (r *Runner) startLocked(j catalog.Job) {
 func (r *Runner) finish(j catalog.Job, l *live, err error, canceled error) {
 	r.mu.Lock()
 	j.Done, j.Total = l.done, l.total
-	delete(r.running, j.ID)
-	if r.servers[j.ServerID] == j.ID {
-		delete(r.servers, j.ServerID)
-	}
-	done := r.finished[j.ID]
-	delete(r.finished, j.ID)
 	r.mu.Unlock()
 
 	j.Ended = r.clock.Now().UTC()
@@ -265,6 +259,16 @@ func (r *Runner) finish(j catalog.Job, l *live, err error, canceled error) {
 	if perr := r.put(j); perr != nil {
 		r.log.Error("persist job end", "job", j.ID, "err", perr)
 	}
+	// Only now: a job still in running and finished is one whose end is
+	// not recorded yet, and Wait waits for it.
+	r.mu.Lock()
+	delete(r.running, j.ID)
+	if r.servers[j.ServerID] == j.ID {
+		delete(r.servers, j.ServerID)
+	}
+	done := r.finished[j.ID]
+	delete(r.finished, j.ID)
+	r.mu.Unlock()
 	level := slog.LevelInfo
 	if j.State == catalog.JobFailed {
 		level = slog.LevelWarn
@@ -307,7 +311,7 @@ func (r *Runner) Jobs(project string) ([]catalog.Job, error) {
 func (r *Runner) merge(j catalog.Job) catalog.Job {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if l, ok := r.running[j.ID]; ok {
+	if l, ok := r.running[j.ID]; ok && !j.Finished() {
 		j.Done, j.Total = l.done, l.total
 	}
 	return j
@@ -344,15 +348,17 @@ func (r *Runner) Cancel(project, id string) (catalog.Job, error) {
 		if q.ID == id {
 			r.queue = append(r.queue[:i], r.queue[i+1:]...)
 			delete(r.servers, q.ServerID)
+			r.mu.Unlock()
+			q.State, q.Error, q.Ended = catalog.JobCanceled, "canceled before it started", r.clock.Now().UTC()
+			err := r.put(q)
+			r.mu.Lock()
 			done := r.finished[id]
 			delete(r.finished, id)
 			r.mu.Unlock()
-			q.State, q.Error, q.Ended = catalog.JobCanceled, "canceled before it started", r.clock.Now().UTC()
-			if err := r.put(q); err != nil {
-				return q, err
+			if done != nil {
+				close(done)
 			}
-			close(done)
-			return q, nil
+			return q, err
 		}
 	}
 	r.mu.Unlock()

@@ -37,8 +37,9 @@ const (
 // MaxRequestBytes bounds a request body.
 const MaxRequestBytes = 1 << 20
 
-// Server serves the API.
-type Server struct {
+// Service is the API: the HTTP handlers over the appliance's parts.
+// (catalog.Server is a cloud server; nbd.ExportServer serves NBD.)
+type Service struct {
 	Catalog   *catalog.Catalog
 	Runner    *scheduler.Runner
 	Scheduler *scheduler.Scheduler
@@ -115,7 +116,7 @@ func (p principal) caller() access.Caller {
 type handlerFunc func(ctx context.Context, p principal, r *http.Request) (any, error)
 
 // Handler returns the API's HTTP handler.
-func (s *Server) Handler() http.Handler {
+func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, s.wrap(h)) }
 	s.routes(route)
@@ -126,7 +127,7 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-func (s *Server) routes(route func(string, handlerFunc)) {
+func (s *Service) routes(route func(string, handlerFunc)) {
 	route("GET /v1/status", s.status)
 	route("GET /v1/projects", s.listProjects)
 	route("POST /v1/projects", s.createProject)
@@ -177,11 +178,11 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	s.replicationDestRoutes(route)
 }
 
-func (s *Server) wrap(h handlerFunc) http.Handler { return s.wrapAs(false, h) }
+func (s *Service) wrap(h handlerFunc) http.Handler { return s.wrapAs(false, h) }
 
 // wrapAs serves h to the tokens of its kind: replication tokens only on
 // the replication endpoints, every other token everywhere else.
-func (s *Server) wrapAs(replicationOnly bool, h handlerFunc) http.Handler {
+func (s *Service) wrapAs(replicationOnly bool, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 		if region := r.Header.Get(HeaderRegion); region != "" && region != s.Region {
@@ -218,7 +219,7 @@ func (s *Server) wrapAs(replicationOnly bool, h handlerFunc) http.Handler {
 	})
 }
 
-func (s *Server) authenticate(r *http.Request) (principal, error) {
+func (s *Service) authenticate(r *http.Request) (principal, error) {
 	secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || secret == "" {
 		return principal{}, errUnauthorized
@@ -287,4 +288,4 @@ func decodeOptional(r *http.Request, v any) error {
 	return decode(r, v)
 }
 
-func (s *Server) now() time.Time { return s.Clock.Now().UTC() }
+func (s *Service) now() time.Time { return s.Clock.Now().UTC() }

@@ -43,11 +43,15 @@ const (
 	KindBackup  = "backup"
 	KindJob     = "job"
 	KindRestore = "restore"
+	// Replication (replication.go).
+	KindRemote      = "remote"
+	KindReplication = "replication"
 )
 
 var idPrefix = map[string]string{
 	KindProject: "prj-", KindToken: "tok-", KindServer: "srv-", KindPolicy: "pol-",
 	KindBackup: "bk-", KindJob: "job-", KindRestore: "rst-",
+	KindRemote: "rmt-", KindReplication: "rep-",
 }
 
 // Catalog persists the CSBS model in the store's Badger database under the
@@ -296,6 +300,13 @@ func (tx *Txn) DeleteProject(p Project) error {
 	}
 	if n := len(servers) + len(backups) + len(policies); n > 0 {
 		return conflictf("project %s still has %d servers, %d policies and %d backups; remove them first", p.Name, len(servers), len(policies), len(backups))
+	}
+	remotes, err := tx.Remotes(p.ID)
+	if err != nil {
+		return err
+	}
+	if len(remotes) > 0 {
+		return conflictf("project %s still has %d remotes; remove them first (csbs remote rm)", p.Name, len(remotes))
 	}
 	tokens, err := tx.Tokens(p.ID)
 	if err != nil {

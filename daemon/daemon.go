@@ -31,6 +31,7 @@ import (
 	"csbs/internal/durable"
 	"csbs/maintenance"
 	"csbs/metrics"
+	"csbs/replication"
 	"csbs/restore"
 	"csbs/scheduler"
 )
@@ -57,6 +58,7 @@ type Daemon struct {
 	api     *api.Service
 	serving *serving
 	mounts  *mounts
+	repl    *replication.Service
 	metrics *metrics.Metrics
 	maint   *maintenance.Timer
 	started time.Time
@@ -126,6 +128,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
+	d.repl = replication.New(store, d.cat, d.runner, d.clock, d.log, filepath.Join(cfg.DataDir, "replication"), cfg.Region)
 	d.metrics = metrics.New(d, opts.Version)
 	d.maint = &maintenance.Timer{Clock: d.clock, Log: d.log, Submit: d.submitMaintenance}
 	d.serving = newServing(d)
@@ -133,7 +136,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.api = &api.Service{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
-		Status: d.status, StoreStats: d.storeStats,
+		Status: d.status, StoreStats: d.storeStats, Replication: d.repl,
 	}
 	return d, nil
 }
@@ -265,6 +268,10 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 		d.store.Close()
 		return err
 	}
+	if err := d.repl.Recover(); err != nil {
+		d.store.Close()
+		return err
+	}
 	listeners, err := d.listen()
 	if err != nil {
 		d.store.Close()
@@ -304,6 +311,8 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
 	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.repl.Run(runCtx) }()
 	wg.Add(2)
 	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobGC, schedule(d.cfg.GC)) }()
 	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobScrub, schedule(d.cfg.Scrub)) }()

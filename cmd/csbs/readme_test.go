@@ -63,7 +63,7 @@ func TestReadmeExamples(t *testing.T) {
 		}
 		t.Skip("skipping: the README's FUSE and browse steps need root")
 	}
-	needTools(t, "bash", "nbdinfo", "qemu-img", "mkfs.ext4", "cmp", "losetup")
+	needTools(t, "bash", "nbdinfo", "qemu-img", "mkfs.ext4", "cmp", "losetup", "openssl")
 	blocks := codeBlocks(readme(t), "sh runnable")
 	if len(blocks) < 8 {
 		t.Fatalf("found %d runnable blocks in README.md", len(blocks))

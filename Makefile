@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench bench-s3 bench-vm bench-catalog fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-replication bench-s3 bench-vm bench-catalog fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -38,6 +38,11 @@ test-crash:
 # bench/results.md. Not part of CI.
 bench: build
 	bash bench/run.sh
+
+# Replication between two appliances on loopback (TLS) beside restic copy
+# between two local repositories; writes bench/results-replication.md.
+bench-replication: build
+	BENCH_ONLY=replication BENCH_OUT=bench/results-replication.md bash bench/run.sh
 
 # The object-store backend on a local Ceph RADOS Gateway (installs radosgw,
 # ceph-mon, ceph-osd, restic): backup, restore and hydration against the
@@ -77,6 +82,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBitmap$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./hydrate/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./api/
 	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./nbd/
+	$(GO) test -run '^$$' -fuzz '^FuzzWire$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./remote/
 
 # Installs the binary, the systemd unit, shell completions, the README and
 # (unless one exists) /etc/csbs/csbs.toml with data in /var/lib/csbs.

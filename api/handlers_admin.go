@@ -114,6 +114,8 @@ type TokenView struct {
 	Project string    `json:"project"`
 	Created time.Time `json:"created"`
 	Revoked bool      `json:"revoked"`
+	// Replication: a replication token (see CreateTokenRequest).
+	Replication bool `json:"replication,omitempty"`
 	// Secret is set only in the answer to POST /v1/tokens.
 	Secret string `json:"secret,omitempty"`
 }
@@ -124,13 +126,17 @@ type TokenView struct {
 type CreateTokenRequest struct {
 	Name  string `json:"name"`
 	Admin bool   `json:"admin"`
+	// Replication makes a replication token of the project: another
+	// appliance uses it to pull the project's backups, and it can do
+	// nothing else.
+	Replication bool `json:"replication,omitempty"`
 }
 
 func tokenView(t catalog.Token, projectName string) TokenView {
 	if t.Project == "" {
 		projectName = "(admin)"
 	}
-	return TokenView{ID: t.ID, Name: t.Name, Project: projectName, Created: t.Created, Revoked: t.Revoked}
+	return TokenView{ID: t.ID, Name: t.Name, Project: projectName, Created: t.Created, Revoked: t.Revoked, Replication: t.Replication}
 }
 
 func (s *Service) listTokens(_ context.Context, p principal, _ *http.Request) (any, error) {
@@ -163,13 +169,20 @@ func (s *Service) createToken(_ context.Context, p principal, r *http.Request) (
 	if req.Admin && !p.admin {
 		return nil, errAdminOnly
 	}
+	if req.Admin && req.Replication {
+		return nil, fmt.Errorf("%w: a token is an admin token or a replication token of a project, not both", catalog.ErrInvalid)
+	}
 	project := p.project.ID
 	if req.Admin {
 		project = ""
 	}
 	var out TokenView
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
-		t, secret, err := tx.CreateToken(project, req.Name, s.now())
+		create := tx.CreateToken
+		if req.Replication {
+			create = tx.CreateReplicationToken
+		}
+		t, secret, err := create(project, req.Name, s.now())
 		out = tokenView(t, p.project.Name)
 		out.Secret = secret
 		return err

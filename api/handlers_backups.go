@@ -73,10 +73,16 @@ type BackupView struct {
 	InUse  bool   `json:"in_use"`
 	// SupportLLD mirrors the CSBS API's marker of Enhanced backups.
 	SupportLLD bool `json:"support_lld"`
+	// Region where the backup was made: this appliance's, or for a
+	// replica its source's.
+	Region string `json:"region"`
 }
 
 func (s *Service) backupView(b catalog.Backup) BackupView {
-	v := BackupView{Backup: b, Damaged: b.Damaged, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced}
+	v := BackupView{Backup: b, Damaged: b.Damaged, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced, Region: s.Region}
+	if b.Replica != nil {
+		v.Region = b.Replica.SourceRegion
+	}
 	if b.Damaged {
 		v.Damage = damageAdvice(b)
 	}

@@ -24,6 +24,7 @@ import (
 	"csbs/access"
 	"csbs/catalog"
 	"csbs/engine"
+	"csbs/replication"
 	"csbs/scheduler"
 )
 
@@ -55,6 +56,8 @@ type Service struct {
 	Status func(ctx context.Context, admin bool, st *Status)
 	// StoreStats answers GET /v1/store/stats.
 	StoreStats func(ctx context.Context, project string, admin bool) (StoreStats, error)
+	// Replication pulls backups from remotes (the destination side).
+	Replication *replication.Service
 }
 
 // Error is an API error with a stable code.
@@ -88,6 +91,8 @@ func errorStatus(err error) *Error {
 		return &Error{http.StatusConflict, "conflict", strings.TrimPrefix(err.Error(), "conflict: ")}
 	case errors.Is(err, errBadBody):
 		return &Error{http.StatusBadRequest, "bad_request", err.Error()}
+	case errors.Is(err, replication.ErrRemote):
+		return &Error{http.StatusBadGateway, "remote", err.Error()}
 	case errors.Is(err, syscall.ENOSPC):
 		return &Error{http.StatusInsufficientStorage, "insufficient_storage", err.Error()}
 	}
@@ -115,6 +120,7 @@ func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, s.wrap(h)) }
 	s.routes(route)
+	s.replicationRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{http.StatusNotFound, "not_found", fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
@@ -169,9 +175,14 @@ func (s *Service) routes(route func(string, handlerFunc)) {
 	route("GET /v1/jobs/{id}", s.showJob)
 	route("POST /v1/jobs/{id}/wait", s.waitJob)
 	route("POST /v1/jobs/{id}/cancel", s.cancelJob)
+	s.replicationDestRoutes(route)
 }
 
-func (s *Service) wrap(h handlerFunc) http.Handler {
+func (s *Service) wrap(h handlerFunc) http.Handler { return s.wrapAs(false, h) }
+
+// wrapAs serves h to the tokens of its kind: replication tokens only on
+// the replication endpoints, every other token everywhere else.
+func (s *Service) wrapAs(replicationOnly bool, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 		if region := r.Header.Get(HeaderRegion); region != "" && region != s.Region {
@@ -179,6 +190,13 @@ func (s *Service) wrap(h handlerFunc) http.Handler {
 			return
 		}
 		p, err := s.authenticate(r)
+		switch {
+		case err != nil:
+		case p.token.Replication && !replicationOnly:
+			err = errReplicationTokenOnly
+		case !p.token.Replication && replicationOnly:
+			err = errNeedsReplicationToken
+		}
 		if err != nil {
 			writeError(w, errorStatus(err))
 			return

@@ -41,11 +41,15 @@ const (
 	KindBackup  = "backup"
 	KindJob     = "job"
 	KindRestore = "restore"
+	// Replication (replication.go).
+	KindRemote      = "remote"
+	KindReplication = "replication"
 )
 
 var idPrefix = map[string]string{
 	KindProject: "prj-", KindToken: "tok-", KindServer: "srv-", KindPolicy: "pol-",
 	KindBackup: "bk-", KindJob: "job-", KindRestore: "rst-",
+	KindRemote: "rmt-", KindReplication: "rep-",
 }
 
 // Catalog persists the CSBS model in the store's Badger database under the

@@ -24,7 +24,7 @@ import (
 
 // indexVersion changes whenever an index or counter definition changes;
 // a catalog whose marker differs rebuilds its indexes at start.
-const indexVersion = "1"
+const indexVersion = "2"
 
 // Index names.
 const (
@@ -46,6 +46,11 @@ const (
 	ixJobActive    = "job-active"    // project / id, queued or running
 	ixJobFailed    = "job-failed"    // project / ended / id
 	ixRestoreTime  = "restore-time"  // project / created / id
+	// Replication (replication.go).
+	ixRemoteName         = "remote-name"         // project / name / id
+	ixReplicationName    = "replication-name"    // project / name / id
+	ixReplicationRemote  = "replication-remote"  // remote / id
+	ixReplicaStateRemote = "replicastate-remote" // remote / id
 )
 
 // Counter groups.
@@ -104,6 +109,16 @@ var kinds = map[string]kindDef{
 	KindJob:    indexed(indexJob),
 	KindRestore: indexed(func(r Restore, ix *indexer) {
 		ix.entry(nil, ixRestoreTime, r.Project, timeField(r.Created), r.ID)
+	}),
+	KindRemote: indexed(func(r Remote, ix *indexer) {
+		ix.entry(nil, ixRemoteName, r.Project, r.Name, r.ID)
+	}),
+	KindReplication: indexed(func(r Replication, ix *indexer) {
+		ix.entry(nil, ixReplicationName, r.Project, r.Name, r.ID)
+		ix.entry(nil, ixReplicationRemote, r.RemoteID, r.ID)
+	}),
+	KindReplicaState: indexed(func(s ReplicaState, ix *indexer) {
+		ix.entry(nil, ixReplicaStateRemote, s.RemoteID, s.ID)
 	}),
 }
 

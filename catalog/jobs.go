@@ -9,7 +9,7 @@ import (
 
 // JobKinds returns the kinds of job, for work done per kind.
 func JobKinds() []string {
-	return []string{JobBackup, JobRestore, JobHydrate, JobRetention, JobGC, JobScrub}
+	return []string{JobBackup, JobRestore, JobHydrate, JobRetention, JobGC, JobScrub, JobReplicate}
 }
 
 // Jobs lists a project's jobs ("" for every project), newest first.

@@ -77,6 +77,13 @@ func (tx *Txn) DeleteProject(p Project) error {
 	if n := servers + backups + policies; n > 0 {
 		return conflictf("project %s still has %d servers, %d policies and %d backups; remove them first", p.Name, servers, policies, backups)
 	}
+	remotes, err := tx.countEntries(ixPrefix(ixRemoteName, p.ID))
+	if err != nil {
+		return err
+	}
+	if remotes > 0 {
+		return conflictf("project %s still has %d remotes; remove them first (csbs remote rm)", p.Name, remotes)
+	}
 	tokens, err := tx.Tokens(p.ID)
 	if err != nil {
 		return err

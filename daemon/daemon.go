@@ -32,6 +32,7 @@ import (
 	"csbs/maintenance"
 	"csbs/metrics"
 	"csbs/mounts"
+	"csbs/replication"
 	"csbs/restore"
 	"csbs/scheduler"
 )
@@ -58,6 +59,7 @@ type Daemon struct {
 	api     *api.Service
 	serving *serving
 	mounts  *mounts.Manager
+	repl    *replication.Service
 	metrics *metrics.Metrics
 	maint   *maintenance.Timer
 	started time.Time
@@ -136,6 +138,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.sched.Jobs = scheduler.JobRetention{
 		Keep: time.Duration(cfg.Jobs.Keep), KeepFailed: time.Duration(cfg.Jobs.KeepFailed), KeepLast: cfg.Jobs.KeepLast,
 	}
+	d.repl = replication.New(store, d.cat, d.runner, d.clock, d.log, filepath.Join(cfg.DataDir, "replication"), cfg.Region)
 	d.metrics = metrics.New(d, opts.Version)
 	d.maint = &maintenance.Timer{Clock: d.clock, Log: d.log, Submit: d.submitMaintenance}
 	d.serving = newServing(d)
@@ -146,7 +149,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.api = &api.Service{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
-		Status: d.status, StoreStats: d.storeStats,
+		Status: d.status, StoreStats: d.storeStats, Replication: d.repl,
 	}
 	return d, nil
 }
@@ -278,6 +281,10 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 		d.store.Close()
 		return err
 	}
+	if err := d.repl.Recover(); err != nil {
+		d.store.Close()
+		return err
+	}
 	listeners, err := d.listen()
 	if err != nil {
 		d.store.Close()
@@ -317,6 +324,8 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
 	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.repl.Run(runCtx) }()
 	wg.Add(2)
 	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobGC, schedule(d.cfg.GC)) }()
 	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobScrub, schedule(d.cfg.Scrub)) }()

@@ -88,6 +88,14 @@ func printJob(w io.Writer, j catalog.Job) error {
 	if io := j.StoreIO; io != nil {
 		fmt.Fprintf(w, "store io: %d PUTs (%s), %d GETs (%s)\n", io.Puts, bytesH(io.PutBytes), io.Gets, bytesH(io.GetBytes))
 	}
+	if r := j.Replicate; r != nil {
+		what := "backup " + r.SourceBackupName
+		if r.ReplicationID != "" {
+			what = "replication " + r.ReplicationID
+		}
+		fmt.Fprintf(w, "from:     remote %s, %s\nblocks:   %d with data, %d fetched, %d already here; %s on the wire\n",
+			r.RemoteName, what, r.DataBlocks, r.BlocksFetched, r.BlocksSkipped, bytesH(r.WireBytes))
+	}
 	if j.BackupID != "" {
 		fmt.Fprintf(w, "backup:   %s %s\n", j.BackupID, j.BackupName)
 	}

@@ -262,6 +262,34 @@ func TestIndexesFollowObjects(t *testing.T) {
 			}
 			return nil
 		}},
+		{"replication: a remote, a policy on it, a replica state", func(tx *Txn) error {
+			rm, err := tx.CreateRemote(Remote{Project: f.p1.ID, Name: "dr-site", URL: "https://dr:8443", Created: t0})
+			if err != nil {
+				return err
+			}
+			if _, err := tx.CreateReplication(Replication{Project: f.p1.ID, Name: "nightly", RemoteID: rm.ID, Times: []string{"03:00"}, Created: t0}); err != nil {
+				return err
+			}
+			return tx.PutReplicaState(ReplicaState{ID: ReplicaStateID(rm.ID, "bk-000000000001"), Project: f.p1.ID, RemoteID: rm.ID, SourceBackupID: "bk-000000000001", State: ReplicaOK})
+		}, func(tx *Txn) error {
+			rm, err := tx.Remote(f.p1.ID, "dr-site")
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Replication(f.p1.ID, "nightly"); err != nil {
+				return err
+			}
+			if sts, err := tx.ReplicaStates(rm.ID); err != nil || len(sts) != 1 {
+				return fmt.Errorf("replica states of the remote: %v %v", sts, err)
+			}
+			if err := tx.DeleteRemote(rm); !errors.Is(err, ErrConflict) {
+				return fmt.Errorf("a remote in use deleted: %v", err)
+			}
+			if err := tx.DeleteProject(f.p1); !errors.Is(err, ErrConflict) {
+				return fmt.Errorf("a project with a remote deleted: %v", err)
+			}
+			return nil
+		}},
 		{"delete a project's objects and the project", func(tx *Txn) error {
 			if err := tx.DeleteBackup(f.p2Backup); err != nil {
 				return err

@@ -56,21 +56,29 @@ func (s *Scheduler) Poke() {
 // Run schedules until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) {
 	s.started = s.clock.Now()
+	Loop(ctx, s.clock, s.poke, s.log, "scheduler", s.tick)
+}
+
+// Loop calls tick, then sleeps until the time it returns (an hour when it
+// returns the zero time, a minute after an error, which it logs), until
+// poke wakes it early or ctx ends. The policy and replication schedulers
+// run on it.
+func Loop(ctx context.Context, clock Clock, poke <-chan struct{}, log *slog.Logger, name string, tick func() (time.Time, error)) {
 	for {
-		next, err := s.tick()
+		next, err := tick()
 		if err != nil {
-			s.log.Error("scheduler", "err", err)
-			next = s.clock.Now().Add(time.Minute)
+			log.Error(name, "err", err)
+			next = clock.Now().Add(time.Minute)
 		}
 		wait := time.Hour
 		if !next.IsZero() {
-			wait = max(next.Sub(s.clock.Now()), 0)
+			wait = max(next.Sub(clock.Now()), 0)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.poke:
-		case <-s.clock.After(wait):
+		case <-poke:
+		case <-clock.After(wait):
 		}
 	}
 }

@@ -188,15 +188,14 @@ func (s *Service) replicationView(tx *catalog.Txn, rep catalog.Replication, n in
 		}
 		v.NextRuns = append(v.NextRuns, runs...)
 	}
-	jobs, err := tx.Jobs(rep.Project)
-	for _, j := range jobs {
-		if j.Replicate != nil && j.Replicate.ReplicationID == rep.ID {
-			if live, err := s.Runner.Job(rep.Project, j.ID); err == nil {
-				j = live
-			}
-			v.LastJob = &j
-			break
+	j, ok, err := tx.NewestJob(catalog.JobReplicate, func(j catalog.Job) bool {
+		return j.Project == rep.Project && j.Replicate != nil && j.Replicate.ReplicationID == rep.ID
+	})
+	if ok {
+		if live, err := s.Runner.Job(rep.Project, j.ID); err == nil {
+			j = live
 		}
+		v.LastJob = &j
 	}
 	return v, err
 }

@@ -58,6 +58,13 @@ func (tx *Txn) FailedJobsSince(project string, since time.Time) (int, error) {
 // LastFinishedJob returns the newest finished job of a kind in any
 // project, and false if there is none.
 func (tx *Txn) LastFinishedJob(kind string) (Job, bool, error) {
+	return tx.NewestJob(kind, func(j Job) bool { return j.Finished() })
+}
+
+// NewestJob returns the newest job of a kind that match accepts, and
+// false if there is none; it reads jobs of that kind only, newest first,
+// until one matches.
+func (tx *Txn) NewestJob(kind string, match func(Job) bool) (Job, bool, error) {
 	var out Job
 	found := false
 	err := tx.scan(ixPrefix(ixJobKind, kind), true, false, "", func(_, id string, _ []byte) (bool, error) {
@@ -65,7 +72,7 @@ func (tx *Txn) LastFinishedJob(kind string) (Job, bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("job index: %w", err)
 		}
-		if j.Finished() {
+		if match(j) {
 			out, found = j, true
 			return false, nil
 		}

@@ -14,6 +14,7 @@ import (
 	"csbs/access"
 	"csbs/blockstore"
 	"csbs/catalog"
+	"csbs/internal/fsinfo"
 	"csbs/qemu"
 	"csbs/source"
 )
@@ -341,9 +342,9 @@ func (e *Engine) socketOpener(c access.Caller) qemu.Opener {
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 			unix.Close(pfd)
-			return "", nil, fmt.Errorf("%s is %s, not a socket", path, source.KindOf(st.Mode))
+			return "", nil, fmt.Errorf("%s is %s, not a socket", path, fsinfo.Kind(st.Mode))
 		}
-		real, err := source.FDPath(pfd)
+		real, err := fsinfo.FDPath(pfd)
 		if err == nil {
 			err = e.rules().CheckPath(c, access.Source, path, real)
 		}

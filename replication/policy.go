@@ -129,23 +129,7 @@ func NextRuns(rep catalog.Replication, from time.Time, n int) ([]time.Time, erro
 // only by hand.
 func (s *Service) Run(ctx context.Context) {
 	started := s.clock.Now()
-	for {
-		next, err := s.tick(started)
-		if err != nil {
-			s.log.Error("replication scheduler", "err", err)
-			next = s.clock.Now().Add(time.Minute)
-		}
-		wait := time.Hour
-		if !next.IsZero() {
-			wait = max(next.Sub(s.clock.Now()), 0)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.poke:
-		case <-s.clock.After(wait):
-		}
-	}
+	scheduler.Loop(ctx, s.clock, s.poke, s.log, "replication scheduler", func() (time.Time, error) { return s.tick(started) })
 }
 
 func scheduleFingerprint(r catalog.Replication) string {

@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -170,20 +169,7 @@ func printReplication(w io.Writer, r api.ReplicationView) error {
 		}
 		fmt.Fprintln(w)
 	}
-	if len(r.NextRuns) == 0 {
-		_, err := fmt.Fprintln(w, "next runs: none (disabled: run it with csbs replication run-now)")
-		return err
-	}
-	loc, err := time.LoadLocation(r.Timezone)
-	if err != nil {
-		loc = time.UTC
-	}
-	fmt.Fprintln(w, "next runs:")
-	t := newTable(w, "  #", "TIME ("+r.Timezone+")", "YOUR TIME ("+time.Local.String()+")")
-	for i, x := range r.NextRuns {
-		t.row(fmt.Sprintf("  %d", i+1), x.In(loc).Format("2006-01-02 15:04 MST Mon"), x.Local().Format("2006-01-02 15:04 MST Mon"))
-	}
-	return t.flush()
+	return printNextRuns(w, r.NextRuns, r.Timezone, "TIME", "none (disabled: run it with csbs replication run-now)")
 }
 
 func printReplicateJob(w io.Writer, j catalog.Job) error {

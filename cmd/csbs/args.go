@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -50,7 +51,8 @@ func interspersed(app *cli.App, args []string) []string {
 		if strings.HasPrefix(a, "-") && len(a) > 1 {
 			// A global flag given after the command (csbs token create
 			// --project P) goes before the command, where urfave/cli wants it.
-			if !hasFlag(flags, a) && hasFlag(app.Flags, a) {
+			// --help stays with the command whose help it asks for.
+			if !hasFlag(flags, a) && hasFlag(app.Flags, a) && !isHelpFlag(a) {
 				n := min(flagArity(app.Flags, a), len(rest))
 				global = append(global, rest[:n]...)
 				rest = rest[n:]
@@ -68,6 +70,11 @@ func interspersed(app *cli.App, args []string) []string {
 		out = append([]string{out[0]}, append(global, out[1:]...)...)
 	}
 	out = append(out, fl...)
+	if slices.ContainsFunc(fl, isHelpFlag) {
+		// csbs backup create web1 --help: the command's help, not a
+		// help topic named by its argument.
+		return out
+	}
 	if len(pos) > 0 && pos[0] != "--" {
 		for _, p := range pos {
 			if strings.HasPrefix(p, "-") {
@@ -126,4 +133,10 @@ func flagArity(flags []cli.Flag, arg string) int {
 		return 1
 	}
 	return 1 // unknown: let the parser report it
+}
+
+// isHelpFlag reports whether a is --help or -h, which every command takes.
+func isHelpFlag(a string) bool {
+	name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+	return name == "help" || name == "h"
 }

@@ -25,6 +25,9 @@ func TestInterspersedArgs(t *testing.T) {
 		{"csbs bakup ls --json", "csbs bakup ls --json"},
 		{"csbs backup lss web1 --json", "csbs backup lss web1 --json"},
 		{"csbs backup create web1 --quiet", "csbs --quiet backup create web1"},
+		// --help stays with its command and wins over its arguments.
+		{"csbs backup create web1 --full --help", "csbs backup create --full --help"},
+		{"csbs backup create -h", "csbs backup create -h"},
 	}
 	for _, tc := range cases {
 		got := strings.Join(interspersed(app, strings.Fields(tc.in)), " ")

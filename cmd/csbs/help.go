@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -59,9 +60,15 @@ func setHelp(app *cli.App) {
 	app.CustomAppHelpTemplate = appHelp
 	app.OnUsageError = usageError
 	app.Action = unknownCommand(func() []*cli.Command { return app.Commands })
-	var walk func(cmds []*cli.Command)
-	walk = func(cmds []*cli.Command) {
+	app.Commands = append(app.Commands, helpCommand(app.Name, nil, app.Commands))
+	// urfave/cli adds --help only along with its own help command.
+	app.Flags = append(app.Flags, cli.HelpFlag)
+	var walk func(path []string, cmds []*cli.Command)
+	walk = func(path []string, cmds []*cli.Command) {
 		for _, c := range cmds {
+			if c.Name == "help" {
+				continue
+			}
 			c.OnUsageError = usageError
 			// The template indents every line of the examples.
 			c.UsageText = strings.ReplaceAll(c.UsageText, "\n   ", "\n")
@@ -72,10 +79,59 @@ func setHelp(app *cli.App) {
 			c.CustomHelpTemplate = parentHelp
 			subs := c.Subcommands
 			c.Action = unknownCommand(func() []*cli.Command { return subs })
-			walk(c.Subcommands)
+			sub := append(slices.Clone(path), c.Name)
+			c.Subcommands = append(c.Subcommands, helpCommand(app.Name, sub, subs))
+			walk(sub, subs)
 		}
 	}
-	walk(app.Commands)
+	walk(nil, app.Commands)
+}
+
+// helpCommand is "help [COMMAND ...]" of the app (path empty) or of the
+// command at path, in place of urfave/cli's, which answers a mistyped
+// command with "No help topic": the words name a command below path,
+// whose --help it shows; a word that names none is the one-line error of
+// a mistyped command.
+func helpCommand(app string, path []string, cmds []*cli.Command) *cli.Command {
+	helpName := strings.Join(append([]string{app}, path...), " ")
+	return &cli.Command{
+		Name:      "help",
+		Aliases:   []string{"h"},
+		Usage:     "show the commands, or one command's options and examples",
+		ArgsUsage: "[COMMAND ...]",
+		UsageText: helpName + " help\n" + helpName + " help COMMAND",
+		Action: func(c *cli.Context) error {
+			level := cmds
+			words := c.Args().Slice()
+			for i, w := range words {
+				var found *cli.Command
+				var names []string
+				for _, cmd := range level {
+					if cmd.Hidden || cmd.Name == "help" {
+						continue
+					}
+					names = append(names, cmd.Names()...)
+					if slices.Contains(cmd.Names(), w) {
+						found = cmd
+					}
+				}
+				if found == nil {
+					where := strings.Join(append([]string{helpName}, words[:i]...), " ")
+					msg := fmt.Sprintf("%sunknown command %q", subject(where), w)
+					if s := closest(w, names); s != "" {
+						msg += fmt.Sprintf("; did you mean %q?", s)
+					}
+					return cli.Exit(msg+fmt.Sprintf(" (%s --help lists the commands)", where), 2)
+				}
+				level = found.Subcommands
+			}
+			if len(path)+len(words) == 0 {
+				return cli.ShowAppHelp(c)
+			}
+			args := append(append(append([]string{app}, path...), words...), "--help")
+			return c.App.RunContext(c.Context, args)
+		},
+	}
 }
 
 // unknownCommand is the action of the app and of every command that only

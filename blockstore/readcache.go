@@ -51,8 +51,8 @@ type ReadCache struct {
 	slots   int64 // slots the file may hold
 	space   func(need int64) error
 
-	crc    *crc32.Table // Castagnoli: SSE4.2 computes it
-	bufs   sync.Pool    // *[]byte scratch for reads not aligned to sectors
+	crc  *crc32.Table // Castagnoli: SSE4.2 computes it
+	bufs sync.Pool    // *[]byte scratch for reads not aligned to sectors
 
 	shards [readCacheShards]rcShard
 	chunks []atomic.Pointer[rcChunk] // slots, allocated as the file grows

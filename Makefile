@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-s3 fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -17,10 +17,11 @@ vet:
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
 
-# The whole test suite, race detector on. Integration tests need root,
+# The whole test suite, race detector on; end-to-end tests run 4 at a time
+# (they wait on real daemons, mounts and NBD clients more than they compute). Integration tests need root,
 # e2fsprogs, fuse3, libnbd-bin, qemu-utils and fio (see .ci/run).
 test: vet
-	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	$(GO) test -race -count=1 -parallel 4 -timeout 30m $(PKGS)
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
@@ -36,6 +37,13 @@ test-crash:
 # bench/results.md. Not part of CI.
 bench: build
 	bash bench/run.sh
+
+# The object-store backend on a local Ceph RADOS Gateway (installs radosgw,
+# ceph-mon, ceph-osd, restic): backup, restore and hydration against the
+# local backend and restic's s3 backend, PUTs per GiB; writes
+# bench/results-s3.md. A 1 GiB image unless BENCH_IMAGE_MB says otherwise.
+bench-s3: build
+	BENCH_S3=1 BENCH_IMAGE_MB=$${BENCH_IMAGE_MB:-1024} bash bench/run.sh
 
 # Fuzz every target for FUZZTIME each (the regular test run replays the
 # seeds in the code and the corpora in */testdata/fuzz). Minimizing a new

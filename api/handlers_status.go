@@ -49,6 +49,25 @@ type StoreStatus struct {
 	FreeBytes     int64   `json:"free_bytes,omitempty"`
 	MinFreeBytes  int64   `json:"min_free_bytes,omitempty"`
 	CacheHitRatio float64 `json:"cache_hit_ratio,omitempty"`
+	// Backend is where block bytes live: local or s3; the object store's
+	// figures are the admin's. Credentials are never part of the status.
+	Backend     string             `json:"backend,omitempty"`
+	ObjectStore *ObjectStoreStatus `json:"object_store,omitempty"`
+}
+
+// ObjectStoreStatus describes the s3 backend: where, and what it did
+// since the daemon started.
+type ObjectStoreStatus struct {
+	Location       string           `json:"location"` // endpoint/bucket/prefix
+	Requests       map[string]int64 `json:"requests"` // by operation, every attempt
+	Failures       map[string]int64 `json:"failures"`
+	Retries        int64            `json:"retries"`
+	BytesUp        int64            `json:"bytes_up"`
+	BytesDown      int64            `json:"bytes_down"`
+	CacheBytes     int64            `json:"cache_bytes"`
+	CacheLimit     int64            `json:"cache_limit"`
+	CacheHitRatio  float64          `json:"cache_hit_ratio"`
+	CachePacksHeld int              `json:"cache_packs"`
 }
 
 // NextRun is the next scheduled run of an enabled policy.

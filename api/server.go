@@ -154,6 +154,7 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("POST /v1/gc", s.maintenance(catalog.JobGC))
 	route("POST /v1/scrub", s.maintenance(catalog.JobScrub))
 	route("GET /v1/store/stats", s.storeStats)
+	route("POST /v1/store/rebuild-index", s.maintenance(catalog.JobRebuildIndex))
 	route("GET /v1/mounts", s.listMounts)
 	route("POST /v1/mounts", s.mount)
 	route("POST /v1/mounts/unmount", s.unmount)

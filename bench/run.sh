@@ -10,7 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in restic:restic qemu-img:qemu-utils nbdcopy:libnbd-bin fio:fio b3sum:b3sum mkfs.ext4:e2fsprogs; do
+tools="restic:restic qemu-img:qemu-utils nbdcopy:libnbd-bin fio:fio b3sum:b3sum mkfs.ext4:e2fsprogs"
+# BENCH_S3=1 (make bench-s3): the object-store backend on a local Ceph
+# RADOS Gateway, against the local backend and restic's s3 backend;
+# writes bench/results-s3.md.
+if [ -n "${BENCH_S3:-}" ]; then
+  tools="$tools radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd"
+fi
+for p in $tools; do
   command -v "${p%%:*}" >/dev/null || need+=("${p##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -46,4 +53,8 @@ fi
 
 go build -o "$WORK/csbs" ./cmd/csbs
 go build -o "$WORK/csbsbench" ./bench/cmd/csbsbench
-"$WORK/csbsbench" -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-zstd}" -out bench/results.md
+if [ -n "${BENCH_S3:-}" ]; then
+  "$WORK/csbsbench" -s3 -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-zstd}" -out bench/results-s3.md
+else
+  "$WORK/csbsbench" -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-zstd}" -out bench/results.md
+fi

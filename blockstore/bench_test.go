@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 // realData returns up to size bytes of real files (/usr/share, then
@@ -192,7 +194,7 @@ func BenchmarkGC(b *testing.B) {
 			}
 			ids = append(ids, p.Info.ID)
 		}
-		if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(txn, ids[0]) }); err != nil {
+		if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(kv.NewTxn(txn), ids[0]) }); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()

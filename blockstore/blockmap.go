@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 // MapInfo is the header of a committed block map.
@@ -121,7 +123,7 @@ func (m *MapInfo) blockHash(s *Store, i int64) (Hash, error) {
 // become visible, or none do. A map whose ingest referred to a block that
 // scrub found damaged meanwhile is refused: it would be damaged from the
 // start.
-func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *badger.Txn) error) error {
+func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *kv.Txn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -148,7 +150,7 @@ func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *
 			}
 		}
 		if extra != nil {
-			return extra(txn)
+			return extra(kv.NewTxn(txn))
 		}
 		return nil
 	})
@@ -170,8 +172,8 @@ func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *
 
 // DeleteMapTxn removes map id's header inside txn, which makes the map
 // invisible at once. Its file is then removed by PurgeMap, or by GC.
-func DeleteMapTxn(txn *badger.Txn, id MapID) error {
-	return txn.Delete(mapKey(id))
+func DeleteMapTxn(txn *kv.Txn, id MapID) error {
+	return txn.Badger().Delete(mapKey(id))
 }
 
 // PurgeMap deletes the file of a map that has no header (deleted or never

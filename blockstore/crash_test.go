@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 // The crash test re-runs this test binary as a child that ingests and
@@ -48,8 +50,8 @@ func crashChild(dir string) {
 			fmt.Println("ingest:", err)
 			os.Exit(2)
 		}
-		err = s.Commit(context.Background(), []*PendingMap{p}, func(txn *badger.Txn) error {
-			return txn.Set(crashExtraKey(p.Info.ID), binary.BigEndian.AppendUint64(nil, k))
+		err = s.Commit(context.Background(), []*PendingMap{p}, func(txn *kv.Txn) error {
+			return txn.Badger().Set(crashExtraKey(p.Info.ID), binary.BigEndian.AppendUint64(nil, k))
 		})
 		if err != nil {
 			fmt.Println("commit:", err)
@@ -131,7 +133,7 @@ func verifyCrashStore(t *testing.T, dir string) int {
 	}
 	for _, m := range maps {
 		var k uint64
-		err := s.DB().View(func(txn *badger.Txn) error {
+		err := s.db.View(func(txn *badger.Txn) error {
 			v, err := getValue(txn, crashExtraKey(m.ID))
 			if err != nil {
 				return err
@@ -147,7 +149,7 @@ func verifyCrashStore(t *testing.T, dir string) int {
 		}
 	}
 	records := 0
-	_ = s.DB().View(func(txn *badger.Txn) error {
+	_ = s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("c/test/")})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -342,6 +342,7 @@ func (s *Store) deletePack(ctx context.Context, num uint64) error {
 // repack copies the live blocks of packs into new packs, points the index
 // at the copies, and deletes the old packs.
 func (s *Store) repack(ctx context.Context, packs []packInfo, st *GCStats) error {
+	ctx = WithReadHint(ctx, ReadOnce)
 	type move struct {
 		h        Hash
 		from, to location

@@ -9,11 +9,13 @@ import (
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 func deleteMap(t *testing.T, s *Store, id MapID) {
 	t.Helper()
-	if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(txn, id) }); err != nil {
+	if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(kv.NewTxn(txn), id) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.PurgeMap(context.Background(), id); err != nil {

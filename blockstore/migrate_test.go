@@ -99,7 +99,7 @@ func TestUpgradeFromFormat1(t *testing.T) {
 	for i, id := range ids {
 		mustEqual(t, s, id, disks[i], "upgraded map")
 	}
-	err = s.DB().View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn *badger.Txn) error {
 		v, err := getValue(txn, []byte("c/test/catalog"))
 		if err == nil && string(v) != "kept" {
 			t.Errorf("catalog key holds %q", v)

@@ -61,7 +61,8 @@ func (l *LocalPacks) path(num uint64) string {
 }
 
 // Put renames the staged file into place and syncs the directory.
-func (l *LocalPacks) Put(_ context.Context, num uint64, staged string, _ int64) error {
+func (l *LocalPacks) Put(ctx context.Context, num uint64, staged string, size int64) error {
+	IOCounterFrom(ctx).AddPut(size)
 	sub := l.sub(num)
 	l.mu.Lock()
 	known := l.created[sub]
@@ -84,7 +85,8 @@ func (l *LocalPacks) Put(_ context.Context, num uint64, staged string, _ int64) 
 }
 
 // ReadAt reads from the pack file through a cache of open descriptors.
-func (l *LocalPacks) ReadAt(_ context.Context, num uint64, p []byte, off int64) (int, error) {
+func (l *LocalPacks) ReadAt(ctx context.Context, num uint64, p []byte, off int64) (int, error) {
+	IOCounterFrom(ctx).AddGet(int64(len(p)))
 	cf, err := l.files.acquire(l.path(num))
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, fmt.Errorf("pack %016x: %w", num, ErrPackNotFound)

@@ -35,6 +35,7 @@ type ScrubReport struct {
 // progress gets stored bytes done and total.
 func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (ScrubReport, error) {
 	start := time.Now()
+	ctx = WithReadHint(ctx, ReadOnce)
 	s.scrubMu.Lock()
 	defer s.scrubMu.Unlock()
 	release, err := s.enter()

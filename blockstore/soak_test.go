@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 // mutate returns a copy of base with a seeded share of its 4 KiB blocks
@@ -27,7 +29,7 @@ func mutate(base []byte, seed uint64, share float64) []byte {
 }
 
 func deleteMapQuiet(s *Store, id MapID) error {
-	if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(txn, id) }); err != nil {
+	if err := s.db.Update(func(txn *badger.Txn) error { return DeleteMapTxn(kv.NewTxn(txn), id) }); err != nil {
 		return err
 	}
 	return s.PurgeMap(context.Background(), id)

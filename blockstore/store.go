@@ -13,6 +13,8 @@ import (
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 	"github.com/dgraph-io/badger/v4/options"
 )
 
@@ -349,10 +351,10 @@ func (s *Store) BlockSize() int { return s.blockSize }
 // Dir returns the directory of the store.
 func (s *Store) Dir() string { return s.dir }
 
-// DB exposes the Badger database so that the catalog can keep its records
-// in the same store (under the c/ prefix) and commit them in the same
+// KV is the database the store keeps its index in, for the catalog to
+// keep its records in (under the c/ prefix) and commit them in the same
 // transaction as a map header.
-func (s *Store) DB() *badger.DB { return s.db }
+func (s *Store) KV() *kv.DB { return kv.New(s.db) }
 
 // Sync makes every write so far durable.
 func (s *Store) Sync() error {

@@ -16,7 +16,7 @@ func BenchmarkUpdate(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	c := New(s.DB(), Options{})
+	c := New(s.KV(), Options{})
 	var tok Token
 	if err := c.Update(func(tx *Txn) error {
 		var err error

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 // ErrNotFound means no object with that id or name exists in the caller's
@@ -96,7 +98,8 @@ type Options struct {
 }
 
 // New returns a catalog on db.
-func New(db *badger.DB, opts Options) *Catalog { return &Catalog{db: db, space: opts.Space} }
+// New returns a catalog on the store's database (blockstore.Store.KV).
+func New(db *kv.DB, opts Options) *Catalog { return &Catalog{db: db.Badger(), space: opts.Space} }
 
 // NewID returns a fresh id for an object kind, e.g. "srv-3f9a1c2b7d4e".
 func NewID(kind string) string {
@@ -122,7 +125,7 @@ type Txn struct {
 // Wrap gives catalog access to a transaction opened elsewhere, such as the
 // one blockstore.Commit hands to its callback. The caller checks space
 // (CheckSpace) and syncs; blockstore.Commit syncs.
-func Wrap(t *badger.Txn) *Txn { return &Txn{t: t} }
+func Wrap(t *kv.Txn) *Txn { return &Txn{t: t.Badger()} }
 
 // View runs fn in a read-only transaction. Reads need no free space.
 func (c *Catalog) View(fn func(*Txn) error) error {
@@ -647,11 +650,11 @@ func (tx *Txn) PutSchedState(st SchedState) error { return put(tx, KindSchedStat
 // DeleteSchedState forgets a policy's scheduler state.
 func (tx *Txn) DeleteSchedState(policyID string) error { return del(tx, KindSchedState, policyID) }
 
-// Badger returns the underlying transaction, for writes of other packages
+// KV returns the underlying transaction, for writes of other packages
 // (block map headers) that must commit with catalog changes.
-func (tx *Txn) Badger() *badger.Txn {
+func (tx *Txn) KV() *kv.Txn {
 	tx.wrote = true
-	return tx.t
+	return kv.NewTxn(tx.t)
 }
 
 // --- NBD exports of attached backups ---

@@ -26,7 +26,7 @@ func TestAcknowledgedWritesSurvivePowerLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := New(s.DB(), Options{})
+	c := New(s.KV(), Options{})
 	now := time.Now()
 	var tok Token
 	err = c.Update(func(tx *Txn) error {
@@ -68,7 +68,7 @@ func TestAcknowledgedWritesSurvivePowerLoss(t *testing.T) {
 		t.Fatalf("open the store after a power loss: %v", err)
 	}
 	defer s2.Close()
-	err = New(s2.DB(), Options{}).View(func(tx *Txn) error {
+	err = New(s2.KV(), Options{}).View(func(tx *Txn) error {
 		got, err := tx.Token(tok.ID)
 		if err != nil {
 			return err

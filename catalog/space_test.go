@@ -22,7 +22,7 @@ func TestSpaceCheck(t *testing.T) {
 	defer s.Close()
 	var refuse map[WriteClass]bool
 	var asked []WriteClass
-	c := New(s.DB(), Options{Space: func(w WriteClass) error {
+	c := New(s.KV(), Options{Space: func(w WriteClass) error {
 		asked = append(asked, w)
 		if refuse[w] {
 			return fmt.Errorf("store: %w: 1 MiB free", syscall.ENOSPC)

@@ -204,6 +204,8 @@ type Job struct {
 	Trigger    string `json:"trigger,omitempty"`
 	// Request of a restore job.
 	RestoreID string `json:"restore_id,omitempty"`
+	// StoreIO is what the job asked of the pack store (jobio.go).
+	StoreIO *JobIO `json:"store_io,omitempty"`
 }
 
 // Finished reports whether the job reached a final state.

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"csbs/internal/kv"
 )
 
 // TestAdoptLegacyHostAccess: records from before csbs recorded who named
@@ -16,7 +18,7 @@ func TestAdoptLegacyHostAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	c := New(db, Options{})
+	c := New(kv.New(db), Options{})
 	now := time.Now()
 	var srv Server
 	err = c.Update(func(tx *Txn) error {

@@ -50,6 +50,8 @@ type Store struct {
 	Compression string `toml:"compression"` // s2 | zstd | none
 	CacheSize   Size   `toml:"cache_size"`  // decompressed block cache
 	MinFree     Size   `toml:"min_free"`    // free space backups never eat into
+	Backend     string `toml:"backend"`     // where block bytes live: local | s3 (s3.go)
+	S3          S3     `toml:"s3"`          // [store.s3], for backend = "s3"
 }
 
 // API configures the daemon's API listeners.
@@ -191,7 +193,7 @@ func Default() Config {
 		Region:            "local-1",
 		AvailabilityZones: []string{"local-1a"},
 		DataDir:           "./var",
-		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", CacheSize: 64 << 20, MinFree: 384 << 20},
+		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", CacheSize: 64 << 20, MinFree: 384 << 20, Backend: BackendLocal, S3: defaultS3()},
 		Scheduler:         Scheduler{MaxConcurrentJobs: 2, Window: Duration(time.Hour)},
 		Restore:           Restore{DefaultRate: 200 << 20},
 		Log:               Log{Level: "info", Format: "text"},
@@ -324,6 +326,9 @@ func (c *Config) Validate() error {
 	if c.Store.CacheSize < 1<<20 {
 		return fmt.Errorf("store.cache_size %d: at least 1MiB", c.Store.CacheSize)
 	}
+	if err := c.Store.validateBackend(); err != nil {
+		return err
+	}
 	if c.API.TCPListen != "" {
 		if _, _, err := net.SplitHostPort(c.API.TCPListen); err != nil {
 			return fmt.Errorf("api.tcp_listen %q: %w", c.API.TCPListen, err)
@@ -422,6 +427,7 @@ func (c *Config) Resolve(base string) error {
 	c.API.Socket, c.NBD.Socket = abs(c.API.Socket), abs(c.NBD.Socket)
 	c.API.TLSCert, c.API.TLSKey = abs(c.API.TLSCert), abs(c.API.TLSKey)
 	c.FUSE.Mountpoint = abs(c.FUSE.Mountpoint)
+	c.Store.S3.CredentialsFile = abs(c.Store.S3.CredentialsFile)
 	return c.CheckAbsolute()
 }
 

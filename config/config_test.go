@@ -47,10 +47,10 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 				continue
 			}
 			if f.Type.Kind() == reflect.Struct {
-				if !strings.Contains(text, "\n["+key+"]\n") {
-					t.Errorf("table [%s] not in config.example.toml", key)
+				if !strings.Contains(text, "\n["+prefix+key+"]\n") {
+					t.Errorf("table [%s%s] not in config.example.toml", prefix, key)
 				}
-				walk(key+".", f.Type)
+				walk(prefix+key+".", f.Type)
 				continue
 			}
 			if !regexp.MustCompile(`(?m)^` + key + ` = `).MatchString(text) {
@@ -227,5 +227,53 @@ mount_dirs = ["/mnt/team-a"]
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestS3Backend(t *testing.T) {
+	for _, tc := range []struct {
+		name, toml, want string
+	}{
+		{"local by default", "", ""},
+		{"s3", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://127.0.0.1:7480\"\nbucket = \"csbs\"\n", ""},
+		{"unknown backend", "[store]\nbackend = \"nfs\"\n", `store.backend "nfs": want "local" or "s3"`},
+		{"s3 without endpoint", "[store]\nbackend = \"s3\"\n[store.s3]\nbucket = \"csbs\"\n", "store.s3.endpoint \"\""},
+		{"endpoint with a path", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h/csbs\"\nbucket = \"csbs\"\n", "store.s3.endpoint"},
+		{"bad bucket", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h\"\nbucket = \"My_Bucket\"\n", `store.s3.bucket "My_Bucket"`},
+		{"pack too small", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h\"\nbucket = \"csbs\"\npack_size = \"1MiB\"\n", "store.s3.pack_size 1048576: want 4MiB to 128MiB"},
+		{"pack too large", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h\"\nbucket = \"csbs\"\npack_size = \"256MiB\"\n", "store.s3.pack_size"},
+		{"cache below two packs", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h\"\nbucket = \"csbs\"\ncache_size = \"16MiB\"\n", "store.s3.cache_size 16777216: want at least twice"},
+		{"prefix with leading slash", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://h\"\nbucket = \"csbs\"\nprefix = \"/a\"\n", "store.s3.prefix"},
+		{"unknown s3 key", "[store.s3]\nsecret = \"x\"\n", `unknown key "store.s3.secret"`},
+		{"keys in the endpoint", "[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://AKID:secret@h\"\nbucket = \"csbs\"\n", "keys go in store.s3.credentials_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			err := Parse([]byte(tc.toml), &c)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestS3CredentialsFileRelativeToConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/csbs.toml"
+	if err := os.WriteFile(path, []byte("[store]\nbackend = \"s3\"\n[store.s3]\nendpoint = \"http://127.0.0.1:7480\"\nbucket = \"csbs\"\ncredentials_file = \"s3.credentials\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.S3.CredentialsFile != dir+"/s3.credentials" {
+		t.Fatalf("credentials file %q, want it next to the config", c.Store.S3.CredentialsFile)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"csbs/access"
 	"csbs/api"
 	"csbs/blockstore"
+	"csbs/blockstore/s3packs"
 	"csbs/catalog"
 	"csbs/config"
 	"csbs/engine"
@@ -47,6 +48,7 @@ type Daemon struct {
 	log     *slog.Logger
 	version string
 	store   *blockstore.Store
+	s3      *s3packs.S3Packs // nil for the local backend
 	cat     *catalog.Catalog
 	engine  *engine.Engine
 	runner  *scheduler.Runner
@@ -89,18 +91,33 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	packs, s3p, err := openPacks(context.Background(), cfg, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	packSize := 0
+	if s3p != nil {
+		packSize = int(cfg.Store.S3.PackSize)
+	}
 	store, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{
 		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: int64(cfg.Store.CacheSize), Logger: opts.Log,
-		MinFree: int64(cfg.Store.MinFree),
+		MinFree: int64(cfg.Store.MinFree), Packs: packs, PackSize: packSize,
 	})
 	if err != nil {
+		if packs != nil {
+			packs.Close()
+		}
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
 			return nil, fmt.Errorf("store %s is in use by another csbs daemon: %w", cfg.StoreDir(), err)
 		}
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store}
-	d.cat = catalog.New(store.DB(), catalog.Options{Space: d.catalogSpace})
+	if err := recordBackend(cfg.StoreDir(), backendName(cfg)); err != nil {
+		store.Close()
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p}
+	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if err := d.bootstrap(); err != nil {
 		store.Close()
 		return nil, err
@@ -432,8 +449,12 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	case free < 2*minFree:
 		st.Warnings = append(st.Warnings, fmt.Sprintf("the store's disk is nearly full: %d MiB free, backups stop at %d MiB; run csbs gc, delete backups or grow the disk", free>>20, minFree>>20))
 	}
+	st.Store.Backend = d.cfg.Store.Backend
 	if !admin {
 		return
+	}
+	if d.s3 != nil {
+		st.Store.ObjectStore = objectStoreStatus(d.s3)
 	}
 	st.Store.DiskBytes, _ = d.store.DiskUsage()
 	st.Store.FreeBytes, st.Store.MinFreeBytes = free, minFree

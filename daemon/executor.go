@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"csbs/blockstore"
 	"csbs/catalog"
 )
 
@@ -18,7 +19,13 @@ func (e executor) Execute(ctx context.Context, j catalog.Job, progress func(done
 		e.d.metrics.SchedulerLag.Observe(max(started.Sub(j.Scheduled).Seconds(), 0))
 	}
 	var total atomic.Int64
+	// Every pack store request the job makes is counted in its record.
+	var ioc blockstore.IOCounter
+	ctx = blockstore.WithIOCounter(ctx, &ioc)
 	out, err := e.execute(ctx, j, func(done, t int64) { total.Store(t); progress(done, t) })
+	if st := ioc.Stats(); st != (blockstore.IOStats{}) {
+		out.StoreIO = &catalog.JobIO{Puts: st.Puts, PutBytes: st.PutBytes, Gets: st.Gets, GetBytes: st.GetBytes}
+	}
 	var b *catalog.Backup
 	if j.Kind == catalog.JobBackup && err == nil {
 		_ = e.d.cat.View(func(tx *catalog.Txn) error {
@@ -41,6 +48,8 @@ func (e executor) execute(ctx context.Context, j catalog.Job, progress func(done
 		return e.gc(ctx, j)
 	case catalog.JobScrub:
 		return e.scrub(ctx, j, progress)
+	case catalog.JobRebuildIndex:
+		return e.rebuildIndex(ctx, j)
 	}
 	return j, fmt.Errorf("job kind %q cannot run", j.Kind)
 }

@@ -55,6 +55,13 @@ func (d *Daemon) MetricsSnapshot(ctx context.Context) metrics.Snapshot {
 	ns := d.serving.srv.Stats()
 	s.NBDReadBytes, s.NBDWrittenBytes, s.NBDReadRequests = ns.ReadBytes, ns.WrittenBytes, ns.Reads
 	s.NBDReadErrors, s.NBDWriteErrors = ns.ReadErrors, ns.WriteErrors
+	if d.s3 != nil {
+		st := d.s3.Stats()
+		s.ObjectStore = &metrics.ObjectStore{
+			Requests: st.Requests, Failures: st.Failures, Retries: st.Retries, BytesUp: st.BytesUp, BytesDown: st.BytesDown,
+			CacheHits: st.Cache.Hits, CacheMiss: st.Cache.Misses, CacheBytes: st.Cache.Bytes, CacheLimit: st.Cache.Limit,
+		}
+	}
 	return s
 }
 
@@ -68,6 +75,12 @@ func (d *Daemon) observeJob(j catalog.Job, err error, started time.Time, total i
 		state = catalog.JobFailed
 	}
 	d.metrics.JobsFinished.WithLabelValues(j.Kind, state).Inc()
+	if io := j.StoreIO; io != nil {
+		d.metrics.JobStoreRequests.WithLabelValues(j.Kind, "put").Add(float64(io.Puts))
+		d.metrics.JobStoreRequests.WithLabelValues(j.Kind, "get").Add(float64(io.Gets))
+		d.metrics.JobStoreBytes.WithLabelValues(j.Kind, "put").Add(float64(io.PutBytes))
+		d.metrics.JobStoreBytes.WithLabelValues(j.Kind, "get").Add(float64(io.GetBytes))
+	}
 	if err != nil {
 		return
 	}

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	"csbs/internal/kv"
 
 	"csbs/access"
 	"csbs/blockstore"
@@ -287,7 +287,7 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 		abort()
 		return catalog.Backup{}, fmt.Errorf("commit backup of server %s: %w", server.Name, err)
 	}
-	err = e.Store.Commit(ctx, pending, func(t *badger.Txn) error {
+	err = e.Store.Commit(ctx, pending, func(t *kv.Txn) error {
 		return commitBackupRecord(catalog.Wrap(t), &b, decision, e.Now())
 	})
 	if err != nil {

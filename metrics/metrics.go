@@ -33,6 +33,22 @@ type Snapshot struct {
 
 	Backups        map[string]int // status -> count
 	DamagedBackups int
+
+	// ObjectStore is set for the s3 backend.
+	ObjectStore *ObjectStore
+}
+
+// ObjectStore are the object-store backend's figures since start.
+type ObjectStore struct {
+	Requests   map[string]int64 // by operation (PUT, GET, HEAD, DELETE, LIST), every attempt
+	Failures   map[string]int64 // attempts that failed, by operation
+	Retries    int64
+	BytesUp    int64
+	BytesDown  int64
+	CacheHits  int64 // pack reads served by the local cache
+	CacheMiss  int64
+	CacheBytes int64
+	CacheLimit int64
 }
 
 // Source produces a Snapshot; the daemon implements it.
@@ -58,6 +74,10 @@ type Metrics struct {
 	ScrubDamaged      prometheus.Gauge
 	ScrubLastSuccess  prometheus.Gauge
 	SchedulerLag      prometheus.Histogram
+	// JobStoreRequests and JobStoreBytes count the pack store requests of
+	// finished jobs by job kind and operation (put, get).
+	JobStoreRequests *prometheus.CounterVec
+	JobStoreBytes    *prometheus.CounterVec
 }
 
 // New builds the metrics; src is read at every scrape.
@@ -81,6 +101,9 @@ func New(src Source, version string) *Metrics {
 		ScrubLastSuccess:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "csbs_scrub_last_success_timestamp_seconds", Help: "When a scrub last completed (0: not since start)."}),
 		SchedulerLag:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "csbs_scheduler_lag_seconds", Help: "Delay between a scheduled run's time and its backup's start.", Buckets: prometheus.ExponentialBuckets(0.1, 4, 10)}),
 	}
+	m.JobStoreRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "csbs_job_store_requests_total", Help: "Pack store requests (object PUTs and GETs for the s3 backend, retries included) made by finished jobs, by job kind and operation."}, []string{"kind", "op"})
+	m.JobStoreBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "csbs_job_store_bytes_total", Help: "Bytes moved by the pack store requests of finished jobs, by job kind and operation."}, []string{"kind", "op"})
+	reg.MustRegister(m.JobStoreRequests, m.JobStoreBytes)
 	reg.MustRegister(m.BackupReadBytes, m.BackupStoredBytes, m.BackupDuration, m.RestoreBytes, m.RestoreDuration,
 		m.HydrationBytes, m.JobsFinished, m.FUSEReads, m.FUSEReadBytes, m.GCFreedBytes, m.GCLastSuccess,
 		m.ScrubDamaged, m.ScrubLastSuccess, m.SchedulerLag)
@@ -112,7 +135,16 @@ var (
 	descNBDWritten     = prometheus.NewDesc("csbs_nbd_written_bytes_total", "Bytes written by NBD clients (instant restores).", nil, nil)
 	descNBDReadReqs    = prometheus.NewDesc("csbs_nbd_read_requests_total", "NBD read requests.", nil, nil)
 	descNBDErrs        = prometheus.NewDesc("csbs_nbd_errors_total", "NBD requests answered with an error, by operation.", []string{"op"}, nil)
-	allSnapshotMetrics = []*prometheus.Desc{descJobs, descBackups, descDamaged, descLogical, descData, descDisk, descFree, descDedupe, descCacheHits, descCacheMisses, descCacheRatio, descNBDConns, descNBDRead, descNBDWritten, descNBDReadReqs, descNBDErrs}
+	descObjRequests    = prometheus.NewDesc("csbs_object_store_requests_total", "Requests to the object store (every attempt), by operation.", []string{"op"}, nil)
+	descObjFailures    = prometheus.NewDesc("csbs_object_store_failures_total", "Object store request attempts that failed, by operation.", []string{"op"}, nil)
+	descObjRetries     = prometheus.NewDesc("csbs_object_store_retries_total", "Object store requests retried after a transient failure.", nil, nil)
+	descObjBytes       = prometheus.NewDesc("csbs_object_store_bytes_total", "Bytes sent to (up) and received from (down) the object store.", []string{"direction"}, nil)
+	descPackCacheHits  = prometheus.NewDesc("csbs_pack_cache_hits_total", "Pack reads served by the local cache of the object store.", nil, nil)
+	descPackCacheMiss  = prometheus.NewDesc("csbs_pack_cache_misses_total", "Pack reads that needed the object store.", nil, nil)
+	descPackCacheBytes = prometheus.NewDesc("csbs_pack_cache_bytes", "Bytes in the local pack cache.", nil, nil)
+	descPackCacheLimit = prometheus.NewDesc("csbs_pack_cache_limit_bytes", "Bound of the local pack cache (store.s3.cache_size).", nil, nil)
+	allSnapshotMetrics = []*prometheus.Desc{descJobs, descBackups, descDamaged, descLogical, descData, descDisk, descFree, descDedupe, descCacheHits, descCacheMisses, descCacheRatio, descNBDConns, descNBDRead, descNBDWritten, descNBDReadReqs, descNBDErrs,
+		descObjRequests, descObjFailures, descObjRetries, descObjBytes, descPackCacheHits, descPackCacheMiss, descPackCacheBytes, descPackCacheLimit}
 )
 
 type snapshotCollector struct{ src Source }
@@ -158,4 +190,19 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descNBDReadReqs, float64(s.NBDReadRequests))
 	counter(descNBDErrs, float64(s.NBDReadErrors), "read")
 	counter(descNBDErrs, float64(s.NBDWriteErrors), "write")
+	if o := s.ObjectStore; o != nil {
+		for op, n := range o.Requests {
+			counter(descObjRequests, float64(n), op)
+		}
+		for op, n := range o.Failures {
+			counter(descObjFailures, float64(n), op)
+		}
+		counter(descObjRetries, float64(o.Retries))
+		counter(descObjBytes, float64(o.BytesUp), "up")
+		counter(descObjBytes, float64(o.BytesDown), "down")
+		counter(descPackCacheHits, float64(o.CacheHits))
+		counter(descPackCacheMiss, float64(o.CacheMiss))
+		gauge(descPackCacheBytes, float64(o.CacheBytes))
+		gauge(descPackCacheLimit, float64(o.CacheLimit))
+	}
 }

@@ -299,7 +299,7 @@ func (s *Scheduler) DeleteBackup(ctx context.Context, b catalog.Backup, force bo
 			return err
 		}
 		for _, id := range maps {
-			if err := blockstore.DeleteMapTxn(tx.Badger(), id); err != nil {
+			if err := blockstore.DeleteMapTxn(tx.KV(), id); err != nil {
 				return err
 			}
 		}

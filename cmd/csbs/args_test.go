@@ -8,6 +8,7 @@ import (
 )
 
 func TestInterspersedArgs(t *testing.T) {
+	t.Parallel()
 	app := newApp()
 	cases := []struct{ in, want string }{
 		{"csbs backup create web1 --full --wait", "csbs backup create --full --wait web1"},
@@ -31,6 +32,7 @@ func TestInterspersedArgs(t *testing.T) {
 // TestEveryCommandHasAnExample keeps --help useful: every command that
 // runs something shows at least one example invocation.
 func TestEveryCommandHasAnExample(t *testing.T) {
+	t.Parallel()
 	var walk func(prefix string, cs []*cli.Command)
 	walk = func(prefix string, cs []*cli.Command) {
 		for _, c := range cs {

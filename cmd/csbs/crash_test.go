@@ -119,6 +119,7 @@ func crashAppliance(t *testing.T) (*appliance, map[string]string) {
 }
 
 func TestCrashDuringBackup(t *testing.T) {
+	t.Parallel()
 	kills, r := crashKills(t)
 	a, images := crashAppliance(t)
 	completed := 0
@@ -137,6 +138,7 @@ func TestCrashDuringBackup(t *testing.T) {
 }
 
 func TestCrashDuringRestore(t *testing.T) {
+	t.Parallel()
 	kills, r := crashKills(t)
 	a, images := crashAppliance(t)
 	var b backupInfo
@@ -161,6 +163,7 @@ func TestCrashDuringRestore(t *testing.T) {
 }
 
 func TestCrashDuringGCAndRetention(t *testing.T) {
+	t.Parallel()
 	kills, r := crashKills(t)
 	a, images := crashAppliance(t)
 	a.ok("policy", "create", "--name", "tight", "--time", "03:00", "--every-days", "1", "--max-backups", "1")
@@ -194,6 +197,7 @@ func TestCrashDuringGCAndRetention(t *testing.T) {
 }
 
 func TestCrashDuringHydration(t *testing.T) {
+	t.Parallel()
 	needTools(t, "qemu-io")
 	kills, r := crashKills(t)
 	a, images := crashAppliance(t)
@@ -248,6 +252,7 @@ func TestCrashDuringHydration(t *testing.T) {
 // not fit fails cleanly (job error, nothing visible) and the daemon keeps
 // serving.
 func TestBackupOnFullDisk(t *testing.T) {
+	t.Parallel()
 	needFUSE(t) // root, for the tmpfs mount
 	dir := t.TempDir()
 	small := filepath.Join(dir, "small")

@@ -170,6 +170,7 @@ type idName struct {
 }
 
 func TestEndToEndBackupRestore(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 64, 24, 11)
 	data2 := testdisk.Sparse(t, a.dir, 8<<20+4097, 50000, 0, 3<<20)
@@ -294,6 +295,7 @@ func TestEndToEndBackupRestore(t *testing.T) {
 }
 
 func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Sparse(t, a.dir, 4<<20, 10000, 0)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -357,6 +359,7 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 }
 
 func TestMalformedConfigRefused(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "bad.toml")
 	os.WriteFile(cfg, []byte("region = \"r1\"\n[store]\nblok_size = 4096\n"), 0o600)

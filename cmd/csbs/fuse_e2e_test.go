@@ -49,6 +49,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFUSEMountAndBrowse(t *testing.T) {
+	t.Parallel()
 	needFUSE(t)
 	a := startAppliance(t, "[access.projects.p2]\nmount_dirs = [\"{dir}/other\"]\n")
 	img := testdisk.Ext4(t, a.dir, 48, 16, 31)
@@ -186,6 +187,7 @@ func TestFUSEMountAndBrowse(t *testing.T) {
 // TestFUSECorruptBlockIsEIO flips a byte of a stored block on disk: the
 // mounted image answers EIO for it, never other bytes.
 func TestFUSECorruptBlockIsEIO(t *testing.T) {
+	t.Parallel()
 	needFUSE(t)
 	a := startAppliance(t, "[store]\ncompression = \"none\"\n")
 	// A disk with one recognisable random block at 1 MiB.

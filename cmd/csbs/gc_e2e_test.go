@@ -52,6 +52,7 @@ func randomImage(t *testing.T, path string, size int, seed uint64) []byte {
 // the pack store, 300 MiB of backups deleted and collected left du
 // unchanged, also after a restart.
 func TestGCGivesSpaceBackE2E(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	store := filepath.Join(a.dir, "data", "store")
 	empty := allocated(t, store)
@@ -107,6 +108,7 @@ func TestGCGivesSpaceBackE2E(t *testing.T) {
 // backup just deleted; every backup is restored and compared with its
 // source before it is deleted.
 func TestGCSoakBesideBackupsE2E(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("soak skipped in -short mode")
 	}

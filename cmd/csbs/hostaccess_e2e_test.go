@@ -19,6 +19,7 @@ import (
 // through a symlink, is refused with a clear error; afterwards the
 // store opens after a restart and a backup restores byte for byte.
 func TestDataDirOffLimits(t *testing.T) {
+	t.Parallel()
 	needTools(t, "mkfs.ext4")
 	for _, mode := range []struct {
 		name   string
@@ -119,6 +120,7 @@ func TestDataDirOffLimits(t *testing.T) {
 // only what the admin granted it (symlinks resolved), and the admin
 // keeps its freedom.
 func TestProjectTokenHostFiles(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "[access.projects.team-a]\nsource_dirs = [\"{dir}/team-a\"]\ntarget_dirs = [\"{dir}/team-a\"]\nmount_dirs = [\"{dir}/team-a\"]\n")
 	team := filepath.Join(a.dir, "team-a")
 	if err := os.Mkdir(team, 0o755); err != nil {

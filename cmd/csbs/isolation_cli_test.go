@@ -19,6 +19,7 @@ import (
 // fail with a clear error, change nothing of project p1 and print none of
 // its names.
 func TestCLIProjectIsolation(t *testing.T) {
+	t.Parallel()
 	// Both projects may use the test's dir (the data dir in it stays off
 	// limits); what they may not do is reach each other's objects.
 	grant := "source_dirs = [\"{dir}\"]\ntarget_dirs = [\"{dir}\"]\nmount_dirs = [\"{dir}\"]\n"

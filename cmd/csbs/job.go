@@ -91,6 +91,9 @@ func joinNonEmpty(a, b string) string {
 func printJob(w io.Writer, j catalog.Job) error {
 	fmt.Fprintf(w, "id:       %s\nkind:     %s\nstate:    %s\nprogress: %s of %s (%s)\ncreated:  %s\nstarted:  %s\nended:    %s\n",
 		j.ID, j.Kind, j.State, bytesH(j.Done), bytesH(j.Total), pct(j.Done, j.Total), timeH(j.Created), timeH(j.Started), timeH(j.Ended))
+	if io := j.StoreIO; io != nil {
+		fmt.Fprintf(w, "store io: %d PUTs (%s), %d GETs (%s)\n", io.Puts, bytesH(io.PutBytes), io.Gets, bytesH(io.GetBytes))
+	}
 	if j.BackupID != "" {
 		fmt.Fprintf(w, "backup:   %s %s\n", j.BackupID, j.BackupName)
 	}

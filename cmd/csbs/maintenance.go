@@ -38,7 +38,7 @@ func storeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "store",
 		Usage: "the block store",
-		Subcommands: []*cli.Command{{
+		Subcommands: []*cli.Command{rebuildIndexCommand(), {
 			Name: "stats", Usage: "logical and stored bytes, dedupe and compression ratios, per project", Flags: []cli.Flag{jsonFlag},
 			Action: func(c *cli.Context) error {
 				cl, err := client(c)

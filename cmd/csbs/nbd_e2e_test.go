@@ -35,6 +35,7 @@ type exportJSON struct {
 }
 
 func TestNBDSourceAttachAndCommonRefused(t *testing.T) {
+	t.Parallel()
 	needTools(t, "qemu-nbd", "nbdcopy", "qemu-img", "nbdinfo")
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 48, 16, 21)
@@ -112,6 +113,7 @@ type restoreJSON struct {
 // while hydration runs, kills the daemon with SIGKILL, restarts it, and
 // expects hydration to resume and the target to equal backup + writes.
 func TestInstantRestoreSurvivesKill(t *testing.T) {
+	t.Parallel()
 	needTools(t, "qemu-io")
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 32, 20, 22)
@@ -206,6 +208,7 @@ func TestInstantRestoreSurvivesKill(t *testing.T) {
 // names then carry a secret part, the bare name opens nothing, listing is
 // refused, and the name stays the same across a restart.
 func TestNBDOverTCPNeedsTheSecretName(t *testing.T) {
+	t.Parallel()
 	needTools(t, "nbdinfo")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

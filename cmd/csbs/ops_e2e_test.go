@@ -86,6 +86,7 @@ type statusJSON struct {
 // status before and after backups, a failed job, an NBD read, a FUSE read
 // and a GC, and expects every figure to follow.
 func TestMetricsAndStatus(t *testing.T) {
+	t.Parallel()
 	needTools(t, "nbdcopy")
 	addr := freeTCPAddr(t)
 	a := startAppliance(t, "[metrics]\nlisten = \""+addr+"\"\n")

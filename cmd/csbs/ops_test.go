@@ -15,6 +15,7 @@ import (
 
 // TestBashCompletion runs the generated bash script with the real binary.
 func TestBashCompletion(t *testing.T) {
+	t.Parallel()
 	needTools(t, "bash")
 	script := `source <("$CSBS" completion bash)
 complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _csbs; echo "${COMPREPLY[*]}"; }
@@ -49,6 +50,7 @@ complete_words csbs restore st
 // the installed config, and that config parses with its data in
 // /var/lib/csbs.
 func TestMakeInstall(t *testing.T) {
+	t.Parallel()
 	needTools(t, "make", "sed", "install")
 	dest := t.TempDir()
 	out, err := exec.Command("make", "-C", "../..", "install-files", "DESTDIR="+dest, "BIN="+binary).CombinedOutput()
@@ -91,6 +93,7 @@ func TestMakeInstall(t *testing.T) {
 
 // TestSystemdNotify checks that serve reports READY=1 on NOTIFY_SOCKET.
 func TestSystemdNotify(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "notify.sock")
 	conn, err := listenUnixgram(sock)

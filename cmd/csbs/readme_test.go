@@ -41,6 +41,7 @@ func readme(t *testing.T) string {
 // identical to config.example.toml (which the config tests check against
 // the parser's defaults).
 func TestReadmeConfigReference(t *testing.T) {
+	t.Parallel()
 	blocks := codeBlocks(readme(t), "toml")
 	example, err := os.ReadFile("../../config.example.toml")
 	if err != nil {
@@ -55,6 +56,7 @@ func TestReadmeConfigReference(t *testing.T) {
 // against a real daemon started as `make run` starts it (default config,
 // data in ./var), in a fresh directory where ./csbs is the binary.
 func TestReadmeExamples(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
 			t.Fatal("CI runs as root")

@@ -73,6 +73,7 @@ func smallFS(t *testing.T, sizeMiB int) string {
 // stops cleanly, refuses to start with the reason, and once the filler is
 // gone it starts and writes work again.
 func TestCatalogWritesOnFullDisk(t *testing.T) {
+	t.Parallel()
 	small := smallFS(t, 640)
 	a := startAppliance(t, "data_dir = \""+small+"/data\"\n[store]\nmin_free = \"320MiB\"\n")
 	img := testdisk.Sparse(t, a.dir, 4<<20, 20, 0)
@@ -169,6 +170,7 @@ func TestCatalogWritesOnFullDisk(t *testing.T) {
 // id it copies: "backup rm bk-…" would delete the other backup. Every
 // named object refuses such names, and the backup it imitates stays.
 func TestIDLikeNamesRefused(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Sparse(t, a.dir, 1<<20, 4, 0)
 	var srv idName
@@ -199,6 +201,7 @@ func TestIDLikeNamesRefused(t *testing.T) {
 // backup show of a backup that scrub marked damaged says so, in both
 // forms, with what to do.
 func TestBackupShowDamage(t *testing.T) {
+	t.Parallel()
 	a := startAppliance(t, "")
 	img := testdisk.Sparse(t, a.dir, 1<<20, 4, 0)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -247,7 +250,7 @@ func markDamaged(t *testing.T, storeDir, id string) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	err = catalog.New(s.DB(), catalog.Options{}).Update(func(tx *catalog.Txn) error {
+	err = catalog.New(s.KV(), catalog.Options{}).Update(func(tx *catalog.Txn) error {
 		bs, err := tx.AllBackups()
 		if err != nil {
 			return err

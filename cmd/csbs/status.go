@@ -53,6 +53,11 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 	fmt.Fprintln(w)
 	if st.Admin {
 		fmt.Fprintf(w, "          disk %s, free %s (backups stop at %s), block cache hit ratio %.0f%%\n", bytesH(s.DiskBytes), bytesH(s.FreeBytes), bytesH(s.MinFreeBytes), s.CacheHitRatio*100)
+		if o := s.ObjectStore; o != nil {
+			fmt.Fprintf(w, "          packs in %s: %d PUTs (%s up), %d GETs (%s down), %d retries; cache %s of %s, hit ratio %.0f%%\n",
+				o.Location, o.Requests["PUT"], bytesH(o.BytesUp), o.Requests["GET"], bytesH(o.BytesDown), o.Retries,
+				bytesH(o.CacheBytes), bytesH(o.CacheLimit), o.CacheHitRatio*100)
+		}
 	}
 	fmt.Fprintf(w, "jobs:     %d running, %d queued\n", st.JobsRunning, st.JobsQueued)
 	for _, j := range st.ActiveJobs {

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/zeebo/blake3"
+
+	"csbs/internal/radosgw"
 )
 
 type figure struct {
@@ -156,6 +158,7 @@ func main() {
 	flag.StringVar(&b.csbs, "csbs", "csbs", "csbs binary")
 	flag.IntVar(&b.reps, "reps", 3, "runs per figure (median reported)")
 	flag.StringVar(&b.codec, "codec", "zstd", "csbs store compression (s2, zstd)")
+	s3 := flag.Bool("s3", false, "measure the s3 backend on a local Ceph RADOS Gateway instead (make bench-s3)")
 	flag.Parse()
 	fi, err := os.Stat(b.image)
 	if err != nil {
@@ -167,8 +170,20 @@ func main() {
 		copyFile(changed, b.image)
 		mutate(changed, 0.01, 42)
 	}
+	var gw *radosgw.Cluster
+	if *s3 {
+		log.Print("starting a single-node Ceph cluster with a RADOS Gateway ...")
+		if gw, err = radosgw.Launch(8 << 30); err != nil {
+			log.Fatal(err)
+		}
+		defer gw.Close()
+	}
 	for rep := range b.reps {
 		log.Printf("rep %d/%d", rep+1, b.reps)
+		if gw != nil {
+			b.s3Figures(gw, rep)
+			continue
+		}
 		b.ceilings()
 		b.store(changed)
 		b.nbdFigures()

@@ -46,10 +46,18 @@ type Config struct {
 
 // Store configures the block store.
 type Store struct {
-	BlockSize   Size   `toml:"block_size"`  // only used when the store is created
-	Compression string `toml:"compression"` // s2 | zstd | none
-	CacheSize   Size   `toml:"cache_size"`  // decompressed block cache
-	MinFree     Size   `toml:"min_free"`    // free space backups never eat into
+	BlockSize   Size     `toml:"block_size"`  // only used when the store is created
+	Compression string   `toml:"compression"` // s2 | zstd | none
+	CacheSize   AutoSize `toml:"cache_size"`  // decoded, verified block cache; auto: from the machine's memory (CacheBytes)
+	// Workers decode, verify and compress blocks and copy them in
+	// restores and hydration; 0: one per CPU the process may use
+	// (GOMAXPROCS).
+	Workers int `toml:"workers"`
+	// InflightMemory is the one budget for block data in flight (NBD
+	// buffers, read-ahead, restore and hydration buffers); auto: see
+	// InflightBytes.
+	InflightMemory AutoSize `toml:"inflight_memory"`
+	MinFree        Size     `toml:"min_free"` // free space backups never eat into
 	Backend     string `toml:"backend"`     // where block bytes live: local | s3 (s3.go)
 	S3          S3     `toml:"s3"`          // [store.s3], for backend = "s3"
 }
@@ -70,6 +78,10 @@ type NBD struct {
 	// AllowRemote permits a tcp_listen address other than loopback: NBD
 	// has no authentication here beyond the export names' secret part.
 	AllowRemote bool `toml:"allow_remote"`
+	// AttachCacheSize bounds the copy-on-read cache file of each attached
+	// export (blocks read twice are kept decoded in <data_dir>/cache); 0
+	// turns it off.
+	AttachCacheSize Size `toml:"attach_cache_size"`
 }
 
 // FUSE configures the daemon's own mount of all backups.
@@ -193,7 +205,8 @@ func Default() Config {
 		Region:            "local-1",
 		AvailabilityZones: []string{"local-1a"},
 		DataDir:           "./var",
-		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", CacheSize: 64 << 20, MinFree: 384 << 20, Backend: BackendLocal, S3: defaultS3()},
+		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", MinFree: 384 << 20, Backend: BackendLocal, S3: defaultS3()},
+		NBD:               NBD{AttachCacheSize: 4 << 30},
 		Scheduler:         Scheduler{MaxConcurrentJobs: 2, Window: Duration(time.Hour)},
 		Restore:           Restore{DefaultRate: 200 << 20},
 		Log:               Log{Level: "info", Format: "text"},
@@ -323,8 +336,17 @@ func (c *Config) Validate() error {
 	if c.Store.MinFree < 320<<20 {
 		return fmt.Errorf("store.min_free %d: at least 320MiB (Badger's mapped files need it)", c.Store.MinFree)
 	}
-	if c.Store.CacheSize < 1<<20 {
-		return fmt.Errorf("store.cache_size %d: at least 1MiB", c.Store.CacheSize)
+	if c.Store.CacheSize != Auto && c.Store.CacheSize < 1<<20 {
+		return fmt.Errorf("store.cache_size %d: at least 1MiB (or \"auto\")", c.Store.CacheSize)
+	}
+	if c.Store.Workers < 0 || c.Store.Workers > 4096 {
+		return fmt.Errorf("store.workers %d: want 0 (one per CPU) to 4096", c.Store.Workers)
+	}
+	if c.Store.InflightMemory != Auto && c.Store.InflightMemory < 16<<20 {
+		return fmt.Errorf("store.inflight_memory %d: at least 16MiB (or \"auto\")", c.Store.InflightMemory)
+	}
+	if n := c.NBD.AttachCacheSize; n != 0 && n < 16<<20 {
+		return fmt.Errorf("nbd.attach_cache_size %d: 0 (off) or at least 16MiB", n)
 	}
 	if err := c.Store.validateBackend(); err != nil {
 		return err
@@ -474,6 +496,47 @@ func ParseSize(text string) (int64, error) {
 		return 0, fmt.Errorf("size %q is too large", text)
 	}
 	return int64(v), nil
+}
+
+// AutoSize is a Size that may be "auto" (Auto): the daemon sizes it
+// from the machine.
+type AutoSize int64
+
+// Auto is the value of an AutoSize written "auto".
+const Auto AutoSize = 0
+
+// UnmarshalText parses "auto" or a size with units.
+func (s *AutoSize) UnmarshalText(b []byte) error {
+	if strings.TrimSpace(string(b)) == "auto" {
+		*s = Auto
+		return nil
+	}
+	v, err := ParseSize(string(b))
+	if err == nil && v == 0 {
+		return fmt.Errorf("size %q: want a size above 0 or \"auto\"", b)
+	}
+	*s = AutoSize(v)
+	return err
+}
+
+// CacheBytes is the block cache's size: cache_size, or for "auto" one
+// 128th of the machine's memory, from 64 MiB to 1 GiB (192 MiB on a
+// 24 GiB machine; the daemon's anonymous memory stays near 256 MiB on
+// small machines, and a many-core appliance with 128 GiB gets 1 GiB).
+func (s Store) CacheBytes(physMem int64) int64 {
+	if s.CacheSize != Auto {
+		return int64(s.CacheSize)
+	}
+	return min(max(physMem/128, 64<<20), 1<<30)
+}
+
+// InflightBytes is the budget for data in flight: inflight_memory, or
+// for "auto" 8 MiB per worker, at least 64 MiB.
+func (s Store) InflightBytes(workers int) int64 {
+	if s.InflightMemory != Auto {
+		return int64(s.InflightMemory)
+	}
+	return max(64<<20, int64(workers)*8<<20)
 }
 
 // Rate is bytes per second, written like "200MiB/s" ("0" = unlimited).

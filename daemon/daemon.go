@@ -58,6 +58,7 @@ type Daemon struct {
 	mounts  *mounts
 	metrics *metrics.Metrics
 	started time.Time
+	size    sizing // workers, cache and budget as sized at start
 
 	nextMu sync.Mutex
 	// nextMaintenance is when each scheduled maintenance kind (gc, scrub)
@@ -99,9 +100,11 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if s3p != nil {
 		packSize = int(cfg.Store.S3.PackSize)
 	}
+	size := sizeFor(cfg.Store)
 	store, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{
-		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: int64(cfg.Store.CacheSize), Logger: opts.Log,
+		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: size.CacheBytes, Logger: opts.Log,
 		MinFree: int64(cfg.Store.MinFree), Packs: packs, PackSize: packSize,
+		Workers: size.Workers, InflightBytes: size.InflightBytes,
 	})
 	if err != nil {
 		if packs != nil {
@@ -116,7 +119,8 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		store.Close()
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p}
+	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p, size: size}
+	d.log.Info("read path sized", "workers", size.Workers, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes)
 	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if err := d.bootstrap(); err != nil {
 		store.Close()
@@ -300,6 +304,8 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobGC, d.cfg.GC) }()
 	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobScrub, d.cfg.Scrub) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.trimWhenIdle(runCtx) }()
 	for _, l := range nbdListeners {
 		wg.Add(1)
 		go func() {
@@ -462,6 +468,12 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	if n := cs.Hits + cs.Misses; n > 0 {
 		st.Store.CacheHitRatio = float64(cs.Hits) / float64(n)
 	}
+	st.Store.CacheBytes, st.Store.CacheLimitBytes = cs.Bytes, cs.Limit
+	st.Store.CacheAuto = d.cfg.Store.CacheSize == config.Auto
+	st.Store.Workers = d.size.Workers
+	bs := d.store.Budget().Stats()
+	st.Store.InflightBytes, st.Store.InflightLimitBytes, st.Store.InflightPeakBytes = bs.Used, bs.Total, bs.Peak
+	st.Store.ReadCacheBytes = d.serving.readCacheBytes()
 	d.nextMu.Lock()
 	defer d.nextMu.Unlock()
 	if t, ok := d.nextMaintenance[catalog.JobGC]; ok {

@@ -48,6 +48,7 @@ type served struct {
 	project string
 	closer  io.Closer
 	release func()
+	vol     *blockstore.Volume // attached backups: for the read cache's figures
 }
 
 type instant struct {
@@ -67,8 +68,30 @@ var (
 
 func newServing(d *Daemon) *serving {
 	s := &serving{d: d, exports: map[string]*served{}, restores: map[string]*instant{}}
-	s.srv = &nbd.Server{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64}
+	s.srv = &nbd.Server{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64, Memory: d.store.Budget()}
+	// Read cache files are unlinked when made; one left by a crash between
+	// creating and unlinking it is removed here.
+	stale, _ := filepath.Glob(filepath.Join(s.cacheDir(), "*.rcache"))
+	for _, f := range stale {
+		os.Remove(f)
+	}
 	return s
+}
+
+// cacheDir holds the attached exports' read cache files.
+func (s *serving) cacheDir() string { return filepath.Join(s.d.cfg.DataDir, "cache") }
+
+// readCacheBytes is what the attached exports' read cache files hold.
+func (s *serving) readCacheBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, e := range s.exports {
+		if e.vol != nil {
+			n += e.vol.ReadCacheStats().Bytes
+		}
+	}
+	return n
 }
 
 // nbdNameKeyFile holds the key that derives export names' secret part.
@@ -229,10 +252,17 @@ func (s *serving) attach(b catalog.Backup, disk, name string) error {
 		release()
 		return fmt.Errorf("backup %s disk %s: %w", b.Name, disk, err)
 	}
+	if n := int64(s.d.cfg.NBD.AttachCacheSize); n > 0 {
+		// Without it the export still works, reading every block from
+		// the store.
+		if err := vol.EnableReadCache(s.cacheDir(), n); err != nil {
+			s.d.log.Warn("attached export without a read cache file", "export", name, "err", err)
+		}
+	}
 	s.add(&served{
 		exp:     &nbd.Export{Name: name, Description: fmt.Sprintf("%s %s %s (read-only)", b.ServerName, b.Name, disk), Device: nbd.VolumeDevice{Volume: vol}, ReadOnly: true, PreferredBlock: uint32(s.d.store.BlockSize())},
 		info:    api.ExportInfo{Name: name, Kind: "attach", BackupID: b.ID, BackupName: b.Name, Disk: d.Name, ReadOnly: true, Size: d.Size},
-		project: b.Project, closer: vol, release: release,
+		project: b.Project, closer: vol, release: release, vol: vol,
 	})
 	return nil
 }
@@ -325,6 +355,9 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 	if err != nil {
 		return nil, err
 	}
+	// One limit for the whole restore: its disks hydrate at once and
+	// share the rate.
+	lim := hydrate.NewLimiter(r.Rate)
 	inst := &instant{r: r, done: make(chan struct{}), release: s.d.engine.Acquire(b.ID)}
 	fail := func(err error) (*instant, error) {
 		s.stop(inst)
@@ -377,7 +410,7 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 			return fail(err)
 		}
 		inst.devs = append(inst.devs, dev)
-		h := hydrate.NewHydrator(dev, r.Rate)
+		h := hydrate.NewHydratorWith(dev, hydrate.Options{Limiter: lim, Workers: s.d.store.Workers(), Budget: s.d.store.Budget()})
 		h.OnCopied = func(n int64) { s.d.metrics.HydrationBytes.Add(float64(n)) }
 		inst.hyds = append(inst.hyds, h)
 		s.add(&served{
@@ -414,12 +447,30 @@ func (s *serving) run(inst *instant) {
 	inst.cancel = cancel
 	go func() {
 		defer close(inst.done)
-		var err error
+		// Every disk at once: the workers of all of them share the CPUs,
+		// the memory budget and the restore's rate limit.
+		var (
+			wg    sync.WaitGroup
+			errMu sync.Mutex
+			err   error
+		)
+		hctx, stopAll := context.WithCancel(ctx)
+		defer stopAll()
 		for _, h := range inst.hyds {
-			if err = h.Run(ctx); err != nil {
-				break
-			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if herr := h.Run(hctx); herr != nil {
+					errMu.Lock()
+					if err == nil && hctx.Err() == nil {
+						err = herr
+					}
+					errMu.Unlock()
+					stopAll() // one disk failed: the restore failed
+				}
+			}()
 		}
+		wg.Wait()
 		if ctx.Err() != nil {
 			return // stopped by cancel, finish or daemon shutdown
 		}

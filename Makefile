@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench bench-s3 fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-s3 bench-scale fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -37,6 +37,16 @@ test-crash:
 # bench/results.md. Not part of CI.
 bench: build
 	bash bench/run.sh
+
+# How csbs scales with cores: a GOMAXPROCS sweep (1, 2, 4 … nproc) of
+# backup, restore, hydration and NBD reads beside pread of the raw image,
+# on an image generated from /usr and random data. Needs nothing but Go:
+# runs on a bare many-core machine. Writes bench/results-scale.md.
+# SCALEFLAGS passes options (e.g. -size 4096 -reps 5 -procs 1,8,16).
+SCALEFLAGS ?=
+bench-scale: build
+	$(GO) build -o bench/out/csbsscale ./bench/cmd/csbsscale
+	bench/out/csbsscale -csbs $(BIN) -out bench/results-scale.md $(SCALEFLAGS)
 
 # The object-store backend on a local Ceph RADOS Gateway (installs radosgw,
 # ceph-mon, ceph-osd, restic): backup, restore and hydration against the

@@ -88,6 +88,61 @@ func (s *Store) readBlock(ctx context.Context, h Hash) ([]byte, bool, error) {
 	return s.cache.fill(ctx, h, func() ([]byte, error) { return s.loadBlock(ctx, h, nil) })
 }
 
+// lookupMany finds where each block of hs lives, in one read
+// transaction: a request of several blocks pays Badger's per-transaction
+// cost (a global lock and its watermark bookkeeping) once. errs[k] is
+// errNotIndexed for a hash the index lacks.
+func (s *Store) lookupMany(hs []Hash) ([]location, []error) {
+	locs, errs := make([]location, len(hs)), make([]error, len(hs))
+	release, err := s.enter()
+	if err != nil {
+		for k := range errs {
+			errs[k] = err
+		}
+		return locs, errs
+	}
+	defer release()
+	err = s.db.View(func(txn *badger.Txn) error {
+		for k, h := range hs {
+			locs[k], errs[k] = s.lookupTxn(txn, h)
+		}
+		return nil
+	})
+	if err != nil {
+		for k := range errs {
+			errs[k] = err
+		}
+	}
+	return locs, errs
+}
+
+// readBlockAt is readBlock for a block already looked up (loc, or the
+// lookup's error). A stale location cannot give wrong bytes: packs never
+// change and every read is verified; a pack gone meanwhile (GC moved the
+// block) or a failed lookup takes the full path, which looks up again.
+func (s *Store) readBlockAt(ctx context.Context, h Hash, loc location, lerr error) ([]byte, bool, error) {
+	if h.IsZero() {
+		return s.zero, false, nil
+	}
+	if b, ok := s.cache.get(h); ok {
+		return b, false, nil
+	}
+	return s.cache.fill(ctx, h, func() ([]byte, error) {
+		if lerr == nil {
+			release, err := s.enter()
+			if err != nil {
+				return nil, err
+			}
+			b, err := s.readAt(ctx, h, loc, nil)
+			release()
+			if !errors.Is(err, ErrPackNotFound) {
+				return b, err
+			}
+		}
+		return s.loadBlock(ctx, h, nil)
+	})
+}
+
 // cachedBlock returns block h if the cache holds it (the zero block
 // always).
 func (s *Store) cachedBlock(h Hash) ([]byte, bool) {

@@ -305,8 +305,9 @@ type blockReadError struct {
 func (e *blockReadError) Error() string { return e.err.Error() }
 
 // loadParallel loads blocks (ascending) with up to Workers goroutines
-// and hands each to use. On failure it returns the error of the lowest
-// failed block: the caller reports the bytes before it as read.
+// and hands each to use. Their index entries are looked up first, in
+// one transaction. On failure it returns the error of the lowest failed
+// block: the caller reports the bytes before it as read.
 func (v *Volume) loadParallel(ctx context.Context, blocks []int64, use func(i int64, b []byte)) error {
 	if len(blocks) == 0 {
 		return nil
@@ -319,6 +320,15 @@ func (v *Volume) loadParallel(ctx context.Context, blocks []int64, use func(i in
 		use(blocks[0], b)
 		return nil
 	}
+	hs := make([]Hash, len(blocks))
+	for k, i := range blocks {
+		h, err := v.BlockHash(i)
+		if err != nil {
+			return &blockReadError{i, err}
+		}
+		hs[k] = h
+	}
+	locs, lerrs := v.s.lookupMany(hs)
 	var (
 		mu    sync.Mutex
 		first *blockReadError
@@ -332,14 +342,17 @@ func (v *Volume) loadParallel(ctx context.Context, blocks []int64, use func(i in
 				return
 			}
 			i := blocks[k]
-			b, err := v.Block(ctx, i)
+			b, loaded, err := v.s.readBlockAt(ctx, hs[k], locs[k], lerrs[k])
 			if err != nil {
 				mu.Lock()
 				if first == nil || i < first.i {
-					first = &blockReadError{i, err}
+					first = &blockReadError{i, v.blockError(hs[k], i, err)}
 				}
 				mu.Unlock()
 				continue
+			}
+			if loaded && v.rc != nil {
+				v.rc.loaded(i, b)
 			}
 			use(i, b)
 		}
@@ -403,36 +416,75 @@ func (v *Volume) readAhead(off, n int64) {
 		st.aheadTo = to
 	}
 	v.mu.Unlock()
+	var todo []int64
+	var hs []Hash
 	for i := from; i < to; i++ {
-		if h, err := v.BlockHash(i); err != nil || h.IsZero() {
-			continue
-		} else if _, ok := v.s.cachedBlock(h); ok {
+		h, err := v.BlockHash(i)
+		if err != nil || h.IsZero() {
 			continue
 		}
+		if _, ok := v.s.cachedBlock(h); ok {
+			continue
+		}
+		todo, hs = append(todo, i), append(hs, h)
+	}
+	// As many loaders as prefetch slots and budget allow now; the reader
+	// fetches what they do not get to itself.
+	k := 0
+slots:
+	for k < len(todo) {
 		select {
 		case v.prefetch <- struct{}{}:
 		default:
-			return // prefetchers busy: the reader will fetch what it needs itself
+			break slots
 		}
 		if !v.s.budget.TryAcquire(v.bs) {
 			<-v.prefetch
-			return
+			break
 		}
-		started := v.s.background(func(ctx context.Context) {
-			defer func() { <-v.prefetch }()
-			defer v.s.budget.Release(v.bs)
-			select {
-			case <-v.closedCh:
-			case <-ctx.Done():
-			default:
-				_, _ = v.Block(ctx, i) // errors surface on the real read
-			}
-		})
-		if !started {
-			v.s.budget.Release(v.bs)
+		k++
+	}
+	if k == 0 {
+		return
+	}
+	giveBack := func() {
+		v.s.budget.Release(int64(k) * v.bs)
+		for range k {
 			<-v.prefetch
-			return
 		}
+	}
+	ok := v.s.background(func(ctx context.Context) {
+		defer giveBack()
+		locs, lerrs := v.s.lookupMany(hs)
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		load := func() {
+			defer wg.Done()
+			for {
+				j := next.Add(1) - 1
+				if j >= int64(len(todo)) || ctx.Err() != nil {
+					return
+				}
+				select {
+				case <-v.closedCh:
+					return
+				default:
+				}
+				// Errors surface on the real read.
+				if b, loaded, err := v.s.readBlockAt(ctx, hs[j], locs[j], lerrs[j]); err == nil && loaded && v.rc != nil {
+					v.rc.loaded(todo[j], b)
+				}
+			}
+		}
+		wg.Add(k)
+		for range k - 1 {
+			go load()
+		}
+		load()
+		wg.Wait()
+	})
+	if !ok {
+		giveBack()
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"csbs/blockstore"
 )
@@ -351,5 +352,40 @@ func TestTrim(t *testing.T) {
 	}
 	if st.Blocks*512 > int64(size)-8*4096 {
 		t.Errorf("target allocates %d bytes: no hole was punched", st.Blocks*512)
+	}
+}
+
+// TestRateLimitExact: a hydrator with several workers and a limit of
+// 1 MiB/s reserves every byte it writes: on a clock that does not move,
+// the last reservation waits (bytes copied - burst) / rate, as one
+// writer at that rate would. (No time is measured: the limiter's clock
+// is replaced.)
+func TestRateLimitExact(t *testing.T) {
+	size := 6 << 20
+	base := disk(9, size)
+	vol := backup(t, base)
+	d := openDevice(t, vol, t.TempDir())
+	defer d.Close()
+	const bps = 1 << 20
+	lim := NewLimiter(bps)
+	t0 := time.Unix(1e9, 0)
+	var mu sync.Mutex
+	var longest time.Duration
+	lim.now = func() time.Time { return t0 }
+	lim.sleep = func(_ context.Context, d time.Duration) error {
+		mu.Lock()
+		longest = max(longest, d)
+		mu.Unlock()
+		return nil
+	}
+	lim.SetRate(bps)
+	h := NewHydratorWith(d, Options{Limiter: lim, Workers: 8})
+	if err := h.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	burst := int64(1 << 20)
+	want := time.Duration(float64(h.copied.Load()-burst) / bps * float64(time.Second))
+	if h.copied.Load() < int64(size)/2 || longest < want-time.Millisecond || longest > want+time.Millisecond {
+		t.Fatalf("copied %d bytes; the last reservation waits %v, want %v", h.copied.Load(), longest, want)
 	}
 }

@@ -85,13 +85,27 @@ func (h *Hydrator) SetRate(bps int64) { h.limiter.SetRate(bps) }
 type Limiter struct {
 	mu  sync.Mutex
 	lim *rate.Limiter
+	// now and sleep are the clock (tests replace them).
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration) error
 }
 
 // NewLimiter returns a limit of bps bytes per second (<= 0: unlimited).
 func NewLimiter(bps int64) *Limiter {
-	l := &Limiter{lim: rate.NewLimiter(rate.Inf, 8<<20)}
+	l := &Limiter{lim: rate.NewLimiter(rate.Inf, 8<<20), now: time.Now, sleep: sleepCtx}
 	l.SetRate(bps)
 	return l
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // SetRate changes the limit.
@@ -105,19 +119,32 @@ func (l *Limiter) SetRate(bps int64) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lim.SetLimit(lim)
-	l.lim.SetBurst(burst)
+	now := l.now()
+	l.lim.SetLimitAt(now, lim)
+	l.lim.SetBurstAt(now, burst)
 }
 
 // wait takes n bytes of the limit, waiting as long as the rate requires.
+// Every byte is reserved before it is written, whichever worker writes
+// it, so over any interval the bytes written stay within the rate plus
+// one burst.
 func (l *Limiter) wait(ctx context.Context, n int64) error {
 	for n > 0 {
 		l.mu.Lock()
-		burst := int64(l.lim.Burst())
+		k := min(n, int64(l.lim.Burst()))
+		now := l.now()
+		r := l.lim.ReserveN(now, int(k))
 		l.mu.Unlock()
-		k := min(n, burst)
-		if err := l.lim.WaitN(ctx, int(k)); err != nil {
-			return err
+		if !r.OK() {
+			return fmt.Errorf("rate limit: %d bytes exceed the burst", k)
+		}
+		if d := r.DelayFrom(now); d > 0 {
+			if err := l.sleep(ctx, d); err != nil {
+				l.mu.Lock()
+				r.CancelAt(l.now())
+				l.mu.Unlock()
+				return err
+			}
 		}
 		n -= k
 	}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"csbs/api"
+	appl "csbs/bench/internal/appliance"
 	"csbs/nbd"
 )
 
@@ -121,6 +123,12 @@ func (b *bench) nbdFigures() {
 	defer os.RemoveAll(dir)
 	a := b.startAppliance(dir)
 	defer a.stop()
+	rss := sampleRSS(a.daemon.Process.Pid)
+	defer func() {
+		rss.finish()
+		f := b.fig("memory", "daemon peak anonymous memory, NBD, hydration, FUSE", "MiB", "", false, "-")
+		f.ours = append(f.ours, float64(rss.peakAnon)/(1<<10))
+	}()
 	a.cli("server", "add", "--name", "img", "--disk", "vda="+b.image)
 	a.cli("backup", "create", "img", "--full", "--enable-instant-restore", "--name", "golden", "--wait")
 	a.cli("backup", "attach", "golden")
@@ -149,9 +157,9 @@ func (b *bench) nbdFigures() {
 		d, _ := run("nbdcopy", uri, "null:")
 		return mbps(b.size, d)
 	}
-	add("sequential read (nbdcopy to null)", "MB/s", seq(ours), seq(peer), "≥ 0.8×")
-	add("random 4 KiB read, QD1 (fio nbd)", "IOPS", fioIOPS(ours, 1), fioIOPS(peer, 1), "≥ 0.7×")
-	add("random 4 KiB read, QD32 (fio nbd)", "IOPS", fioIOPS(ours, 32), fioIOPS(peer, 32), "≥ 0.7×")
+	add("sequential read, cold (nbdcopy to null)", "MB/s", seq(ours), seq(peer), "≥ 0.8×")
+	add("random 4 KiB read, QD1 (fio nbd)", "IOPS", fioIOPS(ours, 1), fioIOPS(peer, 1), "≥ 0.8×")
+	add("random 4 KiB read, QD32 (fio nbd)", "IOPS", fioIOPS(ours, 32), fioIOPS(peer, 32), "≥ 1.0×")
 
 	// Time to first byte of an instant restore, for this image and a
 	// 1 TiB sparse disk.
@@ -167,7 +175,9 @@ func (b *bench) nbdFigures() {
 	tb := b.fig("nbd", "instant restore: start to first byte, 1 TiB sparse disk", "ms", "", false, "< 100 ms")
 	tb.ours = append(tb.ours, float64(a.firstByte("huge-golden", filepath.Join(dir, "ttfb-huge.img")).Microseconds())/1000)
 
-	// Hydration speed, unlimited, against cp of the same image.
+	// Hydration speed, unlimited, against cp of the same image; both end
+	// synced to disk (a hydration is complete only once its data and bits
+	// are durable).
 	target := filepath.Join(dir, "hydrated.img")
 	start := time.Now()
 	_, out := a.cli("restore", "start", "golden", "--instant", "--rate", "0", "--json", "--disk", "vda="+target)
@@ -175,22 +185,17 @@ func (b *bench) nbdFigures() {
 		ID string `json:"id"`
 	}
 	json.Unmarshal([]byte(out), &r)
-	for {
-		_, out := a.cli("restore", "show", r.ID, "--json")
-		if strings.Contains(out, `"state": "complete"`) {
-			break
-		}
-		if strings.Contains(out, `"state": "failed"`) {
-			log.Fatalf("hydration failed: %s", out)
-		}
-		time.Sleep(20 * time.Millisecond)
+	tok, _ := os.ReadFile(filepath.Join(dir, "csbs", "admin.token"))
+	poll := &appl.Appliance{API: api.NewUnixClient(filepath.Join(dir, "csbs", "csbs.sock"), strings.TrimSpace(string(tok)))}
+	if err := poll.WaitHydrated(context.Background(), r.ID); err != nil {
+		log.Fatalf("hydration: %v", err)
 	}
 	hyd := mbps(b.size, time.Since(start))
 	a.cli("restore", "finish", r.ID)
 	os.Remove(target)
-	d, _ := run("cp", b.image, target)
+	d, _ := run("sh", "-c", "cp '"+b.image+"' '"+target+"' && sync '"+target+"'")
 	os.Remove(target)
-	hf := b.fig("nbd", "hydration (instant restore, unlimited)", "MB/s", "cp", true, "≥ 0.7×")
+	hf := b.fig("nbd", "hydration (instant restore, unlimited), both synced", "MB/s", "cp; sync", true, "≥ 0.9×")
 	hf.ours = append(hf.ours, hyd)
 	hf.peer = append(hf.peer, mbps(b.size, d))
 

@@ -58,8 +58,8 @@ type Store struct {
 	// InflightBytes.
 	InflightMemory AutoSize `toml:"inflight_memory"`
 	MinFree        Size     `toml:"min_free"` // free space backups never eat into
-	Backend     string `toml:"backend"`     // where block bytes live: local | s3 (s3.go)
-	S3          S3     `toml:"s3"`          // [store.s3], for backend = "s3"
+	Backend        string   `toml:"backend"`  // where block bytes live: local | s3 (s3.go)
+	S3             S3       `toml:"s3"`       // [store.s3], for backend = "s3"
 }
 
 // API configures the daemon's API listeners.

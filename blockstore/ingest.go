@@ -184,6 +184,7 @@ type ingest struct {
 
 	// collector state
 	pw       *packWriter // pack being filled; nil until a new block arrives
+	pub      *publisher  // seals and indexes full packs in the background
 	seg      []Hash
 	segIndex int64
 	segHeld  []Hash // hashes of seg registered in ref, released once the segment is in the map file
@@ -229,6 +230,8 @@ func (ig *ingest) run(ctx context.Context) (IngestStats, error) {
 	}
 	go func() { wg.Wait(); close(results) }()
 
+	ig.pub = ig.s.newPublisher(ctx)
+	defer ig.pub.abandon() // after a failure: drop what is queued
 	err := ig.collect(ctx, results, tokens)
 	if err != nil {
 		cancel(err)
@@ -486,9 +489,12 @@ func (ig *ingest) collect(ctx context.Context, results <-chan *ingestItem, token
 	if ig.pw != nil {
 		pw := ig.pw
 		ig.pw = nil
-		if _, err := ig.s.publishPack(ctx, pw); err != nil {
+		if err := ig.pub.submit(pw); err != nil {
 			return fmt.Errorf("map %s: %w", ig.id, err)
 		}
+	}
+	if err := ig.pub.wait(); err != nil {
+		return fmt.Errorf("map %s: %w", ig.id, err)
 	}
 	if err := ig.mw.finish(); err != nil {
 		return err
@@ -548,7 +554,7 @@ func (ig *ingest) addBlock(ctx context.Context, h Hash, v []byte) error {
 	if ig.pw.full() {
 		pw := ig.pw
 		ig.pw = nil
-		if _, err := ig.s.publishPack(ctx, pw); err != nil {
+		if err := ig.pub.submit(pw); err != nil {
 			return fmt.Errorf("map %s: %w", ig.id, err)
 		}
 	}

@@ -20,9 +20,30 @@ type replyWriter struct {
 
 	mu      sync.Mutex
 	queue   net.Buffers
+	queued  int      // bytes in queue
 	done    []func() // run once their reply is written (buffers back to pools)
 	writing bool
 	broken  bool
+}
+
+// queuedBytes is what waits to be sent.
+func (w *replyWriter) queuedBytes() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.queued
+}
+
+// abandon gives up on whatever is still queued (the connection is
+// ending): callbacks run, nothing more is written.
+func (w *replyWriter) abandon() {
+	w.mu.Lock()
+	w.broken = true
+	done := w.done
+	w.done, w.queue, w.queued = nil, nil, 0
+	w.mu.Unlock()
+	for _, f := range done {
+		f()
+	}
 }
 
 // add queues a reply made of bufs; after runs once it is written (or
@@ -37,6 +58,9 @@ func (w *replyWriter) add(bufs [][]byte, after func()) {
 		return
 	}
 	w.queue = append(w.queue, bufs...)
+	for _, b := range bufs {
+		w.queued += len(b)
+	}
 	if after != nil {
 		w.done = append(w.done, after)
 	}
@@ -57,6 +81,7 @@ func (w *replyWriter) kick() {
 	for len(w.queue) > 0 && !w.broken {
 		q, w.queue = w.queue, q[:0]
 		done, w.done = w.done, done[:0]
+		w.queued = 0
 		w.mu.Unlock()
 		// A client that stops reading replies must not hold buffers (and
 		// the daemon's memory budget) for ever.
@@ -77,7 +102,7 @@ func (w *replyWriter) kick() {
 	w.writing = false
 	var rest []func()
 	if w.broken {
-		rest, w.done, w.queue = w.done, nil, nil
+		rest, w.done, w.queue, w.queued = w.done, nil, nil, 0
 	}
 	w.mu.Unlock()
 	for _, f := range rest { // queued after the connection broke

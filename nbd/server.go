@@ -548,13 +548,26 @@ func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session)
 	if cr, ok := exp.Device.(CachedReader); ok {
 		cached = cr
 	}
-	defer func() {
-		// Requests still running see their context end, then the
-		// workers drain and leave.
-		cancel()
+	// finish ends the connection's requests: after NBD_CMD_DISC the ones
+	// in flight complete and are answered; when the connection broke they
+	// see their context end. Replies still queued go out if they can,
+	// and their buffers and budget come back in every case.
+	finished := false
+	finish := func(graceful bool) {
+		if finished {
+			return
+		}
+		finished = true
+		if !graceful {
+			cancel()
+		}
 		close(jobs)
 		wg.Wait()
-	}()
+		rw.kick()
+		rw.abandon()
+		cancel()
+	}
+	defer finish(false)
 	// Workers live as long as the connection: a request does not pay
 	// for a new goroutine and its stack growth.
 	dispatch := func(r *request) {
@@ -596,7 +609,7 @@ func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session)
 		r := &request{flags: be.Uint16(hdr[4:]), typ: be.Uint16(hdr[6:]), cookie: be.Uint64(hdr[8:]), off: be.Uint64(hdr[16:]), length: be.Uint32(hdr[24:])}
 		switch r.typ {
 		case cmdDisc:
-			rw.kick()
+			finish(true)
 			return
 		case cmdWrite:
 			if r.length > maxPayload {
@@ -604,6 +617,7 @@ func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session)
 				s.reply(rw, st, r, errOverflow, nil, "write larger than 32 MiB", nil)
 				return
 			}
+			rw.kick() // the budget may wait for replies this goroutine queued
 			if err := s.take(ctx, r, int64(r.length)); err != nil {
 				return
 			}
@@ -620,6 +634,9 @@ func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session)
 			// answered here, like a pread in qemu-nbd: no hand-off, and
 			// its reply waits for the others read in the same batch.
 			if cached != nil && s.readCached(rw, cached, exp, st, r) {
+				if rw.queuedBytes() >= maxQueued {
+					rw.kick()
+				}
 				continue
 			}
 		}
@@ -650,6 +667,10 @@ func (s *Server) readCached(rw *replyWriter, dev CachedReader, exp *Export, st s
 	s.queueReply(rw, st, r, 0, buf, "", func() { s.done(r, buf) })
 	return true
 }
+
+// maxQueued is how many reply bytes the request reader lets pile up
+// before it sends them, while more requests are buffered.
+const maxQueued = 1 << 20
 
 // maxCachedRead is the largest read the request reader answers itself
 // from the caches; larger ones go to a worker so that reading requests

@@ -103,6 +103,7 @@ type fixture struct {
 	store     *blockstore.Store
 	mem       *memDevice
 	vol       *blockstore.Volume
+	budget    *blockstore.Budget
 }
 
 func serve(t *testing.T) *fixture {
@@ -148,7 +149,8 @@ func serve(t *testing.T) *fixture {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	// A small memory budget: requests wait for each other's buffers.
-	srv := &Server{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: blockstore.NewBudget(4 << 20)}
+	budget := blockstore.NewBudget(4 << 20)
+	srv := &Server{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
@@ -159,7 +161,20 @@ func serve(t *testing.T) *fixture {
 		vol.Close()
 		st.Close()
 	})
-	return &fixture{sock: sock, img: img, store: st, mem: mem, vol: vol}
+	return &fixture{sock: sock, img: img, store: st, mem: mem, vol: vol, budget: budget}
+}
+
+// budgetReturned waits until every connection gave its buffers' budget
+// back (connections end asynchronously after the client leaves).
+func (f *fixture) budgetReturned(t *testing.T) {
+	t.Helper()
+	for range 1000 {
+		if f.budget.Stats().Used == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("memory budget not returned: %+v", f.budget.Stats())
 }
 
 func (f *fixture) uri(name string) string { return "nbd+unix:///" + name + "?socket=" + f.sock }
@@ -470,6 +485,42 @@ func TestHostileClients(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("clients that leave with replies pending", func(t *testing.T) {
+		// Reads the caches answer at once, then the client goes without
+		// reading the replies: their buffers and budget must come back.
+		c, err := Dial(context.Background(), f.uri("backup"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ReadAt(make([]byte, 256<<10), 0) // now cached
+		c.Close()
+		for range 10 {
+			hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+				c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+				c.Write(goOption("backup"))
+				readUntilAck(t, r)
+				var reqs []byte
+				for k := range 64 {
+					reqs = append(reqs, rawRequest(cmdRead, uint64(k), 0, 256<<10)...)
+				}
+				c.Write(reqs)
+			})
+		}
+		// Answered reads, then a bad request in the same packet: the
+		// server drops the connection with the replies unsent.
+		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+			c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+			c.Write(goOption("backup"))
+			readUntilAck(t, r)
+			var reqs []byte
+			for k := range 8 {
+				reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*4096, 4096)...)
+			}
+			c.Write(append(reqs, make([]byte, 28)...))
+			io.Copy(io.Discard, r)
+		})
+		f.budgetReturned(t)
+	})
 }
 
 // TestManyConnections: 24 connections to one export at once, half
@@ -506,12 +557,13 @@ func TestManyConnections(t *testing.T) {
 			fail(fmt.Errorf("read %d at %d: bytes differ from the image", n, off))
 		}
 	}
+	var conns []*Client
 	for k := range 24 {
 		c, err := Dial(ctx, f.uri("backup"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		conns = append(conns, c)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -569,4 +621,8 @@ func TestManyConnections(t *testing.T) {
 	if st := f.vol.ReadCacheStats(); st.Hits == 0 || st.Bad != 0 {
 		t.Errorf("read cache: %+v", st)
 	}
+	for _, c := range conns {
+		c.Close()
+	}
+	f.budgetReturned(t)
 }

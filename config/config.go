@@ -520,14 +520,16 @@ func (s *AutoSize) UnmarshalText(b []byte) error {
 }
 
 // CacheBytes is the block cache's size: cache_size, or for "auto" one
-// 128th of the machine's memory, from 64 MiB to 1 GiB (192 MiB on a
-// 24 GiB machine; the daemon's anonymous memory stays near 256 MiB on
-// small machines, and a many-core appliance with 128 GiB gets 1 GiB).
+// 256th of the machine's memory, from 64 MiB to 1 GiB (96 MiB on a
+// 24 GiB machine, 1 GiB from 256 GiB up). Blocks read again and again
+// are served from elsewhere too (attached exports' read cache files,
+// the kernel's page cache for FUSE and hydrated targets), so the cache
+// mostly holds read-ahead and blocks several readers share.
 func (s Store) CacheBytes(physMem int64) int64 {
 	if s.CacheSize != Auto {
 		return int64(s.CacheSize)
 	}
-	return min(max(physMem/128, 64<<20), 1<<30)
+	return min(max(physMem/256, 64<<20), 1<<30)
 }
 
 // InflightBytes is the budget for data in flight: inflight_memory, or

@@ -293,8 +293,9 @@ func TestAutoSizes(t *testing.T) {
 		cache, inflight int64
 	}{
 		{"small VM", Store{}, 2 << 30, 2, 64 << 20, 64 << 20},
-		{"this bench VM", Store{}, 24 << 30, 2, 192 << 20, 64 << 20},
+		{"this bench VM", Store{}, 24 << 30, 2, 96 << 20, 64 << 20},
 		{"64-core appliance", Store{}, 256 << 30, 64, 1 << 30, 512 << 20},
+		{"huge", Store{}, 2 << 40, 128, 1 << 30, 1 << 30},
 		{"explicit", Store{CacheSize: 300 << 20, InflightMemory: 32 << 20}, 256 << 30, 64, 300 << 20, 32 << 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -120,7 +120,8 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p, size: size}
-	d.log.Info("read path sized", "workers", size.Workers, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes)
+	memLimit := limitMemory(size)
+	d.log.Info("read path sized", "workers", size.Workers, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes, "go_memory_limit", memLimit)
 	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if err := d.bootstrap(); err != nil {
 		store.Close()

@@ -36,6 +36,25 @@ func sizeFor(cfg config.Store) sizing {
 	}
 }
 
+// heapSlack is what the daemon's heap holds besides the block cache and
+// the data in flight: Badger's memtables (2 × 32 MiB while backups
+// write), its block and index caches (48 MiB), codecs, FUSE and API
+// buffers.
+const heapSlack = 160 << 20
+
+// limitMemory sets the Go runtime's soft memory limit to what the
+// daemon is sized for, unless GOMEMLIMIT says otherwise. Without it the
+// collector lets the heap grow to twice what is live, so a full block
+// cache would cost double its size in anonymous memory at peaks.
+func limitMemory(size sizing) int64 {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return debug.SetMemoryLimit(-1)
+	}
+	limit := size.CacheBytes + size.InflightBytes + heapSlack
+	debug.SetMemoryLimit(limit)
+	return limit
+}
+
 // machineMemory is the physical memory, or the memory limit of the
 // daemon's cgroup when that is lower (a container or a systemd slice).
 func machineMemory() int64 {

@@ -153,11 +153,17 @@ func (b *bench) nbdFigures() {
 		f.ours = append(f.ours, o)
 		f.peer = append(f.peer, p)
 	}
-	seq := func(uri string) float64 {
+	var seqCPU [2]float64
+	seq := func(uri string, pid, k int) float64 {
+		c0 := cpuOf(pid)
 		d, _ := run("nbdcopy", uri, "null:")
+		seqCPU[k] = (cpuOf(pid) - c0) / gib(b.size)
 		return mbps(b.size, d)
 	}
-	add("sequential read, cold (nbdcopy to null)", "MB/s", seq(ours), seq(peer), "≥ 0.8×")
+	add("sequential read, cold (nbdcopy to null)", "MB/s", seq(ours, a.daemon.Process.Pid, 0), seq(peer, q.Process.Pid, 1), "≥ 0.8×")
+	cf := b.fig("cpu", "NBD sequential read: server CPU seconds per GiB (csbs vs qemu-nbd)", "s/GiB", "qemu-nbd", false, "")
+	cf.ours = append(cf.ours, seqCPU[0])
+	cf.peer = append(cf.peer, seqCPU[1])
 	add("random 4 KiB read, QD1 (fio nbd)", "IOPS", fioIOPS(ours, 1), fioIOPS(peer, 1), "≥ 0.8×")
 	add("random 4 KiB read, QD32 (fio nbd)", "IOPS", fioIOPS(ours, 32), fioIOPS(peer, 32), "≥ 1.0×")
 
@@ -179,6 +185,7 @@ func (b *bench) nbdFigures() {
 	// synced to disk (a hydration is complete only once its data and bits
 	// are durable).
 	target := filepath.Join(dir, "hydrated.img")
+	hydCPU0 := cpuOf(a.daemon.Process.Pid)
 	start := time.Now()
 	_, out := a.cli("restore", "start", "golden", "--instant", "--rate", "0", "--json", "--disk", "vda="+target)
 	var r struct {
@@ -191,10 +198,16 @@ func (b *bench) nbdFigures() {
 		log.Fatalf("hydration: %v", err)
 	}
 	hyd := mbps(b.size, time.Since(start))
+	hydCPU := (cpuOf(a.daemon.Process.Pid) - hydCPU0) / gib(b.size)
 	a.cli("restore", "finish", r.ID)
 	os.Remove(target)
+	cp0 := childrenCPU()
 	d, _ := run("sh", "-c", "cp '"+b.image+"' '"+target+"' && sync '"+target+"'")
+	cpCPU := (childrenCPU() - cp0) / gib(b.size)
 	os.Remove(target)
+	cf = b.fig("cpu", "hydration: CPU seconds per GiB of disk (daemon vs cp; sync)", "s/GiB", "cp; sync", false, "")
+	cf.ours = append(cf.ours, hydCPU)
+	cf.peer = append(cf.peer, cpCPU)
 	hf := b.fig("nbd", "hydration (instant restore, unlimited), both synced", "MB/s", "cp; sync", true, "≥ 0.9×")
 	hf.ours = append(hf.ours, hyd)
 	hf.peer = append(hf.peer, mbps(b.size, d))

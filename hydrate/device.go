@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -479,6 +480,9 @@ func (d *Device) backupBlock(i int64) ([]byte, error) {
 
 // targetZero reports whether block i of the target reads all zeroes.
 func (d *Device) targetZero(i int64) (bool, error) {
+	if inHole(d.target, i*d.bs, d.blockLen(i)) {
+		return true, nil // a hole reads zeroes: no need to read it
+	}
 	bp := d.bufs.Get().(*[]byte)
 	defer d.bufs.Put(bp)
 	b := (*bp)[:d.blockLen(i)]
@@ -586,6 +590,21 @@ func (d *Device) discardBlock(i int64) error {
 	}
 	d.bm.setHave(i)
 	return nil
+}
+
+// inHole reports whether [off, off+n) of f lies in a hole (SEEK_DATA
+// finds no data before its end), which reads as zeroes. False when f has
+// no descriptor or the file system cannot tell: the caller reads.
+func inHole(f File, off, n int64) bool {
+	fd, ok := f.(interface{ Fd() uintptr })
+	if !ok {
+		return false
+	}
+	next, err := unix.Seek(int(fd.Fd()), off, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return true // no data from off to the end of the file
+	}
+	return err == nil && next >= off+n
 }
 
 // punchHole deallocates [off, off+n) of f if f is a file descriptor

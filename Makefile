@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench bench-s3 bench-scale fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-s3 bench-scale bench-vm fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -54,6 +54,14 @@ bench-scale: build
 # bench/results-s3.md. A 1 GiB image unless BENCH_IMAGE_MB says otherwise.
 bench-s3: build
 	BENCH_S3=1 BENCH_IMAGE_MB=$${BENCH_IMAGE_MB:-1024} bash bench/run.sh
+
+# Live VM benchmark (needs qemu-system-x86, qemu-utils, busybox-static,
+# qemu-guest-agent): a 2 GiB qcow2 VM disk, CBT incremental with 1%
+# changed vs a full read, and csbs vs qemu-img convert reading a QEMU NBD
+# export; median of 3, written to bench/results-vm.md. BENCH_DIR keeps the
+# disk image between runs. Not part of CI.
+bench-vm:
+	CSBS_BENCH_VM=1 BENCH_OUT=$(CURDIR)/bench/results-vm.md $(GO) test -count=1 -timeout 60m -run TestVMBench -v ./bench/vmbench/
 
 # Fuzz every target for FUZZTIME each (the regular test run replays the
 # seeds in the code and the corpora in */testdata/fuzz). Minimizing a new

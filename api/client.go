@@ -37,6 +37,24 @@ func NewUnixClient(socket, token string) *Client {
 	return &Client{HTTP: &http.Client{Transport: tr}, Base: "http://csbs", Token: token, Socket: socket}
 }
 
+// ErrNoDaemon means no daemon answers on the socket: none was started,
+// or it stopped (also while a request was on its way).
+var ErrNoDaemon = errors.New("no csbs daemon answers")
+
+// connError says what a failed connection means to a user: no daemon
+// listens, or the daemon went away during the request.
+func (c *Client) connError(ctx context.Context, method, path string, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s %s: %w", method, path, context.Cause(ctx))
+	case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w at %s: is `csbs serve` running? (%s %s)", ErrNoDaemon, c.Socket, method, path)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		return fmt.Errorf("%w at %s: the daemon closed the connection during %s %s (did it stop? see its log)", ErrNoDaemon, c.Socket, method, path)
+	}
+	return fmt.Errorf("%s %s: %w", method, path, err)
+}
+
 // Do sends a request with an optional JSON body and decodes the JSON
 // answer into out (if not nil). An API error comes back as *Error.
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, in, out any) error {
@@ -68,15 +86,12 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("cannot reach the csbs daemon at %s (is `csbs serve` running?)", c.Socket)
-		}
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return c.connError(ctx, method, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+		return c.connError(ctx, method, path, fmt.Errorf("read answer: %w", err))
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {

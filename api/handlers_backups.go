@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"csbs/access"
 	"csbs/catalog"
 	"csbs/scheduler"
 )
@@ -169,7 +170,13 @@ func (s *Server) deleteBackup(ctx context.Context, p principal, r *http.Request)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"deleted": b.ID, "name": b.Name}, nil
+	return DeletedBackup{ID: b.ID, Name: b.Name}, nil
+}
+
+// DeletedBackup is the answer of DELETE /v1/backups/{ref}.
+type DeletedBackup struct {
+	ID   string `json:"deleted"`
+	Name string `json:"name"`
 }
 
 // StartRestoreRequest is the body of POST /v1/restores.
@@ -198,14 +205,24 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 	}
 	seen := map[string]bool{}
 	for i, t := range req.Targets {
-		found := false
-		for _, d := range b.Disks {
-			found = found || d.Name == t.Disk
+		var disk *catalog.BackupDisk
+		for j := range b.Disks {
+			if b.Disks[j].Name == t.Disk {
+				disk = &b.Disks[j]
+			}
 		}
-		if !found {
+		if disk == nil {
 			return nil, fmt.Errorf("%w: backup %s has no disk %q", catalog.ErrInvalid, b.Name, t.Disk)
 		}
-		target, err := s.Engine.CheckTarget(p.caller(), t.Target)
+		check := s.Engine.CheckTarget
+		if !req.Instant {
+			// Everything the job would refuse when it opens the target,
+			// refused now (an instant restore opens its targets at once).
+			check = func(c access.Caller, target string) (string, error) {
+				return s.Engine.CheckRestoreTarget(c, target, disk.Size, req.Force)
+			}
+		}
+		target, err := check(p.caller(), t.Target)
 		if err != nil {
 			return nil, err
 		}
@@ -219,7 +236,7 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 		return nil, fmt.Errorf("%w: rate %d: want bytes per second, 0 for the default or -1 for unlimited", catalog.ErrInvalid, req.Rate)
 	}
 	rs := catalog.Restore{
-		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID, Instant: req.Instant,
+		ID: catalog.NewID(catalog.KindRestore), Project: p.project.ID, BackupID: b.ID, BackupName: b.Name, Instant: req.Instant,
 		Force: req.Force, Rate: req.Rate, Targets: req.Targets, State: catalog.RestoreRunning, Created: s.now(),
 		ByAdmin: p.admin,
 	}
@@ -246,12 +263,26 @@ func (s *Server) listRestores(_ context.Context, p principal, _ *http.Request) (
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
 		out, err = tx.Restores(p.project.ID)
+		for i := range out {
+			named(tx, &out[i])
+		}
 		return err
 	})
 	for i := range out {
 		out[i] = s.liveRestore(out[i])
 	}
 	return nonNil(out), err
+}
+
+// named fills in the backup name of a restore recorded before restores
+// kept it.
+func named(tx *catalog.Txn, r *catalog.Restore) {
+	if r.BackupName != "" {
+		return
+	}
+	if b, err := tx.Backup(r.Project, r.BackupID); err == nil {
+		r.BackupName = b.Name
+	}
 }
 
 // liveRestore fills in the progress of a running restore from its job
@@ -273,6 +304,7 @@ func (s *Server) showRestore(_ context.Context, p principal, r *http.Request) (a
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
 		out, err = tx.Restore(p.project.ID, r.PathValue("id"))
+		named(tx, &out)
 		return err
 	})
 	return s.liveRestore(out), err

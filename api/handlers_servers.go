@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"csbs/catalog"
+	"csbs/qemu"
 	"csbs/scheduler"
 )
 
@@ -17,13 +18,47 @@ type AddServerRequest struct {
 	Name  string         `json:"name"`
 	AZ    string         `json:"availability_zone"`
 	Disks []catalog.Disk `json:"disks"` // name and source; size is measured
+	// QMP, instead of Disks, adds every disk of the running VM behind
+	// this QMP socket (as POST /v1/servers/discover lists them); QGA
+	// names its guest agent socket ("" finds it, "none" skips it).
+	QMP string `json:"qmp,omitempty"`
+	QGA string `json:"qga,omitempty"`
 }
 
-// ServerView is a server with its policy's name.
+// DiscoverRequest is the body of POST /v1/servers/discover.
+type DiscoverRequest struct {
+	QMP string `json:"qmp"`
+	QGA string `json:"qga,omitempty"`
+}
+
+// discoverServer lists the disks of a running VM from QEMU.
+func (s *Server) discoverServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var req DiscoverRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.QMP == "" {
+		return nil, fmt.Errorf("%w: name the VM's QMP socket (--qmp PATH)", catalog.ErrInvalid)
+	}
+	return s.Engine.DiscoverVM(ctx, p.caller(), req.QMP, req.QGA)
+}
+
+// ServerView is a server with its policy's name and what the Instant
+// Restore rules make of its next backups.
 type ServerView struct {
 	catalog.Server
 	Region     string `json:"region"`
 	PolicyName string `json:"policy_name,omitempty"`
+	// NextManual and NextAutomatic are the types the server's next plain
+	// manual backup (no --full) and next automatic backup would get.
+	NextManual    *NextBackupType `json:"next_manual_backup,omitempty"`
+	NextAutomatic *NextBackupType `json:"next_automatic_backup,omitempty"`
+}
+
+// NextBackupType is a backup type the IR rules would decide, and why.
+type NextBackupType struct {
+	Type   string `json:"type"`
+	Reason string `json:"reason"`
 }
 
 func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (any, error) {
@@ -39,6 +74,23 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 	}
 	if !slices.Contains(s.AZs, req.AZ) {
 		return nil, fmt.Errorf("%w: availability zone %q is not in region %s (AZs: %s)", catalog.ErrInvalid, req.AZ, s.Region, strings.Join(s.AZs, ", "))
+	}
+	if req.QMP != "" {
+		if len(req.Disks) > 0 {
+			return nil, fmt.Errorf("%w: give either --qmp (all disks of the VM) or --disk, not both", catalog.ErrInvalid)
+		}
+		found, err := s.Engine.DiscoverVM(ctx, p.caller(), req.QMP, req.QGA)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range found {
+			if d.Skipped == "" {
+				req.Disks = append(req.Disks, catalog.Disk{Name: d.Name, Source: d.Source})
+			}
+		}
+		if len(req.Disks) == 0 {
+			return nil, fmt.Errorf("%w: the VM at %s has no disk csbs can back up (csbs server discover --qmp %s says why)", catalog.ErrInvalid, req.QMP, req.QMP)
+		}
 	}
 	if len(req.Disks) == 0 {
 		return nil, fmt.Errorf("%w: a server needs at least one disk (--disk vda=PATH)", catalog.ErrInvalid)
@@ -62,13 +114,22 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 		req.Disks[i].Source, req.Disks[i].Size = src, size
 		req.Disks[i].ByAdmin = p.admin // the caller's token decides, never the request
 	}
-	var out catalog.Server
+	vms := map[string]bool{}
+	for _, d := range req.Disks {
+		if t, err := qemu.ParseURI(d.Source); err == nil {
+			vms[t.Socket] = true
+		}
+	}
+	if len(vms) > 1 {
+		return nil, fmt.Errorf("%w: the disks name %d QMP sockets; a server is one VM, and its disks are backed up at one point in time through one socket", catalog.ErrInvalid, len(vms))
+	}
+	var out ServerView
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
-		var err error
-		out, err = tx.CreateServer(catalog.Server{Project: p.project.ID, Name: req.Name, AZ: req.AZ, Disks: req.Disks, Created: s.now()})
+		sv, err := tx.CreateServer(catalog.Server{Project: p.project.ID, Name: req.Name, AZ: req.AZ, Disks: req.Disks, Created: s.now()})
+		out = s.serverView(tx, sv)
 		return err
 	})
-	return ServerView{Server: out, Region: s.Region}, err
+	return out, err
 }
 
 func (s *Server) listServers(_ context.Context, p principal, _ *http.Request) (any, error) {
@@ -93,6 +154,16 @@ func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
 			v.PolicyName = pol.Name
 		}
 	}
+	if prj, err := tx.Project(sv.Project); err == nil {
+		next := func(trigger string) *NextBackupType {
+			d, err := catalog.DecideType(prj, sv, catalog.BackupRequest{Trigger: trigger})
+			if err != nil {
+				return nil
+			}
+			return &NextBackupType{Type: d.Type, Reason: d.Reason}
+		}
+		v.NextManual, v.NextAutomatic = next(catalog.TriggerManual), next(catalog.TriggerAuto)
+	}
 	return v
 }
 
@@ -106,8 +177,9 @@ func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (any, error) {
-	return nil, s.Catalog.Release(func(tx *catalog.Txn) error {
+func (s *Server) removeServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+	var removed catalog.Server
+	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
 		if err != nil {
 			return err
@@ -115,8 +187,18 @@ func (s *Server) removeServer(_ context.Context, p principal, r *http.Request) (
 		if s.Runner.ServerBusy(sv.ID) {
 			return fmt.Errorf("%w: server %s has a backup job queued or running; wait for it or cancel it", catalog.ErrConflict, sv.Name)
 		}
+		removed = sv
 		return tx.DeleteServer(sv)
 	})
+	if err != nil {
+		return nil, err
+	}
+	// A live VM keeps csbs's dirty bitmaps; nothing needs them now.
+	if err := s.Engine.ForgetVM(ctx, removed); err != nil {
+		s.Log.Warn("server removed; its VM keeps csbs's dirty bitmaps", "server", removed.Name, "err", err)
+		return map[string]any{"removed": removed.ID, "warning": err.Error()}, nil
+	}
+	return nil, nil
 }
 
 func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
@@ -196,6 +278,11 @@ func (req PolicyRequest) apply(p *catalog.Policy) {
 	set(&p.KeepYearly, req.KeepYearly)
 }
 
+// DefaultNextRuns is how many next run times a policy's view lists unless
+// asked for another number (GET ?next=N): the same after create, update
+// and show.
+const DefaultNextRuns = 5
+
 // PolicyView is a policy with its next runs and bound servers.
 type PolicyView struct {
 	catalog.Policy
@@ -228,7 +315,7 @@ func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (
 	var out PolicyView
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
 		created, err := tx.CreatePolicy(pol)
-		out = s.policyView(tx, created, 3)
+		out = s.policyView(tx, created, DefaultNextRuns)
 		return err
 	})
 	if err == nil {
@@ -250,7 +337,7 @@ func (s *Server) listPolicies(_ context.Context, p principal, _ *http.Request) (
 }
 
 func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
-	n := 5
+	n := DefaultNextRuns
 	if v := r.URL.Query().Get("next"); v != "" {
 		if _, err := fmt.Sscanf(v, "%d", &n); err != nil || n < 0 || n > 100 {
 			return nil, fmt.Errorf("%w: next=%q: want 0..100", catalog.ErrInvalid, v)
@@ -278,7 +365,7 @@ func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (
 		}
 		req.apply(&pol)
 		updated, err := tx.UpdatePolicy(pol)
-		out = s.policyView(tx, updated, 3)
+		out = s.policyView(tx, updated, DefaultNextRuns)
 		return err
 	})
 	if err == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"csbs/catalog"
@@ -82,9 +83,10 @@ type ObjectStoreStatus struct {
 
 // NextRun is the next scheduled run of an enabled policy.
 type NextRun struct {
-	Policy  string    `json:"policy"`
-	Time    time.Time `json:"time"`
-	Servers []string  `json:"servers"`
+	Policy   string    `json:"policy"`
+	Time     time.Time `json:"time"`
+	Timezone string    `json:"timezone"` // the policy's (IANA name; "" is UTC)
+	Servers  []string  `json:"servers"`
 }
 
 // failedJobWindow is how far back failed jobs become warnings.
@@ -146,10 +148,10 @@ func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any,
 		}
 		st.Store.DamagedBackups = len(damaged)
 		if len(damaged) > 0 {
-			st.Warnings = append(st.Warnings, fmt.Sprintf("damaged backups (a block failed verification; the next backup of the same data repairs it): %v", damaged))
+			st.Warnings = append(st.Warnings, fmt.Sprintf("damaged backups: %s (a block failed verification; the next backup of the same data repairs them; csbs backup show says more)", strings.Join(damaged, ", ")))
 		}
 		if len(broken) > 0 {
-			st.Warnings = append(st.Warnings, fmt.Sprintf("backups in error state: %v", broken))
+			st.Warnings = append(st.Warnings, fmt.Sprintf("backups in error state: %s (csbs backup show says why)", strings.Join(broken, ", ")))
 		}
 		pols, err := tx.Policies(p.project.ID)
 		if err != nil {
@@ -163,7 +165,7 @@ func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any,
 			if err != nil || len(runs) == 0 {
 				continue
 			}
-			nr := NextRun{Policy: pol.Name, Time: runs[0], Servers: []string{}}
+			nr := NextRun{Policy: pol.Name, Time: runs[0], Timezone: pol.Timezone, Servers: []string{}}
 			if ss, err := tx.BoundServers(pol); err == nil {
 				for _, sv := range ss {
 					nr.Servers = append(nr.Servers, sv.Name)

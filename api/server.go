@@ -131,6 +131,7 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("DELETE /v1/tokens/{id}", s.revokeToken)
 	route("GET /v1/servers", s.listServers)
 	route("POST /v1/servers", s.addServer)
+	route("POST /v1/servers/discover", s.discoverServer)
 	route("GET /v1/servers/{ref}", s.showServer)
 	route("DELETE /v1/servers/{ref}", s.removeServer)
 	route("POST /v1/servers/{ref}/unbind", s.unbindServer)

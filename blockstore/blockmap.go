@@ -27,6 +27,10 @@ type MapInfo struct {
 	// Staged: an import (a replica) being built; not a backup yet, but GC
 	// keeps what it names.
 	Staged bool `json:"staged,omitempty"`
+	// Removals is the store's count of blocks scrub removed when the map
+	// was committed: while the count stays the same, every block of the
+	// map is still in the store (see keyMetaRemovals).
+	Removals uint64 `json:"removals_at_commit,omitempty"`
 }
 
 // Blocks returns the number of blocks of the map (the last may be partial).
@@ -140,7 +144,12 @@ func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *
 	// pending or as committed, never as neither.
 	s.mu.Lock()
 	err := s.db.Update(func(txn *badger.Txn) error {
+		removals, err := removalsTxn(txn)
+		if err != nil {
+			return err
+		}
 		for _, m := range maps {
+			m.Info.Removals = removals
 			v, err := json.Marshal(m.Info)
 			if err != nil {
 				return err

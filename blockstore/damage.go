@@ -2,6 +2,7 @@ package blockstore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -102,6 +103,13 @@ func (s *Store) deleteIndexIf(h Hash, loc location) (bool, error) {
 				return err
 			}
 			removed = true
+			n, err := removalsTxn(txn)
+			if err != nil {
+				return err
+			}
+			if err := txn.Set(keyMetaRemovals, binary.BigEndian.AppendUint64(nil, n+1)); err != nil {
+				return err
+			}
 			return txn.Delete(indexKey(h))
 		})
 		if errors.Is(err, badger.ErrConflict) {
@@ -113,4 +121,30 @@ func (s *Store) deleteIndexIf(h Hash, loc location) (bool, error) {
 		return removed, err
 	}
 	return false, fmt.Errorf("remove index entry of block %s: too many conflicting writers", h)
+}
+
+// removalsTxn reads how many index entries scrub has removed, ever.
+func removalsTxn(txn *badger.Txn) (uint64, error) {
+	v, err := getValue(txn, keyMetaRemovals)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read meta/removals: %w", err)
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("meta/removals of %d bytes", len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// removals reads the count in a fresh view.
+func (s *Store) removals() (uint64, error) {
+	var n uint64
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		n, err = removalsTxn(txn)
+		return err
+	})
+	return n, err
 }

@@ -140,6 +140,21 @@ func (s *Store) Ingest(ctx context.Context, src Source, opt IngestOptions) (*Pen
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
+	// A parent that lost no block since its commit needs no lookups for
+	// the blocks taken from it (a removal after this point is in the
+	// damage log, which Commit checks).
+	parentIntact := false
+	if opt.Parent != nil {
+		n, err := s.removals()
+		if err != nil {
+			s.mu.Lock()
+			delete(s.pending, id)
+			s.mu.Unlock()
+			mw.abort()
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
+		parentIntact = n == opt.Parent.Removals
+	}
 
 	ig := &ingest{
 		s:      s,
@@ -151,6 +166,8 @@ func (s *Store) Ingest(ctx context.Context, src Source, opt IngestOptions) (*Pen
 		ref:    s.gate.register(),
 		mw:     mw,
 		recent: map[Hash]struct{}{},
+
+		parentIntact: parentIntact,
 	}
 	defer s.gate.unregister(ig.ref)
 	stats, err := ig.run(ctx)
@@ -183,13 +200,15 @@ type ingest struct {
 	mw   *mapWriter
 
 	// collector state
-	pw       *packWriter // pack being filled; nil until a new block arrives
-	pub      *publisher  // seals and indexes full packs in the background
-	seg      []Hash
-	segIndex int64
-	segHeld  []Hash // hashes of seg registered in ref, released once the segment is in the map file
-	recent   map[Hash]struct{}
-	stats    IngestStats
+	pw  *packWriter // pack being filled; nil until a new block arrives
+	pub *publisher  // seals and indexes full packs in the background
+
+	parentIntact bool // every block of opt.Parent is in the store
+	seg          []Hash
+	segIndex     int64
+	segHeld      []Hash // hashes of seg registered in ref, released once the segment is in the map file
+	recent       map[Hash]struct{}
+	stats        IngestStats
 
 	readBytes     atomic.Int64
 	parentBlocks  atomic.Int64
@@ -392,10 +411,13 @@ func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) [
 			}
 			// Held before the lookup, as any hash this ingest refers to.
 			ig.ref.hold(h)
-			ok, err := ig.s.HasBlock(h)
-			if err != nil {
-				it.err = err
-				return scratch
+			ok := ig.parentIntact
+			if !ok {
+				var err error
+				if ok, err = ig.s.HasBlock(h); err != nil {
+					it.err = err
+					return scratch
+				}
 			}
 			ig.s.hook(HookIngestLookup)
 			if ok {
@@ -406,6 +428,7 @@ func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) [
 			// The parent's block is gone (scrub found it damaged): read it.
 			ig.ref.release([]Hash{h})
 			ig.parentMissing.Add(1)
+			var err error
 			if b, err = ig.readBlock(it.first + int64(j)); err != nil {
 				it.err = err
 				return scratch

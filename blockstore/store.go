@@ -34,6 +34,10 @@ var (
 	keyMetaFormat    = []byte("meta/format")
 	keyMetaBlockSize = []byte("meta/blocksize")
 	keyMetaPackSeq   = []byte("meta/packseq") // pack numbers below it may have been used
+	// keyMetaRemovals counts index entries scrub removed as damaged, ever.
+	// GC never removes a live block, so a map committed when the count
+	// was n still has every block while the count is n.
+	keyMetaRemovals = []byte("meta/removals")
 )
 
 // Key prefixes; see the package documentation.

@@ -32,6 +32,11 @@ type Disk struct {
 	Name   string `json:"name"`   // vda, vdb, ...
 	Source string `json:"source"` // image path, device path or NBD URI
 	Size   int64  `json:"size"`   // bytes, as seen when the disk was added or last backed up
+	// LastBackup is the id of the newest backup that saved this disk.
+	// Changed-block tracking uses only that backup as a parent: once it is
+	// deleted, a dirty bitmap covering changes since it says nothing about
+	// an older backup.
+	LastBackup string `json:"last_backup,omitempty"`
 	// ByAdmin: the admin token added the disk, so its source is the
 	// admin's grant; otherwise every backup checks it against the
 	// project's host access (access.source_dirs). Set by the API from
@@ -126,6 +131,18 @@ type BackupDisk struct {
 	Size     int64  `json:"size"`
 	NewBytes int64  `json:"new_bytes"` // bytes this backup added to the store
 	Blocks   int64  `json:"data_blocks"`
+	// ReadBytes is what the backup read from the source (holes and, with
+	// changed-block tracking, unchanged blocks are not read).
+	ReadBytes int64 `json:"read_bytes"`
+	// Bitmap is the dirty bitmap that tracks the disk's changes since
+	// this backup: created by csbs at this backup's point in time (a live
+	// VM), or the one the NBD source names (dirty-bitmap=NAME).
+	Bitmap string `json:"dirty_bitmap,omitempty"`
+	// ChangedFrom is the backup whose block map supplied every block the
+	// bitmap did not mark changed; empty when the whole disk was read,
+	// and then FullRead says why (for sources that can track changes).
+	ChangedFrom string `json:"changed_from,omitempty"`
+	FullRead    string `json:"full_read,omitempty"`
 }
 
 // Backup is a point-in-time copy of all disks of one server.
@@ -147,6 +164,12 @@ type Backup struct {
 	// TypeReason explains why the backup has its type (for a Common
 	// backup: why, and how to get an Enhanced one).
 	TypeReason string `json:"type_reason"`
+	// Consistency of a live VM backup: "fs-consistent" (the guest agent
+	// froze the file systems) or "crash-consistent"; empty for other
+	// sources.
+	Consistency string `json:"consistency,omitempty"`
+	// Note carries remarks from the backup (full reads, no guest agent).
+	Note string `json:"note,omitempty"`
 }
 
 // Size is the sum of the disk sizes.
@@ -239,25 +262,30 @@ type RestoreTarget struct {
 
 // Restore is a restore of a backup's disks, normal or instant.
 type Restore struct {
-	ID       string          `json:"id"`
-	Project  string          `json:"project"`
-	BackupID string          `json:"backup_id"`
-	Instant  bool            `json:"instant"`
-	Force    bool            `json:"force"`
-	Rate     int64           `json:"rate"`
-	Targets  []RestoreTarget `json:"targets"`
-	State    string          `json:"state"`
-	JobID    string          `json:"job_id"`
-	Created  time.Time       `json:"created"`
-	Ended    time.Time       `json:"ended,omitzero"`
-	Done     int64           `json:"bytes_done"`
-	Total    int64           `json:"bytes_total"`
-	Error    string          `json:"error,omitempty"`
+	ID       string `json:"id"`
+	Project  string `json:"project"`
+	BackupID string `json:"backup_id"`
+	// BackupName is the backup's name when the restore started (it stays
+	// after the backup is deleted).
+	BackupName string          `json:"backup_name,omitempty"`
+	Instant    bool            `json:"instant"`
+	Force      bool            `json:"force"`
+	Rate       int64           `json:"rate"`
+	Targets    []RestoreTarget `json:"targets"`
+	State      string          `json:"state"`
+	JobID      string          `json:"job_id"`
+	Created    time.Time       `json:"created"`
+	Ended      time.Time       `json:"ended,omitzero"`
+	Done       int64           `json:"bytes_done"`
+	Total      int64           `json:"bytes_total"`
+	Error      string          `json:"error,omitempty"`
 	// ByAdmin: the admin token started the restore, so its targets are
 	// checked under the admin's host access when they are opened (also
 	// after a restart); otherwise under the project's.
 	ByAdmin bool `json:"by_admin,omitempty"`
-	// Live figures of an instant restore (not stored).
+	// Live figures of an instant restore (not stored): the rate at which
+	// hydration copies data (blocks it need not write excluded; the limit
+	// is Rate) and the time left at the pace so far.
 	RateBps    float64 `json:"rate_bytes_per_second,omitempty"`
 	ETASeconds float64 `json:"eta_seconds,omitempty"`
 }

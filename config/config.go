@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"csbs/catalog"
@@ -112,24 +113,24 @@ type Periodic struct {
 
 func (p Periodic) validate(name string) error {
 	if d := time.Duration(p.Every); d != 0 && d < time.Minute {
-		return fmt.Errorf("%s.every %s: at least 1m (or empty for never)", name, d)
+		return bad(name+".every", "%s.every %s: at least 1m (or empty for never)", name, d)
 	}
 	if p.Every != 0 && p.Schedule != "" {
-		return fmt.Errorf("%s: every and schedule both set; choose one", name)
+		return bad(name+".every", "%s: every and schedule both set; choose one", name)
 	}
 	if p.Schedule != "" {
 		// The policies' rule: scheduler.NextMaintenance reads it with
 		// catalog.ParseClock too.
 		if _, err := catalog.ParseClock(p.Schedule); err != nil {
-			return fmt.Errorf("%s.schedule: %q is not a wall time HH:MM (24-hour, 00:00 to 23:59)", name, p.Schedule)
+			return bad(name+".schedule", "%s.schedule: %q is not a wall time HH:MM (24-hour, 00:00 to 23:59)", name, p.Schedule)
 		}
 	}
 	if p.Timezone != "" {
 		if p.Schedule == "" {
-			return fmt.Errorf("%s.timezone is only used with %s.schedule", name, name)
+			return bad(name+".timezone", "%s.timezone is only used with %s.schedule", name, name)
 		}
 		if _, err := time.LoadLocation(p.Timezone); err != nil {
-			return fmt.Errorf("%s.timezone %q: unknown time zone", name, p.Timezone)
+			return bad(name+".timezone", "%s.timezone %q: unknown time zone", name, p.Timezone)
 		}
 	}
 	return nil
@@ -177,7 +178,7 @@ func (g Grant) validate(key string) error {
 	}{{"source_dirs", g.SourceDirs}, {"target_dirs", g.TargetDirs}, {"mount_dirs", g.MountDirs}} {
 		for _, d := range l.dirs {
 			if !filepath.IsAbs(d) {
-				return fmt.Errorf("%s.%s: %q is not an absolute path", key, l.name, d)
+				return bad(key+"."+l.name, "%s.%s: %q is not an absolute path", key, l.name, d)
 			}
 		}
 	}
@@ -188,12 +189,12 @@ func (g Grant) validate(key string) error {
 		host := h
 		if hh, port, err := net.SplitHostPort(h); err == nil {
 			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-				return fmt.Errorf("%s.nbd_hosts: %q: bad port", key, h)
+				return bad(key+".nbd_hosts", "%s.nbd_hosts: %q: bad port", key, h)
 			}
 			host = hh
 		}
 		if host == "" || strings.ContainsAny(host, "/?#@ ") {
-			return fmt.Errorf("%s.nbd_hosts: %q: want \"host\", \"host:port\" or \"*\"", key, h)
+			return bad(key+".nbd_hosts", "%s.nbd_hosts: %q: want \"host\", \"host:port\" or \"*\"", key, h)
 		}
 	}
 	return nil
@@ -274,7 +275,14 @@ func Parse(data []byte, c *Config) error {
 		k := und[0]
 		return fmt.Errorf("line %d: unknown key %q", lineOf(data, k), k.String())
 	}
-	return c.Validate()
+	err = c.Validate()
+	var ke *KeyError
+	if errors.As(err, &ke) {
+		if n := lineOf(data, toml.Key(strings.Split(ke.Key, "."))); n > 0 {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+	}
+	return err
 }
 
 // lineOf finds the line that sets key k (best effort, for messages).
@@ -303,87 +311,104 @@ func lineOf(data []byte, k toml.Key) int {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 
+// KeyError is a bad value: Key is the dotted key that holds it, so that
+// Parse can say on which line of the file it is.
+type KeyError struct {
+	Key string
+	Msg string
+}
+
+func (e *KeyError) Error() string { return e.Msg }
+
+// bad builds a KeyError for key.
+func bad(key, format string, args ...any) error {
+	return &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
 // Validate checks every value.
 func (c *Config) Validate() error {
 	if !nameRE.MatchString(c.Region) {
-		return fmt.Errorf("region %q: want 1-64 of [A-Za-z0-9_-]", c.Region)
+		return bad("region", "region %q: want 1-64 of [A-Za-z0-9_-]", c.Region)
 	}
 	if len(c.AvailabilityZones) == 0 {
-		return fmt.Errorf("availability_zones: at least one AZ is needed")
+		return bad("availability_zones", "availability_zones: at least one AZ is needed")
 	}
 	seen := map[string]bool{}
 	for _, az := range c.AvailabilityZones {
 		if !nameRE.MatchString(az) {
-			return fmt.Errorf("availability_zones: %q: want 1-64 of [A-Za-z0-9_-]", az)
+			return bad("availability_zones", "availability_zones: %q: want 1-64 of [A-Za-z0-9_-]", az)
 		}
 		if seen[az] {
-			return fmt.Errorf("availability_zones: %q listed twice", az)
+			return bad("availability_zones", "availability_zones: %q listed twice", az)
 		}
 		seen[az] = true
 	}
 	if c.DataDir == "" {
-		return fmt.Errorf("data_dir is empty")
+		return bad("data_dir", "data_dir is empty")
 	}
 	bs := int64(c.Store.BlockSize)
 	if bs < 4096 || bs > 4<<20 || bs&(bs-1) != 0 {
-		return fmt.Errorf("store.block_size %d: want a power of two from 4KiB to 4MiB", bs)
+		return bad("store.block_size", "store.block_size %d: want a power of two from 4KiB to 4MiB", bs)
 	}
 	switch c.Store.Compression {
 	case "s2", "zstd", "none":
 	default:
-		return fmt.Errorf("store.compression %q: want s2, zstd or none", c.Store.Compression)
+		return bad("store.compression", "store.compression %q: want s2, zstd or none", c.Store.Compression)
 	}
 	if c.Store.MinFree < 320<<20 {
-		return fmt.Errorf("store.min_free %d: at least 320MiB (Badger's mapped files need it)", c.Store.MinFree)
+		return bad("store.min_free", "store.min_free %s: at least 320MiB (Badger's mapped files need it)", sizeH(c.Store.MinFree))
 	}
 	if c.Store.CacheSize != Auto && c.Store.CacheSize < 1<<20 {
-		return fmt.Errorf("store.cache_size %d: at least 1MiB (or \"auto\")", c.Store.CacheSize)
+		return bad("store.cache_size", "store.cache_size %s: at least 1MiB (or \"auto\")", sizeH(Size(c.Store.CacheSize)))
+	}
+	if mem := memoryBytes(); mem > 0 && int64(c.Store.CacheSize) > mem/2 {
+		return bad("store.cache_size", "store.cache_size %s: more than half of this machine's memory (%s); the block cache lives in memory", sizeH(Size(c.Store.CacheSize)), sizeH(Size(mem)))
 	}
 	if c.Store.Workers < 0 || c.Store.Workers > 4096 {
-		return fmt.Errorf("store.workers %d: want 0 (one per CPU) to 4096", c.Store.Workers)
+		return bad("store.workers", "store.workers %d: want 0 (one per CPU) to 4096", c.Store.Workers)
 	}
 	if c.Store.InflightMemory != Auto && c.Store.InflightMemory < 16<<20 {
-		return fmt.Errorf("store.inflight_memory %d: at least 16MiB (or \"auto\")", c.Store.InflightMemory)
+		return bad("store.inflight_memory", "store.inflight_memory %s: at least 16MiB (or \"auto\")", sizeH(Size(c.Store.InflightMemory)))
 	}
 	if n := c.NBD.AttachCacheSize; n != 0 && n < 16<<20 {
-		return fmt.Errorf("nbd.attach_cache_size %d: 0 (off) or at least 16MiB", n)
+		return bad("nbd.attach_cache_size", "nbd.attach_cache_size %s: 0 (off) or at least 16MiB", sizeH(n))
 	}
 	if err := c.Store.validateBackend(); err != nil {
 		return err
 	}
 	if c.API.TCPListen != "" {
 		if _, _, err := net.SplitHostPort(c.API.TCPListen); err != nil {
-			return fmt.Errorf("api.tcp_listen %q: %w", c.API.TCPListen, err)
+			return bad("api.tcp_listen", "api.tcp_listen %q: %v", c.API.TCPListen, err)
 		}
 		if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
-			return fmt.Errorf("api.tls_cert and api.tls_key go together")
+			return bad("api.tls_cert", "api.tls_cert and api.tls_key go together")
 		}
 		if c.API.TLSCert == "" && !c.API.Insecure {
-			return fmt.Errorf("api.tcp_listen needs api.tls_cert and api.tls_key (or api.insecure = true)")
+			return bad("api.tcp_listen", "api.tcp_listen needs api.tls_cert and api.tls_key (or api.insecure = true)")
 		}
 	}
 	if c.NBD.TCPListen != "" {
 		host, _, err := net.SplitHostPort(c.NBD.TCPListen)
 		if err != nil {
-			return fmt.Errorf("nbd.tcp_listen %q: %w", c.NBD.TCPListen, err)
+			return bad("nbd.tcp_listen", "nbd.tcp_listen %q: %v", c.NBD.TCPListen, err)
 		}
 		if !isLoopback(host) && !c.NBD.AllowRemote {
-			return fmt.Errorf("nbd.tcp_listen %q is not a loopback address: NBD has no TLS here, so anyone on the network who learns an export name can read (and, for an instant restore, write) the disk; set nbd.allow_remote = true to accept that (e.g. on a private storage network)", c.NBD.TCPListen)
+			return bad("nbd.tcp_listen", "nbd.tcp_listen %q is not a loopback address: NBD has no TLS here, so anyone on the network who learns an export name can read (and, for an instant restore, write) the disk; set nbd.allow_remote = true to accept that (e.g. on a private storage network)", c.NBD.TCPListen)
 		}
 	}
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
-			return fmt.Errorf("metrics.listen %q: %w (want host:port, e.g. 127.0.0.1:9464)", c.Metrics.Listen, err)
+			return bad("metrics.listen", "metrics.listen %q: %v (want host:port, e.g. 127.0.0.1:9464)", c.Metrics.Listen, err)
 		}
 	}
 	if n := c.Scheduler.MaxConcurrentJobs; n < 1 || n > 64 {
-		return fmt.Errorf("scheduler.max_concurrent_jobs %d: want 1..64", n)
+		return bad("scheduler.max_concurrent_jobs", "scheduler.max_concurrent_jobs %d: want 1..64", n)
 	}
 	if w := time.Duration(c.Scheduler.Window); w < time.Minute || w > 24*time.Hour {
-		return fmt.Errorf("scheduler.window %s: want 1m..24h", w)
+		return bad("scheduler.window", "scheduler.window %s: want 1m..24h", w)
 	}
 	if c.Restore.DefaultRate < 0 {
-		return fmt.Errorf("restore.default_rate must not be negative")
+		return bad("restore.default_rate", "restore.default_rate must not be negative")
 	}
 	if err := c.GC.validate("gc"); err != nil {
 		return err
@@ -394,16 +419,16 @@ func (c *Config) Validate() error {
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level)
+		return bad("log.level", "log.level %q: want debug, info, warn or error", c.Log.Level)
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		return fmt.Errorf("log.format %q: want text or json", c.Log.Format)
+		return bad("log.format", "log.format %q: want text or json", c.Log.Format)
 	}
 	for _, d := range c.Sources.AllowedDirs {
 		if !filepath.IsAbs(d) {
-			return fmt.Errorf("sources.allowed_dirs: %q is not an absolute path", d)
+			return bad("sources.allowed_dirs", "sources.allowed_dirs: %q is not an absolute path", d)
 		}
 	}
 	if err := c.Access.Grant.validate("access"); err != nil {
@@ -411,7 +436,7 @@ func (c *Config) Validate() error {
 	}
 	for name, g := range c.Access.Projects {
 		if err := catalog.ValidateName("project", name); err != nil {
-			return fmt.Errorf("access.projects.%s: %s", name, strings.TrimPrefix(err.Error(), catalog.ErrInvalid.Error()+": "))
+			return bad("access.projects."+name, "access.projects.%s: %s", name, strings.TrimPrefix(err.Error(), catalog.ErrInvalid.Error()+": "))
 		}
 		if err := g.validate("access.projects." + name); err != nil {
 			return err
@@ -488,14 +513,41 @@ func (s *Size) UnmarshalText(b []byte) error {
 
 // ParseSize parses "64KiB", "200MB", "1048576".
 func ParseSize(text string) (int64, error) {
-	v, err := humanize.ParseBytes(strings.TrimSpace(text))
+	t := strings.TrimSpace(text)
+	switch {
+	case t == "":
+		return 0, fmt.Errorf("size %q is empty; %s", text, sizeForms)
+	case strings.HasPrefix(t, "-"):
+		return 0, fmt.Errorf("size %q is negative; %s", text, sizeForms)
+	}
+	v, err := humanize.ParseBytes(t)
 	if err != nil {
-		return 0, fmt.Errorf("size %q: %w", text, err)
+		return 0, fmt.Errorf("size %q: %s", text, sizeForms)
 	}
 	if v > 1<<62 {
 		return 0, fmt.Errorf("size %q is too large", text)
 	}
 	return int64(v), nil
+}
+
+// sizeForms says how a size is written.
+const sizeForms = "want a number of bytes with an optional unit, such as 64KiB, 200MiB, 1.5GB or 1048576"
+
+// sizeH prints a size in binary units for messages.
+func sizeH(s Size) string {
+	if s < 0 {
+		return fmt.Sprintf("%d bytes", int64(s))
+	}
+	return humanize.IBytes(uint64(s))
+}
+
+// memoryBytes is this machine's physical memory (0 when unknown).
+func memoryBytes() int64 {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return int64(si.Totalram) * int64(si.Unit)
 }
 
 // AutoSize is a Size that may be "auto" (Auto): the daemon sizes it
@@ -567,7 +619,7 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("duration %q: %w", b, err)
+		return fmt.Errorf("duration %q: want a number with a unit, such as 90s, 30m, 1h30m or 24h (%w)", b, err)
 	}
 	*d = Duration(v)
 	return nil

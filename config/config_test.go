@@ -75,10 +75,10 @@ func TestStrictErrors(t *testing.T) {
 		{"bad compression", "[store]\ncompression = \"lz4\"\n", `store.compression "lz4"`},
 		{"bad size", "[store]\ncache_size = \"lots\"\n", `size "lots"`},
 		{"zero cache", "[store]\ncache_size = \"0\"\n", `want a size above 0 or "auto"`},
-		{"tiny cache", "[store]\ncache_size = \"100KiB\"\n", "store.cache_size 102400: at least 1MiB"},
+		{"tiny cache", "[store]\ncache_size = \"100KiB\"\n", "store.cache_size 100 KiB: at least 1MiB"},
 		{"negative workers", "[store]\nworkers = -1\n", "store.workers -1"},
-		{"tiny inflight", "[store]\ninflight_memory = \"1MiB\"\n", "store.inflight_memory 1048576: at least 16MiB"},
-		{"tiny attach cache", "[nbd]\nattach_cache_size = \"1MiB\"\n", "nbd.attach_cache_size 1048576"},
+		{"tiny inflight", "[store]\ninflight_memory = \"1MiB\"\n", "store.inflight_memory 1.0 MiB: at least 16MiB"},
+		{"tiny attach cache", "[nbd]\nattach_cache_size = \"1MiB\"\n", "nbd.attach_cache_size 1.0 MiB"},
 		{"no AZ", "availability_zones = []\n", "at least one AZ"},
 		{"dup AZ", "availability_zones = [\"a\", \"a\"]\n", `"a" listed twice`},
 		{"bad region", "region = \"a/b\"\n", `region "a/b"`},
@@ -97,6 +97,37 @@ func TestStrictErrors(t *testing.T) {
 		{"gc both", "[gc]\nschedule = \"03:00\"\nevery = \"24h\"\n", "gc: every and schedule both set"},
 		{"scrub bad zone", "[scrub]\nschedule = \"03:00\"\ntimezone = \"Mars/Olympus\"\n", `scrub.timezone "Mars/Olympus": unknown time zone`},
 		{"zone without schedule", "[scrub]\ntimezone = \"UTC\"\n", "scrub.timezone is only used with scrub.schedule"},
+		// Sizes say how a size is written, never strconv's words.
+		{"negative size", "[store]\ncache_size = \"-1MiB\"\n", `line 2: size "-1MiB" is negative; want a number of bytes with an optional unit`},
+		{"garbled size", "[store]\ncache_size = \"12 parsecs\"\n", `line 2: size "12 parsecs": want a number of bytes with an optional unit, such as 64KiB`},
+		{"empty size", "[store]\nmin_free = \"\"\n", `line 2: size "" is empty`},
+		{"negative integer size", "[store]\ncache_size = -5\n", `line 2: size "-5" is negative`},
+		{"absurd cache", "[store]\ncache_size = \"1PiB\"\n", "store.cache_size 1.0 PiB: more than half of this machine's memory"},
+		{"small reserve", "[store]\nmin_free = \"1MiB\"\n", "store.min_free 1.0 MiB: at least 320MiB"},
+		{"garbled duration", "[gc]\nevery = \"daily\"\n", `duration "daily": want a number with a unit, such as 90s`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			err := Parse([]byte(tc.toml), &c)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestValidationErrorsHaveLines: a value that parses but is refused by
+// the checks is reported on its line, like a syntax error or an unknown
+// key, also inside a per-project table and for a key in an array table.
+func TestValidationErrorsHaveLines(t *testing.T) {
+	cases := []struct{ name, toml, want string }{
+		{"top level", "# comment\n\nregion = \"a b\"\n", "line 3: region \"a b\""},
+		{"in a table", "region = \"r\"\n\n[store]\nblock_size = \"4KiB\"\ncompression = \"lz4\"\n", "line 5: store.compression \"lz4\""},
+		{"periodic", "[scrub]\n\nschedule = \"25:00\"\n", "line 3: scrub.schedule"},
+		{"size", "[store]\ncache_size = \"512KiB\"\n", "line 2: store.cache_size 512 KiB: at least 1MiB"},
+		{"project grant", "[access.projects.team-a]\nsource_dirs = [\"/srv\"]\ntarget_dirs = [\"rel\"]\n", "line 3: access.projects.team-a.target_dirs: \"rel\" is not an absolute path"},
+		{"listen", "[log]\nlevel = \"info\"\n[metrics]\nlisten = \"9464\"\n", "line 4: metrics.listen"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -130,6 +130,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	d.engine = &engine.Engine{
 		Store: store, Catalog: d.cat, Now: d.clock.Now, Log: d.log,
 		Access: accessRules(cfg),
+		VMDir:  filepath.Join(cfg.DataDir, "vm"),
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
@@ -296,6 +297,14 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 		d.log.Error("recover exports and instant restores", "err", err)
 	}
 	d.mounts.recover()
+	// Live VM backups interrupted by a crash left objects in their VMs;
+	// remove them without holding up the start (a VM whose monitor is
+	// busy is retried before its next backup).
+	go func() {
+		if err := d.engine.RecoverVMSessions(context.Background()); err != nil {
+			d.log.Warn("clean up after interrupted live VM backups", "err", err)
+		}
+	}()
 	srv := &http.Server{Handler: d.api.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 	runCtx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

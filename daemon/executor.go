@@ -48,6 +48,8 @@ func (e executor) execute(ctx context.Context, j catalog.Job, progress func(done
 		return e.gc(ctx, j)
 	case catalog.JobScrub:
 		return e.scrub(ctx, j, progress)
+	case catalog.JobHydrate:
+		return e.d.serving.hydrate(ctx, j, progress)
 	case catalog.JobRebuildIndex:
 		return e.rebuildIndex(ctx, j)
 	}
@@ -61,6 +63,7 @@ func (e executor) backup(ctx context.Context, j catalog.Job, progress func(done,
 	}
 	j.BackupID = b.ID
 	j.BackupName = b.Name
+	j.Note = joinNote(j.Note, b.Note)
 	if b.Trigger == catalog.TriggerAuto && j.PolicyID != "" {
 		deleted, err := e.d.sched.ApplyRetention(ctx, j.Project, j.PolicyID, j.ServerID)
 		switch {

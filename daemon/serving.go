@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"csbs/access"
 	"csbs/api"
@@ -24,6 +26,7 @@ import (
 	"csbs/internal/durable"
 	"csbs/nbd"
 	"csbs/restore"
+	"csbs/scheduler"
 )
 
 // serving owns the NBD exports: attached backups (read-only) and instant
@@ -51,15 +54,31 @@ type served struct {
 	vol     *blockstore.Volume // attached backups: for the read cache's figures
 }
 
+// instant is an open instant restore. Its hydration runs as a job of kind
+// hydrate (the runner calls serving.hydrate): progress in csbs job ls,
+// csbs job wait until the targets are complete, csbs job cancel cancels
+// the restore.
 type instant struct {
 	r       catalog.Restore
 	devs    []*hydrate.Device
 	hyds    []*hydrate.Hydrator
-	cancel  context.CancelFunc
-	done    chan struct{}
-	err     error
 	release func()
+	// done is closed when hydration has ended: its job returned, or no job
+	// was needed (complete already) or could be started.
+	done     chan struct{}
+	doneOnce sync.Once
+	stopOnce sync.Once
+	// copied counts the bytes hydration wrote (blocks that are zero on a
+	// fresh target are not written); with runStart and startDone it gives
+	// the copy rate and the ETA.
+	copied    atomic.Int64
+	runMu     sync.Mutex
+	runStart  time.Time
+	startDone int64
 }
+
+// ended marks hydration as over.
+func (in *instant) ended() { in.doneOnce.Do(func() { close(in.done) }) }
 
 var (
 	_ api.Serving = (*serving)(nil)
@@ -339,8 +358,24 @@ func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog
 		s.stop(inst)
 		return r, err
 	}
-	s.run(inst)
-	return r, nil
+	if err := s.run(inst); err != nil {
+		// The exports serve; only the background copy did not start.
+		s.d.log.Error("instant restore: hydration job not started", "restore", r.ID, "err", err)
+		return s.setState(r, func(x *catalog.Restore) {
+			x.State, x.Error = catalog.RestoreFailed, "hydration not started: "+err.Error()+" (the export still serves; cancel the restore to free it)"
+		})
+	}
+	return s.restoreNow(r)
+}
+
+// restoreNow reads a restore's record back (with the job id run set).
+func (s *serving) restoreNow(r catalog.Restore) (catalog.Restore, error) {
+	err := s.d.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		r, err = tx.Restore(r.Project, r.ID)
+		return err
+	})
+	return r, err
 }
 
 // open builds the devices and exports of an instant restore (new, or
@@ -411,7 +446,10 @@ func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*insta
 		}
 		inst.devs = append(inst.devs, dev)
 		h := hydrate.NewHydratorWith(dev, hydrate.Options{Limiter: lim, Workers: s.d.store.Workers(), Budget: s.d.store.Budget()})
-		h.OnCopied = func(n int64) { s.d.metrics.HydrationBytes.Add(float64(n)) }
+		h.OnCopied = func(n int64) {
+			inst.copied.Add(n)
+			s.d.metrics.HydrationBytes.Add(float64(n))
+		}
 		inst.hyds = append(inst.hyds, h)
 		s.add(&served{
 			exp:     &nbd.Export{Name: t.Export, Description: fmt.Sprintf("instant restore %s of %s %s", r.ID, b.Name, t.Disk), Device: dev, PreferredBlock: uint32(bs)},
@@ -436,54 +474,121 @@ type closeBoth struct {
 
 func (c closeBoth) Close() error { return errors.Join(c.a.Close(), c.b.Close()) }
 
-// run hydrates every disk in the background and marks the restore
-// complete (exports stay up until finish).
-func (s *serving) run(inst *instant) {
+// run starts the hydration job of an instant restore and records its id
+// in the restore. A complete restore needs none.
+func (s *serving) run(inst *instant) error {
 	if inst.r.State == catalog.RestoreComplete {
-		close(inst.done)
-		return
+		inst.ended()
+		return nil
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	inst.cancel = cancel
+	j, err := s.d.runner.Submit(catalog.Job{Project: inst.r.Project, Kind: catalog.JobHydrate, BackupID: inst.r.BackupID, RestoreID: inst.r.ID})
+	if err != nil {
+		inst.ended()
+		return err
+	}
+	// inst.r stays as opened (the job reads it); the record has the job.
+	_, err = s.setState(inst.r, func(x *catalog.Restore) { x.JobID = j.ID })
+	return err
+}
+
+// progressReport is how often a hydration job's progress is updated.
+const progressReport = 250 * time.Millisecond
+
+// hydrate is the body of a hydrate job: it copies every disk of the
+// instant restore into its target, then marks the restore complete (the
+// exports stay up until csbs restore finish). Canceled by the user (csbs
+// job cancel or restore cancel), it cancels the restore; stopped by a
+// shutdown, it leaves the restore to resume at the next start.
+func (s *serving) hydrate(ctx context.Context, j catalog.Job, progress func(done, total int64)) (catalog.Job, error) {
+	s.mu.Lock()
+	inst := s.restores[j.RestoreID]
+	s.mu.Unlock()
+	if inst == nil {
+		return j, fmt.Errorf("restore %s is not open (it was finished, canceled or failed before hydration started)", j.RestoreID)
+	}
+	defer inst.ended()
+	done, total := inst.progress(s.d.store.BlockSize())
+	inst.runMu.Lock()
+	inst.runStart, inst.startDone = time.Now(), done
+	inst.runMu.Unlock()
+	progress(done, total)
+	stopReports := make(chan struct{})
+	reported := make(chan struct{})
 	go func() {
-		defer close(inst.done)
-		// Every disk at once: the workers of all of them share the CPUs,
-		// the memory budget and the restore's rate limit.
-		var (
-			wg    sync.WaitGroup
-			errMu sync.Mutex
-			err   error
-		)
-		hctx, stopAll := context.WithCancel(ctx)
-		defer stopAll()
-		for _, h := range inst.hyds {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if herr := h.Run(hctx); herr != nil {
-					errMu.Lock()
-					if err == nil && hctx.Err() == nil {
-						err = herr
-					}
-					errMu.Unlock()
-					stopAll() // one disk failed: the restore failed
-				}
-			}()
-		}
-		wg.Wait()
-		if ctx.Err() != nil {
-			return // stopped by cancel, finish or daemon shutdown
-		}
-		inst.err = err
-		s.setState(inst.r, func(r *catalog.Restore) {
-			r.Done = r.Total
-			if err != nil {
-				r.State, r.Error = catalog.RestoreFailed, "hydration stopped: "+err.Error()+" (the export still serves; cancel the restore to free it)"
+		defer close(reported)
+		t := time.NewTicker(progressReport)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopReports:
 				return
+			case <-t.C:
+				progress(inst.progress(s.d.store.BlockSize()))
 			}
-			r.State = catalog.RestoreComplete
-		})
+		}
 	}()
+	// Every disk at once: the workers of all of them share the CPUs, the
+	// memory budget and the restore's rate limit.
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		err   error
+	)
+	hctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	for _, h := range inst.hyds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if herr := h.Run(hctx); herr != nil {
+				errMu.Lock()
+				if err == nil && hctx.Err() == nil {
+					err = herr
+				}
+				errMu.Unlock()
+				stopAll() // one disk failed: the restore failed
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopReports)
+	<-reported
+	progress(inst.progress(s.d.store.BlockSize()))
+	if ctx.Err() != nil {
+		if errors.Is(context.Cause(ctx), scheduler.ErrShutdown) {
+			j.Note = "hydration resumes from its bitmap when the daemon starts again"
+			return j, ctx.Err()
+		}
+		// csbs job cancel, or csbs restore cancel through it.
+		if _, cerr := s.cancelInstant(inst); cerr != nil {
+			s.d.log.Error("cancel instant restore", "restore", inst.r.ID, "err", cerr)
+		}
+		j.Note = "restore " + inst.r.ID + " canceled; its targets hold a partial disk"
+		return j, ctx.Err()
+	}
+	_, serr := s.setState(inst.r, func(r *catalog.Restore) {
+		if err != nil {
+			r.State, r.Error = catalog.RestoreFailed, "hydration stopped: "+err.Error()+" (the export still serves; cancel the restore to free it)"
+			return
+		}
+		r.State, r.Done = catalog.RestoreComplete, r.Total
+	})
+	if err != nil {
+		return j, fmt.Errorf("restore %s: hydration stopped: %w", inst.r.ID, err)
+	}
+	j.Note = "restore " + inst.r.ID + " is complete; csbs restore finish " + inst.r.ID + " detaches its exports"
+	return j, serr
+}
+
+// progress is the bytes of the restore's disks that are in their targets
+// (hydrated, written by the guest, or zero on a fresh target), and the
+// disks' total size.
+func (in *instant) progress(blockSize int) (done, total int64) {
+	for _, dev := range in.devs {
+		total += dev.Size()
+		done += min(dev.Bitmap().Count()*int64(blockSize), dev.Size())
+	}
+	return done, total
 }
 
 func (s *serving) setState(r catalog.Restore, mod func(*catalog.Restore)) (catalog.Restore, error) {
@@ -500,12 +605,13 @@ func (s *serving) setState(r catalog.Restore, mod func(*catalog.Restore)) (catal
 	return out, err
 }
 
-// stop ends hydration, removes the exports and closes the devices.
+// stop removes the exports of an instant restore and closes its devices.
+// Its hydration must have ended (inst.done), or never started.
 func (s *serving) stop(inst *instant) {
-	if inst.cancel != nil {
-		inst.cancel()
-		<-inst.done
-	}
+	inst.stopOnce.Do(func() { s.stopNow(inst) })
+}
+
+func (s *serving) stopNow(inst *instant) {
 	for _, t := range inst.r.Targets {
 		s.remove(t.Export)
 	}
@@ -547,12 +653,13 @@ func (s *serving) ControlRestore(ctx context.Context, r catalog.Restore, action 
 	case "finish":
 		live := s.LiveRestore(r)
 		if live.State != catalog.RestoreComplete {
-			return r, fmt.Errorf("%w: restore %s has hydrated %d of %d bytes; wait until it is complete (or cancel it)", catalog.ErrConflict, r.ID, live.Done, live.Total)
+			return r, fmt.Errorf("%w: restore %s has hydrated %d of %d bytes; wait until it is complete (csbs restore finish %s --wait), or cancel it", catalog.ErrConflict, r.ID, live.Done, live.Total, r.ID)
 		}
+		<-inst.done // complete is recorded just before the job returns
 		s.stop(inst)
 		out, err := s.setState(r, func(x *catalog.Restore) {
 			x.State, x.Ended = catalog.RestoreSucceeded, s.d.clock.Now().UTC()
-			x.Targets = r.Targets
+			clearExports(x)
 		})
 		if err == nil {
 			// Only now: a restart before the state was recorded reopens
@@ -563,37 +670,74 @@ func (s *serving) ControlRestore(ctx context.Context, r catalog.Restore, action 
 		}
 		return out, err
 	case "cancel":
-		s.stop(inst)
-		for _, t := range r.Targets {
-			hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
+		// A running hydration job cancels the restore as it ends.
+		if r.JobID != "" {
+			if _, err := s.d.runner.Cancel(r.Project, r.JobID); err != nil && !errors.Is(err, catalog.ErrConflict) && !errors.Is(err, catalog.ErrNotFound) {
+				return r, err
+			}
 		}
-		return s.setState(r, func(x *catalog.Restore) {
-			x.State, x.Ended = catalog.RestoreCanceled, s.d.clock.Now().UTC()
-			x.Error = "canceled; the targets hold a partial disk"
-		})
+		s.mu.Lock()
+		inst = s.restores[r.ID]
+		s.mu.Unlock()
+		if inst == nil {
+			return s.restoreNow(r)
+		}
+		<-inst.done
+		return s.cancelInstant(inst)
 	}
 	return r, fmt.Errorf("%w: unknown restore action %q", catalog.ErrInvalid, action)
 }
 
-// LiveRestore fills in the progress of an instant restore.
+// cancelInstant removes a canceled instant restore's exports and
+// hydration state; its targets keep what was copied so far.
+func (s *serving) cancelInstant(inst *instant) (catalog.Restore, error) {
+	s.stop(inst)
+	for _, t := range inst.r.Targets {
+		hydrate.RemoveBitmap(s.bitmapPath(inst.r.ID, t.Disk))
+	}
+	return s.setState(inst.r, func(x *catalog.Restore) {
+		x.State, x.Ended = catalog.RestoreCanceled, s.d.clock.Now().UTC()
+		x.Error = "canceled; the targets hold a partial disk"
+		clearExports(x)
+	})
+}
+
+// clearExports drops the export names of a restore whose exports are
+// gone, so that nobody is sent to them.
+func clearExports(r *catalog.Restore) {
+	for i := range r.Targets {
+		r.Targets[i].Export = ""
+	}
+}
+
+// LiveRestore fills in the progress of an instant restore: the bytes in
+// the targets, the rate at which hydration copies data (holes excluded;
+// the limit is r.Rate) and, from the progress so far, the time left.
 func (s *serving) LiveRestore(r catalog.Restore) catalog.Restore {
 	s.mu.Lock()
 	inst := s.restores[r.ID]
 	s.mu.Unlock()
-	if inst == nil || !r.Instant {
+	if !r.Instant {
 		return r
 	}
-	var done, total int64
-	var rate float64
-	for i, dev := range inst.devs {
-		bm := dev.Bitmap()
-		total += dev.Size()
-		done += min(bm.Count()*int64(s.d.store.BlockSize()), dev.Size())
-		rate += inst.hyds[i].Rate()
+	if inst == nil {
+		// Not open: whatever the record says, no export serves it.
+		r.Targets = slices.Clone(r.Targets)
+		clearExports(&r)
+		return r
 	}
-	r.Done, r.Total, r.RateBps = done, total, rate
-	if rate > 0 && done < total && r.State == catalog.RestoreRunning {
-		r.ETASeconds = float64(total-done) / rate
+	done, total := inst.progress(s.d.store.BlockSize())
+	r.Done, r.Total = done, total
+	inst.runMu.Lock()
+	start, startDone := inst.runStart, inst.startDone
+	inst.runMu.Unlock()
+	if start.IsZero() {
+		return r
+	}
+	elapsed := max(time.Since(start).Seconds(), 0.001)
+	r.RateBps = float64(inst.copied.Load()) / elapsed
+	if progressed := float64(done-startDone) / elapsed; progressed > 0 && done < total && r.State == catalog.RestoreRunning {
+		r.ETASeconds = float64(total-done) / progressed
 	}
 	return r
 }
@@ -647,10 +791,17 @@ func (s *serving) recover() error {
 			s.d.log.Error("instant restore not resumed", "restore", r.ID, "err", err)
 			s.setState(r, func(x *catalog.Restore) {
 				x.State, x.Error = catalog.RestoreFailed, "could not resume after restart: "+err.Error()
+				clearExports(x)
 			})
 			continue
 		}
-		s.run(inst)
+		if err := s.run(inst); err != nil {
+			s.d.log.Error("instant restore: hydration job not started", "restore", r.ID, "err", err)
+			s.setState(r, func(x *catalog.Restore) {
+				x.State, x.Error = catalog.RestoreFailed, "hydration not started after restart: "+err.Error()+" (the export still serves; cancel the restore to free it)"
+			})
+			continue
+		}
 		s.d.log.Info("instant restore resumed", "restore", r.ID, "state", r.State)
 	}
 	return nil

@@ -22,6 +22,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/nbd"
+	"csbs/qemu"
 	"csbs/restore"
 	"csbs/source"
 )
@@ -36,9 +37,27 @@ type Engine struct {
 	// restore targets, mount paths); nil refuses every host path.
 	Access *access.Rules
 
-	mu    sync.Mutex
-	inUse map[string]int // backup id → users (restores, exports, mounts)
+	// VMDir is where live VM backups keep their session files (fleecing
+	// overlays, QEMU's NBD socket, the record of what was added to the
+	// VM): <data_dir>/vm.
+	VMDir string
+
+	hooks *Hooks
+
+	mu      sync.Mutex
+	inUse   map[string]int           // backup id → users (restores, exports, mounts)
+	vmLocks map[string]chan struct{} // QMP socket → one backup at a time
 }
+
+// Hooks are test hook points; nil outside tests.
+type Hooks struct {
+	// AfterPointInTime runs when a live VM backup has fixed its point in
+	// time, before anything is read.
+	AfterPointInTime func()
+}
+
+// SetHooks installs test hooks.
+func (e *Engine) SetHooks(h *Hooks) { e.hooks = h }
 
 // Acquire marks a backup as in use so that retention and deletion leave
 // it alone; the returned func releases it.
@@ -132,6 +151,9 @@ func (e *Engine) SourceGuard(c access.Caller, spec string) source.Guard {
 // (a socket), an nbd:// host must be allowed for c, and the source must
 // open. The same checks run again whenever a backup opens it.
 func (e *Engine) CheckSource(ctx context.Context, c access.Caller, spec string) (string, int64, error) {
+	if qemu.IsURI(spec) {
+		return e.checkVMSource(ctx, c, spec)
+	}
 	if strings.Contains(spec, "://") {
 		t, err := nbd.ParseURI(spec)
 		if err != nil {
@@ -170,11 +192,23 @@ func (e *Engine) TargetGuard(c access.Caller) func(real string) error {
 // file, an existing regular file or a block device. It returns the
 // target cleaned.
 func (e *Engine) CheckTarget(c access.Caller, target string) (string, error) {
+	return e.checkTarget(c, target, func(t string) error { return restore.Inspect(t, e.TargetGuard(c)) })
+}
+
+// CheckRestoreTarget is CheckTarget for a normal restore of a disk of
+// size bytes: it also refuses a target that holds data (without force),
+// a device too small for the disk or in use, which the restore's job
+// would otherwise find only when it starts.
+func (e *Engine) CheckRestoreTarget(c access.Caller, target string, size int64, force bool) (string, error) {
+	return e.checkTarget(c, target, func(t string) error { return restore.InspectWrite(t, size, force, e.TargetGuard(c)) })
+}
+
+func (e *Engine) checkTarget(c access.Caller, target string, inspect func(string) error) (string, error) {
 	target, err := e.checkNamed(c, access.Target, target)
 	if err != nil {
 		return "", err
 	}
-	err = restore.Inspect(target, e.TargetGuard(c))
+	err = inspect(target)
 	if errors.Is(err, access.ErrDenied) {
 		return "", err
 	}
@@ -224,22 +258,80 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 		return catalog.Backup{}, fmt.Errorf("server %s has no disks", server.Name)
 	}
 
+	backupID := job.BackupID
+	if backupID == "" {
+		backupID = catalog.NewID(catalog.KindBackup)
+	}
+
 	// Open every source first, so that a missing disk fails before work.
-	var srcs []source.Disk
+	// Disks that can report changed blocks (live VM disks, NBD URIs
+	// naming a dirty bitmap) get their parent first: only the last backup
+	// of the disk qualifies, and it stays in use until the commit.
+	reads := make([]diskRead, len(server.Disks))
+	parents := make([]parentCandidate, len(server.Disks))
+	var releases []func()
+	var sess *qemu.Session
+	var unlockVM func()
+	committed := false
 	defer func() {
-		for _, s := range srcs {
-			s.Close()
+		for _, r := range reads {
+			if r.src != nil {
+				r.src.Close()
+			}
+		}
+		if sess != nil {
+			if err := sess.End(context.WithoutCancel(ctx), committed); err != nil {
+				e.Log.Warn("clean up VM after backup", "server", server.Name, "err", err)
+			}
+			unlockVM()
+		}
+		for _, r := range releases {
+			r()
 		}
 	}()
-	var total int64
-	for _, d := range server.Disks {
+	var vmDisks []int
+	for i, d := range server.Disks {
 		c := access.Caller{Admin: d.ByAdmin, Project: project.Name}
-		src, err := source.Open(ctx, d.Source, e.SourceGuard(c, d.Source))
-		if err != nil {
-			return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
+		bitmap := nbdBitmap(d.Source)
+		isVM := qemu.IsURI(d.Source)
+		if isVM || bitmap != "" {
+			p, release, reason := e.cbtParent(project.ID, d, job)
+			releases = append(releases, release)
+			parents[i], reads[i].fullRead = p, reason
 		}
-		srcs = append(srcs, src)
-		total += src.Size()
+		switch {
+		case isVM:
+			vmDisks = append(vmDisks, i)
+		case bitmap != "":
+			if err := openNBDTracked(ctx, d, bitmap, e.SourceGuard(c, d.Source), parents[i], &reads[i]); err != nil {
+				return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
+			}
+		default:
+			src, err := source.Open(ctx, d.Source, e.SourceGuard(c, d.Source))
+			if err != nil {
+				return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
+			}
+			reads[i].src = src
+		}
+	}
+	started := time.Now()
+	var fixed time.Duration // until a live VM's point in time is fixed and exported
+	if len(vmDisks) > 0 {
+		var err error
+		c := access.Caller{Admin: server.Disks[vmDisks[0]].ByAdmin, Project: project.Name}
+		if sess, unlockVM, err = e.openVM(ctx, c, server, backupID, vmDisks, reads, parents); err != nil {
+			return catalog.Backup{}, err
+		}
+		fixed = time.Since(started)
+	}
+	var total int64
+	for _, r := range reads {
+		total += r.src.Size()
+		if n, ok := r.src.(*source.NBD); ok {
+			// Read-ahead of exactly the blocks the ingest will read,
+			// many requests in flight while it hashes and stores.
+			n.Prefetch(int64(e.Store.BlockSize()), r.parent != nil, 16<<20)
+		}
 	}
 
 	var pending []*blockstore.PendingMap
@@ -252,36 +344,54 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 	}
 	var before int64
 	for i, d := range server.Disks {
-		opt := blockstore.IngestOptions{Progress: func(done, _ int64) {
+		opt := blockstore.IngestOptions{Parent: reads[i].parent, Progress: func(done, _ int64) {
 			if progress != nil {
 				progress(before+done, total)
 			}
 		}}
-		p, err := e.Store.Ingest(ctx, srcs[i], opt)
+		p, err := e.Store.Ingest(ctx, reads[i].src, opt)
 		if err != nil {
 			abort()
+			if sess != nil && sess.Gone() != nil {
+				return catalog.Backup{}, fmt.Errorf("server %s disk %s: the VM stopped or crashed during the backup; nothing was saved: %w", server.Name, d.Name, err)
+			}
 			return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)
 		}
 		pending = append(pending, p)
-		before += srcs[i].Size()
+		before += reads[i].src.Size()
 	}
 
 	b := catalog.Backup{
-		ID: job.BackupID, Project: project.ID, ServerID: server.ID, ServerName: server.Name,
+		ID: backupID, Project: project.ID, ServerID: server.ID, ServerName: server.Name,
 		Name: job.BackupName, Created: e.Now().UTC(), Status: catalog.StatusAvailable,
 		Type: decision.Type, TypeReason: decision.Reason, Trigger: job.Trigger, Full: job.Full,
 		PolicyID: job.PolicyID,
 	}
-	if b.ID == "" {
-		b.ID = catalog.NewID(catalog.KindBackup)
+	var notes []string
+	if sess != nil {
+		b.Consistency = sess.Consistency()
+		notes = append(notes, sess.Notes()...)
 	}
 	for i, d := range server.Disks {
 		st := pending[i].Info.Stats
-		b.Disks = append(b.Disks, catalog.BackupDisk{
+		bd := catalog.BackupDisk{
 			Name: d.Name, MapID: pending[i].Info.ID.String(), Size: pending[i].Info.Size,
-			NewBytes: st.NewBytes, Blocks: st.DataBlocks,
-		})
+			NewBytes: st.NewBytes, Blocks: st.DataBlocks, ReadBytes: st.ReadBytes,
+		}
+		if r := reads[i]; r.tracks {
+			bd.Bitmap, bd.ChangedFrom, bd.FullRead = r.bitmap, r.parentID, r.fullRead
+			if r.parent == nil {
+				notes = append(notes, fmt.Sprintf("disk %s: full read: %s", d.Name, r.fullRead))
+			} else {
+				notes = append(notes, fmt.Sprintf("disk %s: changed blocks since %s: read %d of %d bytes", d.Name, parents[i].backup.Name, st.ReadBytes, st.LogicalBytes))
+			}
+			if st.ParentMissing > 0 {
+				notes = append(notes, fmt.Sprintf("disk %s: %d blocks of the parent were no longer stored and were read again", d.Name, st.ParentMissing))
+			}
+		}
+		b.Disks = append(b.Disks, bd)
 	}
+	b.Note = strings.Join(notes, "; ")
 	// The commit writes the backup's records; like every catalog write it
 	// keeps the free-space reserve.
 	if err := e.Catalog.CheckSpace(catalog.WriteGrow); err != nil {
@@ -294,6 +404,11 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 	if err != nil {
 		abort()
 		return catalog.Backup{}, err
+	}
+	committed = true
+	if sess != nil {
+		e.Log.Info("live VM backup saved", "server", server.Name, "backup", b.ID, "consistency", b.Consistency,
+			"point_in_time", fixed, "read_and_commit", time.Since(started)-fixed)
 	}
 	return b, nil
 }
@@ -344,6 +459,7 @@ func commitBackupRecord(tx *catalog.Txn, b *catalog.Backup, d catalog.TypeDecisi
 		for _, bd := range b.Disks {
 			if bd.Name == s.Disks[i].Name {
 				s.Disks[i].Size = bd.Size
+				s.Disks[i].LastBackup = b.ID
 			}
 		}
 	}

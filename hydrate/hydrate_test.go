@@ -356,10 +356,10 @@ func TestTrim(t *testing.T) {
 }
 
 // TestRateLimitExact: a hydrator with several workers and a limit of
-// 1 MiB/s reserves every byte it writes: on a clock that does not move,
-// the last reservation waits (bytes copied - burst) / rate, as one
-// writer at that rate would. (No time is measured: the limiter's clock
-// is replaced.)
+// 1 MiB/s reserves every byte before it writes it, from a bucket that
+// starts empty: on a clock that does not move, the last reservation
+// waits bytes copied / rate, as one writer at that rate would. (No time
+// is measured: the limiter's clock is replaced.)
 func TestRateLimitExact(t *testing.T) {
 	size := 6 << 20
 	base := disk(9, size)
@@ -367,25 +367,49 @@ func TestRateLimitExact(t *testing.T) {
 	d := openDevice(t, vol, t.TempDir())
 	defer d.Close()
 	const bps = 1 << 20
-	lim := NewLimiter(bps)
 	t0 := time.Unix(1e9, 0)
 	var mu sync.Mutex
 	var longest time.Duration
-	lim.now = func() time.Time { return t0 }
-	lim.sleep = func(_ context.Context, d time.Duration) error {
+	lim := newLimiter(bps, func() time.Time { return t0 }, func(_ context.Context, d time.Duration) error {
 		mu.Lock()
 		longest = max(longest, d)
 		mu.Unlock()
 		return nil
-	}
-	lim.SetRate(bps)
+	})
 	h := NewHydratorWith(d, Options{Limiter: lim, Workers: 8})
 	if err := h.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	burst := int64(1 << 20)
-	want := time.Duration(float64(h.copied.Load()-burst) / bps * float64(time.Second))
+	want := time.Duration(float64(h.copied.Load()) / bps * float64(time.Second))
 	if h.copied.Load() < int64(size)/2 || longest < want-time.Millisecond || longest > want+time.Millisecond {
 		t.Fatalf("copied %d bytes; the last reservation waits %v, want %v", h.copied.Load(), longest, want)
+	}
+}
+
+// TestRateLimitHoldsFromTheStart: hydration copies at most its limit per
+// second from the first byte (plus one block), not a burst at full speed
+// first, so the rate csbs restore show reports stays beside the limit.
+// The bound is on the least time a limited copy can take, which load on
+// the machine can only lengthen.
+func TestRateLimitHoldsFromTheStart(t *testing.T) {
+	const limit = 4 << 20
+	base := disk(7, 3<<20)
+	vol := backup(t, base)
+	d := openDevice(t, vol, t.TempDir())
+	h := NewHydrator(d, limit)
+	start := time.Now()
+	if err := h.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	copied := h.copied.Load()
+	if copied < 1<<20 {
+		t.Fatalf("copied only %d bytes of a 3 MiB disk with data", copied)
+	}
+	if least := time.Duration(float64(copied-4096) / limit * float64(time.Second)); took < least {
+		t.Fatalf("copied %d bytes in %s at a limit of %d B/s: at least %s", copied, took, limit, least)
+	}
+	if r := h.Rate(); r > limit*1.05 {
+		t.Fatalf("rate %.0f B/s over the limit %d", r, limit)
 	}
 }

@@ -91,9 +91,16 @@ type Limiter struct {
 }
 
 // NewLimiter returns a limit of bps bytes per second (<= 0: unlimited).
-func NewLimiter(bps int64) *Limiter {
-	l := &Limiter{lim: rate.NewLimiter(rate.Inf, 8<<20), now: time.Now, sleep: sleepCtx}
+// Its bucket starts empty: the limit holds from the first byte, rather
+// than after a burst at full speed (which made a small restore report
+// several times its limit).
+func NewLimiter(bps int64) *Limiter { return newLimiter(bps, time.Now, sleepCtx) }
+
+// newLimiter is NewLimiter on a given clock.
+func newLimiter(bps int64, now func() time.Time, sleep func(context.Context, time.Duration) error) *Limiter {
+	l := &Limiter{lim: rate.NewLimiter(rate.Inf, 8<<20), now: now, sleep: sleep}
 	l.SetRate(bps)
+	l.lim.ReserveN(now(), l.lim.Burst())
 	return l
 }
 

@@ -21,6 +21,14 @@
 //     negotiated. Option data over 64 KiB, writes over 32 MiB and bad
 //     magics end the connection; everything else gets an error reply and
 //     the connection goes on.
+//   - Client: a userspace client with many requests in flight on one
+//     connection (32 by default), used for NBD disk sources and by the
+//     tests. It negotiates structured replies and meta contexts
+//     (base:allocation and any asked for, such as QEMU's
+//     qemu:dirty-bitmap:NAME), reassembles reads from data and hole
+//     chunks, and answers BlockStatus; against a server without
+//     structured replies (go-nbd's) it reads with simple replies and
+//     reports no block status.
 //
 // How the server spends its time. A read that the device can answer
 // from its caches without loading anything (CachedReader: the block
@@ -38,11 +46,9 @@
 // that does not read its replies for two minutes is disconnected.
 // CACHE is advertised only for devices that implement Cacher, TRIM only
 // for writable devices that implement Trimmer.
-//   - Client: a userspace client (NBD_OPT_GO, simple replies) with many
-//     requests in flight on one connection, used for NBD disk sources and
-//     by the tests.
 //
 // Devices implement small interfaces: Device (ReaderAt + Size),
-// WritableDevice (+ WriterAt + Flush), and optionally Zeroer, Trimmer and
-// Extenter (allocation for block status).
+// WritableDevice (+ WriterAt + Flush), and optionally Zeroer, Trimmer,
+// Cacher, CachedReader, ContextReaderAt and Extenter (allocation for
+// block status).
 package nbd

@@ -140,6 +140,34 @@ func Inspect(path string, check func(real string) error) error {
 	return err
 }
 
+// InspectWrite is Inspect for a restore that will write size bytes
+// without (or with) force: it also refuses what the restore would refuse
+// when it opens the target (a file or device that holds data, without
+// force; a device that is smaller than size or in use), so that a restore
+// start fails at once rather than later in its job. It writes nothing.
+func InspectWrite(path string, size int64, force bool, check func(real string) error) error {
+	dir, base, err := openDir(path, check)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	st, exists, err := statAt(dir, base)
+	switch {
+	case err != nil || !exists:
+		return err
+	case st.Mode&unix.S_IFMT == unix.S_IFREG:
+		if st.Size > 0 && !force {
+			return fmt.Errorf("%w: file has %d bytes", ErrTargetNotEmpty, st.Size)
+		}
+		return nil
+	}
+	t, err := openDeviceTarget(dir, base, size, force, st)
+	if err != nil {
+		return err
+	}
+	return t.f.Close()
+}
+
 // openDir opens the directory of path and asks check about the target's
 // real path.
 func openDir(path string, check func(real string) error) (*os.File, string, error) {

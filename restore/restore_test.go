@@ -428,3 +428,38 @@ func TestDeviceTargetInUse(t *testing.T) {
 		t.Fatalf("restore onto the unmounted device: %v", err)
 	}
 }
+
+// TestInspectWrite: what a restore would refuse when it opens its target
+// is refused by InspectWrite, which writes nothing, so that restore start
+// can say it at once.
+func TestInspectWrite(t *testing.T) {
+	dir := t.TempDir()
+	full := filepath.Join(dir, "full.img")
+	os.WriteFile(full, []byte("keep me"), 0o600)
+	empty := filepath.Join(dir, "empty.img")
+	os.WriteFile(empty, nil, 0o600)
+	for _, tc := range []struct {
+		name  string
+		path  string
+		force bool
+		want  error
+	}{
+		{"new file", filepath.Join(dir, "new.img"), false, nil},
+		{"empty file", empty, false, nil},
+		{"file with data", full, false, restore.ErrTargetNotEmpty},
+		{"file with data, forced", full, true, nil},
+		{"character device", "/dev/null", true, restore.ErrNotATarget},
+		{"directory", dir, true, restore.ErrNotATarget},
+	} {
+		err := restore.InspectWrite(tc.path, 1<<20, tc.force, nil)
+		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if b, _ := os.ReadFile(full); string(b) != "keep me" {
+		t.Fatal("InspectWrite changed a target")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new.img")); !os.IsNotExist(err) {
+		t.Fatal("InspectWrite created a target")
+	}
+}

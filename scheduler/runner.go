@@ -23,6 +23,12 @@ type Executor interface {
 // running; the new one is recorded as skipped.
 var ErrServerBusy = errors.New("server already has a backup job")
 
+// ErrShutdown is the cause of a running job's context when the daemon
+// shuts down (context.Cause): an executor tells it from a job canceled by
+// a user (cause context.Canceled) to keep what must resume at the next
+// start.
+var ErrShutdown = errors.New("the daemon shut down")
+
 // Runner queues and runs jobs. Backup jobs share a pool of
 // MaxConcurrent slots and run in submission order; a server never has two
 // backup jobs at once. Other kinds start at once. Jobs are persisted in the
@@ -49,7 +55,7 @@ type Runner struct {
 }
 
 type live struct {
-	cancel      context.CancelFunc
+	cancel      context.CancelCauseFunc
 	done, total int64
 }
 
@@ -75,6 +81,9 @@ func (r *Runner) Recover() error {
 				continue
 			}
 			j.Error = fmt.Sprintf("interrupted: the daemon stopped while the job was %s; nothing of it became visible", j.State)
+			if j.Kind == catalog.JobHydrate {
+				j.Error = "interrupted: the daemon stopped during hydration; the restore resumes from its bitmap in a new job (csbs restore show " + j.RestoreID + ")"
+			}
 			j.State = catalog.JobFailed
 			j.Ended = r.clock.Now().UTC()
 			if err := tx.PutJob(j); err != nil {
@@ -204,7 +213,7 @@ func (r *Runner) runningBackupsLocked() int {
 }
 
 func (r *Runner) startLocked(j catalog.Job) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	l := &live{cancel: cancel}
 	r.running[j.ID] = l
 	j.State = catalog.JobRunning
@@ -215,17 +224,19 @@ func (r *Runner) startLocked(j catalog.Job) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		defer cancel()
+		defer cancel(nil)
 		out, err := r.exec.Execute(ctx, j, func(done, total int64) {
 			r.mu.Lock()
 			l.done, l.total = done, total
 			r.mu.Unlock()
 		})
-		r.finish(out, l, err, ctx.Err() != nil)
+		r.finish(out, l, err, context.Cause(ctx))
 	}()
 }
 
-func (r *Runner) finish(j catalog.Job, l *live, err error, canceled bool) {
+// finish records the end of a job; canceled is the cause of the job's
+// context when it was canceled (nil otherwise).
+func (r *Runner) finish(j catalog.Job, l *live, err error, canceled error) {
 	r.mu.Lock()
 	j.Done, j.Total = l.done, l.total
 	delete(r.running, j.ID)
@@ -241,9 +252,12 @@ func (r *Runner) finish(j catalog.Job, l *live, err error, canceled bool) {
 	case err == nil:
 		j.State = catalog.JobSucceeded
 		j.Done = j.Total
-	case canceled && errors.Is(err, context.Canceled):
+	case canceled != nil && errors.Is(err, context.Canceled):
 		j.State = catalog.JobCanceled
 		j.Error = "canceled"
+		if errors.Is(canceled, ErrShutdown) {
+			j.Error = "canceled: " + ErrShutdown.Error()
+		}
 	default:
 		j.State = catalog.JobFailed
 		j.Error = err.Error()
@@ -322,7 +336,7 @@ func (r *Runner) Cancel(project, id string) (catalog.Job, error) {
 	}
 	r.mu.Lock()
 	if l, ok := r.running[id]; ok {
-		l.cancel()
+		l.cancel(nil)
 		r.mu.Unlock()
 		return r.Wait(context.Background(), project, id)
 	}
@@ -367,7 +381,7 @@ func (r *Runner) shutdown() {
 	r.mu.Lock()
 	r.closed = true
 	for _, l := range r.running {
-		l.cancel()
+		l.cancel(ErrShutdown)
 	}
 	queued := r.queue
 	r.queue = nil

@@ -47,10 +47,10 @@ func Open(ctx context.Context, spec string, guard Guard) (Disk, error) {
 		return nil, err
 	}
 	if strings.HasPrefix(spec, "nbd://") || strings.HasPrefix(spec, "nbd+unix://") {
-		return openNBD(ctx, spec, guard)
+		return OpenNBD(ctx, spec, guard)
 	}
 	if strings.Contains(spec, "://") {
-		return nil, fmt.Errorf("open source %s: unknown URI scheme (want a path, nbd:// or nbd+unix://)", spec)
+		return nil, fmt.Errorf("open source %s: unknown URI scheme (want a path, nbd:// or nbd+unix://; a qmp+unix:// live VM disk is read through a VM session)", spec)
 	}
 	return OpenFile(spec, guard)
 }

@@ -29,7 +29,9 @@ func interspersed(app *cli.App, args []string) []string {
 		}
 		cmd := findCommand(cmds, a)
 		if cmd == nil {
-			break
+			// Not a command: leave the line as typed, so that the
+			// parser names the unknown command, not a flag after it.
+			return args
 		}
 		out = append(out, a)
 		rest = rest[1:]

@@ -20,6 +20,11 @@ func TestInterspersedArgs(t *testing.T) {
 		{"csbs backup show web1 --project p2 --json", "csbs --project p2 backup show --json web1"},
 		{"csbs mount /mnt/x --server web1", "csbs mount --server web1 /mnt/x"},
 		{"csbs backup ls -- -odd", "csbs backup ls -- -odd"},
+		// An unknown command is left as typed, so that it is what the
+		// parser reports (not --json, moved in front of it).
+		{"csbs bakup ls --json", "csbs bakup ls --json"},
+		{"csbs backup lss web1 --json", "csbs backup lss web1 --json"},
+		{"csbs backup create web1 --quiet", "csbs --quiet backup create web1"},
 	}
 	for _, tc := range cases {
 		got := strings.Join(interspersed(app, strings.Fields(tc.in)), " ")
@@ -49,4 +54,26 @@ func TestEveryCommandHasAnExample(t *testing.T) {
 		}
 	}
 	walk("csbs", newApp().Commands)
+}
+
+// TestClosestName: a suggestion only for what looks like a typo.
+func TestClosestName(t *testing.T) {
+	names := []string{"full", "name", "wait", "enable-instant-restore", "json", "help", "h"}
+	for _, tc := range []struct{ in, want string }{
+		{"ful", "full"},
+		{"fulll", "full"},
+		{"wiat", "wait"},
+		{"enable-instant", "enable-instant-restore"},
+		{"nmae", "name"},
+		{"xyzzy", ""},
+		{"hlp", ""},
+		{"j", ""},
+	} {
+		if got := closest(tc.in, names); got != tc.want {
+			t.Errorf("closest(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := closest("bakup", []string{"backup", "restore", "server"}); got != "backup" {
+		t.Errorf("closest(bakup) = %q", got)
+	}
 }

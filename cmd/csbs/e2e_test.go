@@ -245,7 +245,9 @@ func TestEndToEndBackupRestore(t *testing.T) {
 		State string `json:"state"`
 	}
 	a.okJSON(&jobs, "job", "ls")
-	if len(jobs) != 5 {
+	// Two backups, two restores: the one onto a non-empty target was
+	// refused by restore start and made no job.
+	if len(jobs) != 4 {
 		t.Fatalf("job ls: %+v", jobs)
 	}
 

@@ -56,7 +56,8 @@ func examples() map[string]string {
 	}
 }
 
-// addExamples fills in UsageText from examples where a command has none.
+// addExamples fills in UsageText (shown under EXAMPLES in --help) from
+// examples where a command has none.
 func addExamples(cmds []*cli.Command, prefix string) {
 	ex := examples()
 	var walk func(cmds []*cli.Command, prefix string)
@@ -64,7 +65,7 @@ func addExamples(cmds []*cli.Command, prefix string) {
 		for _, c := range cmds {
 			path := strings.TrimSpace(prefix + " " + c.Name)
 			if c.UsageText == "" && ex[path] != "" {
-				c.UsageText = strings.TrimSpace("csbs "+path+" [options] "+c.ArgsUsage) + "\n\n   example:\n   " + ex[path]
+				c.UsageText = ex[path]
 			}
 			walk(c.Subcommands, path)
 		}

@@ -10,41 +10,22 @@ import (
 )
 
 func jobCommand() *cli.Command {
-	one := func(method, suffix string) cli.ActionFunc {
-		return func(c *cli.Context) error {
-			if err := needArgs(c, 1, "JOB"); err != nil {
-				return err
-			}
-			cl, err := client(c)
-			if err != nil {
-				return err
-			}
-			var j catalog.Job
-			if err := cl.Do(c.Context, method, "/v1/jobs/"+c.Args().First()+suffix, nil, nil, &j); err != nil {
-				return err
-			}
-			return show(c, j, func(w io.Writer) error { return printJob(w, j) })
-		}
-	}
 	return &cli.Command{
 		Name:  "job",
-		Usage: "follow jobs (backups, restores, retention, gc, scrub)",
+		Usage: "follow jobs (backups, restores, instant-restore hydration, retention, gc, scrub)",
 		Subcommands: []*cli.Command{
-			{
-				Name: "ls", Usage: "list jobs, newest first", Flags: []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var js []catalog.Job
-					if err := cl.Do(c.Context, "GET", "/v1/jobs", nil, nil, &js); err != nil {
-						return err
-					}
-					return show(c, js, func(w io.Writer) error { return printJobs(w, js) })
-				},
-			},
-			{Name: "show", Usage: "show a job", ArgsUsage: "JOB", Flags: []cli.Flag{jsonFlag}, Action: one("GET", "")},
+			listing[catalog.Job]{
+				Usage: "list jobs, newest first",
+				Path:  apiPath("/v1/jobs"),
+				// printJobs is also run-now's answer.
+				Columns: jobColumns, Row: jobRow,
+				Empty: "no jobs yet (backups, restores, gc and scrub run as jobs)",
+			}.command(),
+			verb[catalog.Job]{
+				Name: "show", Usage: "show a job", Args: "JOB", JSON: true,
+				Path:  apiPath("/v1/jobs/", 0),
+				Print: printJob,
+			}.command(),
 			{
 				Name: "wait", Usage: "wait for a job to end, showing progress", ArgsUsage: "JOB", Flags: []cli.Flag{jsonFlag},
 				Action: func(c *cli.Context) error {
@@ -55,31 +36,43 @@ func jobCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					j, err := waitJob(c, cl, c.Args().First())
+					j, err := waitJob(c, cl, arg(c, 0))
 					if err != nil {
 						return err
 					}
-					return show(c, j, func(w io.Writer) error { return printJob(w, j) })
+					return emit(c, j, "", nil, printJob)
 				},
 			},
-			{Name: "cancel", Usage: "cancel a queued or running job", ArgsUsage: "JOB", Flags: []cli.Flag{jsonFlag}, Action: one("POST", "/cancel")},
+			verb[catalog.Job]{
+				Name: "cancel", Usage: "cancel a queued or running job", Args: "JOB", JSON: true,
+				Method: "POST", Path: apiPath("/v1/jobs/", 0, "/cancel"),
+				Done: func(_ *cli.Context, j catalog.Job) string {
+					return fmt.Sprintf("%s job %s is %s", j.Kind, j.ID, j.State)
+				},
+				Print: printJob,
+			}.command(),
 		},
 	}
 }
 
-func printJobs(w io.Writer, js []catalog.Job) error {
-	t := newTable(w, "ID", "KIND", "STATE", "PROGRESS", "CREATED", "ENDED", "RESULT")
-	for _, j := range js {
-		result := j.BackupName
-		if j.Error != "" {
-			result = j.Error
-		} else if j.Note != "" {
-			result = joinNonEmpty(result, j.Note)
-		}
-		t.row(j.ID, j.Kind, j.State, pct(j.Done, j.Total), timeH(j.Created), timeH(j.Ended), orDash(result))
+var jobColumns = []string{"ID", "KIND", "STATE", "PROGRESS", "CREATED", "ENDED", "RESULT"}
+
+func jobRow(j catalog.Job) []any {
+	result := j.BackupName
+	if j.Error != "" {
+		result = j.Error
+	} else if j.Note != "" {
+		result = joinNonEmpty(result, j.Note)
 	}
-	return t.flush()
+	return []any{j.ID, j.Kind, j.State, pct(j.Done, j.Total), timeH(j.Created), timeH(j.Ended), orDash(result)}
 }
+
+func printJobs(w io.Writer, js []catalog.Job) error {
+	return tableOf(jobColumns, jobRow, "")(w, js)
+}
+
+// jobID is what --quiet prints of a job.
+func jobID(j catalog.Job) string { return j.ID }
 
 func joinNonEmpty(a, b string) string {
 	if a == "" {
@@ -96,6 +89,9 @@ func printJob(w io.Writer, j catalog.Job) error {
 	}
 	if j.BackupID != "" {
 		fmt.Fprintf(w, "backup:   %s %s\n", j.BackupID, j.BackupName)
+	}
+	if j.RestoreID != "" {
+		fmt.Fprintf(w, "restore:  %s\n", j.RestoreID)
 	}
 	if j.Note != "" {
 		fmt.Fprintf(w, "note:     %s\n", j.Note)

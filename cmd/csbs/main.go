@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -53,9 +54,11 @@ func newApp() *cli.App {
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE` (finds the data dir and socket)", EnvVars: []string{"CSBS_CONFIG"}},
 			&cli.StringFlag{Name: "data-dir", Usage: "data `DIR` when no config is given", Value: "./var", EnvVars: []string{"CSBS_DATA_DIR"}},
 			&cli.StringFlag{Name: "socket", Usage: "API unix `SOCKET` (default: <data-dir>/csbs.sock)", EnvVars: []string{"CSBS_SOCKET"}},
-			&cli.StringFlag{Name: "token", Usage: "API `TOKEN` (default: the admin token in <data-dir>/admin.token)", EnvVars: []string{"CSBS_TOKEN"}},
+			&cli.StringFlag{Name: "token-file", Usage: "read the API token from `FILE` (default: the admin token in <data-dir>/admin.token)", EnvVars: []string{"CSBS_TOKEN_FILE"}},
+			&cli.StringFlag{Name: "token", Usage: "API `TOKEN`; prefer CSBS_TOKEN or --token-file: a flag's value shows in the process list", EnvVars: []string{"CSBS_TOKEN"}},
 			&cli.StringFlag{Name: "project", Aliases: []string{"p"}, Usage: "act in `PROJECT` (admin tokens; default: default)", EnvVars: []string{"CSBS_PROJECT"}},
 			&cli.StringFlag{Name: "region", Usage: "refuse to act unless the appliance serves `REGION`", EnvVars: []string{"CSBS_REGION"}},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only what a script needs (ids, URIs, secrets), not what was done"},
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 		Commands: []*cli.Command{
@@ -79,6 +82,7 @@ func newApp() *cli.App {
 		},
 	}
 	addExamples(app.Commands, "")
+	setHelp(app)
 	return app
 }
 
@@ -114,14 +118,9 @@ func client(c *cli.Context) (*api.Client, error) {
 	if socket == "" {
 		socket = cfg.API.Socket
 	}
-	token := c.String("token")
-	if token == "" {
-		path := filepath.Join(cfg.DataDir, daemon.AdminTokenFile)
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("no token: set --token or CSBS_TOKEN, or run as a user who can read %s (%v)", path, errors.Unwrap(err))
-		}
-		token = strings.TrimSpace(string(b))
+	token, err := apiToken(c, cfg)
+	if err != nil {
+		return nil, err
 	}
 	cl := api.NewUnixClient(socket, token)
 	cl.Project = c.String("project")
@@ -129,10 +128,44 @@ func client(c *cli.Context) (*api.Client, error) {
 	return cl, nil
 }
 
-// needArgs checks the number of positional arguments.
-func needArgs(c *cli.Context, n int, names string) error {
-	if c.NArg() != n {
-		return cli.Exit(fmt.Sprintf("usage: %s %s", c.Command.HelpName, names), 2)
+// apiToken is --token (CSBS_TOKEN), else the file --token-file names,
+// else the admin token in the data dir. When there is none, it says what
+// is missing: usually the CLI runs away from the daemon's data dir.
+func apiToken(c *cli.Context, cfg config.Config) (string, error) {
+	if t := c.String("token"); t != "" {
+		return t, nil
 	}
-	return nil
+	if f := c.String("token-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("token file: %w", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", fmt.Errorf("token file %s is empty", f)
+		}
+		return t, nil
+	}
+	path := filepath.Join(cfg.DataDir, daemon.AdminTokenFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	from := "./var, the default data dir, in the current directory"
+	switch {
+	case configFile(c) != "":
+		from = "data_dir of " + configFile(c)
+	case c.IsSet("data-dir"):
+		from = "--data-dir"
+	}
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return "", fmt.Errorf("cannot read the admin token %s: permission denied; run as the daemon's user (root), or give a token with CSBS_TOKEN or --token-file", path)
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	if _, serr := os.Stat(cfg.DataDir); errors.Is(serr, fs.ErrNotExist) {
+		return "", fmt.Errorf("no csbs daemon found: no data dir %s (%s), so no admin token to use; run csbs where `csbs serve` keeps its data, or point at it with --data-dir DIR or --config FILE (CSBS_CONFIG), or give a project token with CSBS_TOKEN or --token-file", cfg.DataDir, from)
+	}
+	return "", fmt.Errorf("no admin token in the data dir %s (%s): has `csbs serve` started there? Give a token with CSBS_TOKEN or --token-file otherwise", cfg.DataDir, from)
 }

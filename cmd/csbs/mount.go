@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
@@ -12,6 +11,24 @@ import (
 )
 
 func mountCommand() *cli.Command {
+	list := listing[catalog.MountRecord]{
+		Path:    apiPath("/v1/mounts"),
+		Columns: []string{"PATH", "KIND", "SERVER", "BACKUP", "DISK"},
+		Row: func(m catalog.MountRecord) []any {
+			return []any{m.Path, mountKind(m), orDash(m.Server), orDash(m.Backup), orDash(m.Disk)}
+		},
+		Empty: "no mounts (csbs mount PATH mounts every Enhanced backup; csbs backup browse BACKUP PATH one disk's files)",
+	}.command()
+	mount := verb[catalog.MountRecord]{
+		Args:   "PATH",
+		Method: "POST", Path: apiPath("/v1/mounts"),
+		Body: func(c *cli.Context) (any, error) {
+			return api.MountRequest{Path: absPath(arg(c, 0)), Server: c.String("server"), Backup: c.String("backup")}, nil
+		},
+		Done: func(_ *cli.Context, m catalog.MountRecord) string {
+			return fmt.Sprintf("mounted Enhanced backups read-only at %s (csbs umount %s)", m.Path, m.Path)
+		},
+	}.command()
 	return &cli.Command{
 		Name:  "mount",
 		Usage: "mount Enhanced backups read-only as /<project>/<server>/<backup>/<disk>.img (no PATH: list mounts)",
@@ -25,100 +42,61 @@ func mountCommand() *cli.Command {
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			cl, err := client(c)
-			if err != nil {
-				return err
-			}
 			if c.NArg() == 0 {
-				var ms []catalog.MountRecord
-				if err := cl.Do(c.Context, "GET", "/v1/mounts", nil, nil, &ms); err != nil {
-					return err
-				}
-				return show(c, ms, func(w io.Writer) error {
-					t := newTable(w, "PATH", "KIND", "SERVER", "BACKUP", "DISK")
-					for _, m := range ms {
-						kind := "fuse"
-						if m.Browse {
-							kind = "browse"
-						}
-						t.row(m.Path, kind, orDash(m.Server), orDash(m.Backup), orDash(m.Disk))
-					}
-					return t.flush()
-				})
+				return list.Action(c)
 			}
-			if err := needArgs(c, 1, "PATH"); err != nil {
-				return err
-			}
-			path, _ := filepath.Abs(c.Args().First())
-			var m catalog.MountRecord
-			if err := cl.Do(c.Context, "POST", "/v1/mounts", nil, api.MountRequest{Path: path, Server: c.String("server"), Backup: c.String("backup")}, &m); err != nil {
-				return err
-			}
-			return show(c, m, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "mounted at %s\n", m.Path)
-				return err
-			})
+			return mount.Action(c)
 		},
 	}
+}
+
+func mountKind(m catalog.MountRecord) string {
+	if m.Browse {
+		return "browse"
+	}
+	return "fuse"
+}
+
+// absPath makes a local path absolute for the daemon, which runs in
+// another directory.
+func absPath(p string) string {
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }
 
 func umountCommand() *cli.Command {
-	return &cli.Command{
-		Name: "umount", Usage: "unmount a csbs mount", ArgsUsage: "PATH",
-		Action: func(c *cli.Context) error {
-			if err := needArgs(c, 1, "PATH"); err != nil {
-				return err
-			}
-			cl, err := client(c)
-			if err != nil {
-				return err
-			}
-			path, _ := filepath.Abs(c.Args().First())
-			return cl.Do(c.Context, "POST", "/v1/mounts/unmount", nil, api.MountRequest{Path: path}, nil)
-		},
-	}
+	return verb[struct{}]{
+		Name: "umount", Usage: "unmount a csbs mount", Args: "PATH",
+		Method: "POST", Path: apiPath("/v1/mounts/unmount"),
+		Body: func(c *cli.Context) (any, error) { return api.MountRequest{Path: absPath(arg(c, 0))}, nil },
+		Done: func(c *cli.Context, _ struct{}) string { return "unmounted " + absPath(arg(c, 0)) },
+	}.command()
 }
 
-func browseCommands() []*cli.Command {
-	return []*cli.Command{
-		{
-			Name:      "browse",
-			Usage:     "loop-mount a backup disk read-only at PATH to copy single files (daemon runs as root)",
-			UsageText: "csbs backup browse golden --disk vda /mnt/golden\n   cp /mnt/golden/etc/hostname /tmp/\n   csbs backup unbrowse /mnt/golden",
-			ArgsUsage: "BACKUP PATH",
-			Flags:     []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "`DISK` to browse (default: the first)"}, jsonFlag},
-			Action: func(c *cli.Context) error {
-				if err := needArgs(c, 2, "BACKUP PATH"); err != nil {
-					return err
-				}
-				cl, err := client(c)
-				if err != nil {
-					return err
-				}
-				path, _ := filepath.Abs(c.Args().Get(1))
-				var m catalog.MountRecord
-				if err := cl.Do(c.Context, "POST", "/v1/backups/"+c.Args().Get(0)+"/browse", nil, api.MountRequest{Path: path, Disk: c.String("disk")}, &m); err != nil {
-					return err
-				}
-				return show(c, m, func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "disk %s of backup %s is mounted read-only at %s\n", m.Disk, c.Args().Get(0), m.Path)
-					return err
-				})
-			},
+func browseCommand() *cli.Command {
+	return verb[catalog.MountRecord]{
+		Name:     "browse",
+		Usage:    "loop-mount a backup disk read-only at PATH to copy single files (daemon runs as root)",
+		Examples: "csbs backup browse golden --disk vda /mnt/golden\n   cp /mnt/golden/etc/hostname /tmp/\n   csbs backup unbrowse /mnt/golden",
+		Args:     "BACKUP PATH", JSON: true,
+		Flags:  []cli.Flag{&cli.StringFlag{Name: "disk", Usage: "`DISK` to browse (default: the first)"}},
+		Method: "POST", Path: apiPath("/v1/backups/", 0, "/browse"),
+		Body: func(c *cli.Context) (any, error) {
+			return api.MountRequest{Path: absPath(arg(c, 1)), Disk: c.String("disk")}, nil
 		},
-		{
-			Name: "unbrowse", Usage: "undo csbs backup browse", ArgsUsage: "PATH",
-			Action: func(c *cli.Context) error {
-				if err := needArgs(c, 1, "PATH"); err != nil {
-					return err
-				}
-				cl, err := client(c)
-				if err != nil {
-					return err
-				}
-				path, _ := filepath.Abs(c.Args().First())
-				return cl.Do(c.Context, "POST", "/v1/browse/unmount", nil, api.MountRequest{Path: path}, nil)
-			},
+		Done: func(c *cli.Context, m catalog.MountRecord) string {
+			return fmt.Sprintf("mounted disk %s of backup %s read-only at %s (csbs backup unbrowse %s)", m.Disk, arg(c, 0), m.Path, m.Path)
 		},
-	}
+	}.command()
+}
+
+func unbrowseCommand() *cli.Command {
+	return verb[struct{}]{
+		Name: "unbrowse", Usage: "undo csbs backup browse", Args: "PATH",
+		Method: "POST", Path: apiPath("/v1/browse/unmount"),
+		Body: func(c *cli.Context) (any, error) { return api.MountRequest{Path: absPath(arg(c, 0))}, nil },
+		Done: func(c *cli.Context, _ struct{}) string { return "unmounted " + absPath(arg(c, 0)) },
+	}.command()
 }

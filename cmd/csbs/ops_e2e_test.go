@@ -172,7 +172,7 @@ func TestMetricsAndStatus(t *testing.T) {
 		t.Fatalf("warnings lack the failed job: %q", st.Warnings)
 	}
 	human := a.ok("status")
-	for _, s := range []string{"next run:", "policy daily (web1)", "1 job(s) failed", "exports:  1", "1 backup(s)"} {
+	for _, s := range []string{"next run:", "policy daily (web1)", "1 job(s) failed", "exports:  1", "1 backup,"} {
 		if !strings.Contains(human, s) {
 			t.Fatalf("csbs status lacks %q:\n%s", s, human)
 		}

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,14 +62,6 @@ func (t *table) row(cols ...any) {
 }
 
 func (t *table) flush() error { return t.tw.Flush() }
-
-// show prints v as JSON with --json, else calls human.
-func show(c *cli.Context, v any, human func(w io.Writer) error) error {
-	if c.Bool("json") {
-		return printJSON(c.App.Writer, v)
-	}
-	return human(c.App.Writer)
-}
 
 func bytesH(n int64) string {
 	if n < 0 {
@@ -125,16 +119,31 @@ func waitJob(c *cli.Context, cl *api.Client, id string) (catalog.Job, error) {
 	for {
 		var j catalog.Job
 		q := map[string][]string{"timeout": {"1"}}
-		if err := cl.Do(ctx, "POST", "/v1/jobs/"+id+"/wait", q, nil, &j); err != nil {
+		if err := cl.Do(ctx, "POST", "/v1/jobs/"+url.PathEscape(id)+"/wait", q, nil, &j); err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return j, fmt.Errorf("stopped waiting (the job goes on; follow it with csbs job wait %s): %w", id, context.Cause(ctx))
+			case errors.Is(err, api.ErrNoDaemon):
+				return j, fmt.Errorf("waiting for job %s: %w; once a daemon runs again, csbs job show %s says how the job ended", id, err, id)
+			}
 			return j, err
 		}
-		if j.Total > 0 {
+		if j.Total > 0 && !quietMode(c) {
 			if isTerminal(out) {
 				if bar == nil {
+					what := fmt.Sprintf("%s %s", j.Kind, j.ID)
+					if j.Kind == catalog.JobHydrate {
+						// Counts the disk's bytes in place, holes included:
+						// csbs restore show has the rate of data copied.
+						what += " (disk in place)"
+					}
 					bar = progressbar.NewOptions64(j.Total,
 						progressbar.OptionSetWriter(out),
-						progressbar.OptionSetDescription(fmt.Sprintf("%s %s", j.Kind, j.ID)),
+						progressbar.OptionSetDescription(what),
 						progressbar.OptionShowBytes(true),
+						progressbar.OptionShowCount(),
+						progressbar.OptionShowTotalBytes(true),
+						progressbar.OptionUseIECUnits(true),
 						progressbar.OptionSetPredictTime(true),
 						progressbar.OptionThrottle(200*time.Millisecond),
 						progressbar.OptionClearOnFinish())

@@ -18,9 +18,13 @@ import (
 // policyFlags are shared by create and update; update sends only the
 // flags that were set.
 func policyFlags(create bool) []cli.Flag {
+	required := ""
+	if create {
+		required = " (required)"
+	}
 	return []cli.Flag{
-		&cli.StringFlag{Name: "name", Usage: "policy `NAME` (1-255 of A-Z a-z 0-9 _ -)", Required: create},
-		&cli.StringSliceFlag{Name: "time", Usage: "execution time `HH:MM` (repeat, at least 1 h apart)", Required: create},
+		&cli.StringFlag{Name: "name", Usage: "policy `NAME` (1-255 of A-Z a-z 0-9 _ -)" + required},
+		&cli.StringSliceFlag{Name: "time", Usage: "execution time `HH:MM` (repeat, at least 1 h apart)" + required},
 		&cli.IntFlag{Name: "every-days", Usage: "run every `N` days"},
 		&cli.StringFlag{Name: "weekdays", Usage: "run on `DAYS`, e.g. mon,thu"},
 		&cli.StringFlag{Name: "timezone", Usage: "IANA `ZONE` of the times, e.g. Asia/Shanghai (default UTC)"},
@@ -31,7 +35,6 @@ func policyFlags(create bool) []cli.Flag {
 		&cli.IntFlag{Name: "keep-monthly", Usage: "long-term: ... of each of the last `N` months"},
 		&cli.IntFlag{Name: "keep-yearly", Usage: "long-term: ... of each of the last `N` years"},
 		&cli.BoolFlag{Name: "disabled", Usage: "create the policy disabled", Hidden: !create},
-		jsonFlag,
 	}
 }
 
@@ -72,194 +75,120 @@ func policyRequest(c *cli.Context) api.PolicyRequest {
 }
 
 func policyCommand() *cli.Command {
-	refAction := func(method, suffix string, body func(c *cli.Context) any) cli.ActionFunc {
-		return func(c *cli.Context) error {
-			if err := needArgs(c, 1, "POLICY"); err != nil {
-				return err
-			}
-			cl, err := client(c)
-			if err != nil {
-				return err
-			}
-			var in any
-			if body != nil {
-				in = body(c)
-			}
-			var p api.PolicyView
-			if err := cl.Do(c.Context, method, "/v1/policies/"+c.Args().First()+suffix, nil, in, &p); err != nil {
-				return err
-			}
-			return show(c, p, func(w io.Writer) error { return printPolicy(w, p) })
-		}
+	// update, enable and disable change a policy and show it.
+	change := func(name, usage, done string, flags []cli.Flag, body func(c *cli.Context) api.PolicyRequest) *cli.Command {
+		return verb[api.PolicyView]{
+			Name: name, Usage: usage, Args: "POLICY", Flags: flags, JSON: true,
+			Method: "PATCH", Path: apiPath("/v1/policies/", 0),
+			Body:  func(c *cli.Context) (any, error) { return body(c), nil },
+			Done:  func(_ *cli.Context, p api.PolicyView) string { return fmt.Sprintf(done, p.Name) },
+			Print: printPolicy,
+		}.command()
 	}
-	enabled := func(v bool) func(*cli.Context) any {
-		return func(*cli.Context) any { return api.PolicyRequest{Enabled: &v} }
+	enabled := func(v bool) func(*cli.Context) api.PolicyRequest {
+		return func(*cli.Context) api.PolicyRequest { return api.PolicyRequest{Enabled: &v} }
 	}
 	return &cli.Command{
 		Name:  "policy",
 		Usage: "manage backup policies",
 		Subcommands: []*cli.Command{
-			{
+			verb[api.PolicyView]{
 				Name:  "create",
 				Usage: "create a policy",
-				UsageText: `csbs policy create --name daily --time 02:00 --every-days 1 --max-backups 7
+				Examples: `csbs policy create --name daily --time 02:00 --every-days 1 --max-backups 7
    csbs policy create --name twice --time 02:00 --time 14:00 --weekdays mon,thu --timezone Asia/Shanghai --retention-days 30`,
-				Flags: policyFlags(true),
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var p api.PolicyView
-					if err := cl.Do(c.Context, "POST", "/v1/policies", nil, policyRequest(c), &p); err != nil {
-						return err
-					}
-					return show(c, p, func(w io.Writer) error { return printPolicy(w, p) })
+				Flags:    policyFlags(true),
+				Required: []string{"name", "time"},
+				JSON:     true,
+				Method:   "POST", Path: apiPath("/v1/policies"),
+				Body: func(c *cli.Context) (any, error) { return policyRequest(c), nil },
+				Done: func(_ *cli.Context, p api.PolicyView) string {
+					return fmt.Sprintf("created policy %s (%s)", p.Name, p.ID)
 				},
-			},
-			{
-				Name: "ls", Usage: "list policies", Flags: []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
+				Print: printPolicy,
+				Quiet: func(p api.PolicyView) string { return p.ID },
+			}.command(),
+			listing[api.PolicyView]{
+				Usage:   "list policies",
+				Path:    apiPath("/v1/policies"),
+				Columns: []string{"ID", "NAME", "STATUS", "SCHEDULE", "RETENTION", "SERVERS", "NEXT RUN"},
+				Row: func(p api.PolicyView) []any {
+					next := "-"
+					if len(p.NextRuns) > 0 {
+						next = policyTime(p.Policy, p.NextRuns[0])
 					}
-					var ps []api.PolicyView
-					if err := cl.Do(c.Context, "GET", "/v1/policies", nil, nil, &ps); err != nil {
-						return err
+					return []any{p.ID, p.Name, status(p.Policy), schedule(p.Policy), retention(p.Policy), len(p.Servers), next}
+				},
+				Empty: "no policies (create one: csbs policy create --name NAME --time 02:00 --every-days 1 --max-backups 7)",
+			}.command(),
+			verb[api.PolicyView]{
+				Name: "show", Usage: "show a policy with its next run times", Args: "POLICY", JSON: true,
+				Flags: []cli.Flag{&cli.IntFlag{Name: "next", Usage: "show the next `N` runs", Value: api.DefaultNextRuns}},
+				Path:  apiPath("/v1/policies/", 0),
+				Query: func(c *cli.Context) url.Values { return url.Values{"next": {strconv.Itoa(c.Int("next"))}} },
+				Print: printPolicy,
+			}.command(),
+			change("update", "change a policy (only the flags given)", "updated policy %s", policyFlags(false), policyRequest),
+			change("enable", "enable a policy", "enabled policy %s", nil, enabled(true)),
+			change("disable", "disable a policy (running jobs finish)", "disabled policy %s (running jobs finish; csbs policy run-now still works)", nil, enabled(false)),
+			verb[struct{}]{
+				Name: "rm", Usage: "remove a policy (its servers are unbound)", Args: "POLICY",
+				Method: "DELETE", Path: apiPath("/v1/policies/", 0),
+				Done: func(c *cli.Context, _ struct{}) string {
+					return fmt.Sprintf("removed policy %s (its servers are unbound; their backups stay)", arg(c, 0))
+				},
+			}.command(),
+			verb[api.ServerView]{
+				Name: "bind", Usage: "bind a server to a policy", Args: "POLICY SERVER", JSON: true,
+				Method: "POST", Path: apiPath("/v1/policies/", 0, "/bind"),
+				Body: func(c *cli.Context) (any, error) { return api.BindRequest{Server: arg(c, 1)}, nil },
+				Done: func(_ *cli.Context, s api.ServerView) string {
+					return fmt.Sprintf("bound server %s to policy %s", s.Name, s.PolicyName)
+				},
+			}.command(),
+			verb[api.ServerView]{
+				Name: "unbind", Usage: "unbind a server from its policy", Args: "SERVER",
+				Method: "POST", Path: apiPath("/v1/servers/", 0, "/unbind"),
+				Done: func(_ *cli.Context, s api.ServerView) string {
+					return fmt.Sprintf("unbound server %s from its policy (no automatic backups until it is bound again)", s.Name)
+				},
+			}.command(),
+			verb[[]catalog.Job]{
+				Name: "run-now", Usage: "run a policy now (automatic backups of every bound server)", Args: "POLICY", JSON: true,
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "wait", Usage: "wait for the backups"}},
+				Method: "POST", Path: apiPath("/v1/policies/", 0, "/run-now"),
+				Then: func(c *cli.Context, cl *api.Client, jobs []catalog.Job) ([]catalog.Job, error) {
+					if !c.Bool("wait") {
+						return jobs, nil
 					}
-					return show(c, ps, func(w io.Writer) error {
-						t := newTable(w, "ID", "NAME", "STATUS", "SCHEDULE", "RETENTION", "SERVERS", "NEXT RUN")
-						for _, p := range ps {
-							next := "-"
-							if len(p.NextRuns) > 0 {
-								next = timeH(p.NextRuns[0])
+					for i, j := range jobs {
+						if !j.Finished() {
+							var err error
+							if jobs[i], err = waitJob(c, cl, j.ID); err != nil {
+								return jobs, err
 							}
-							t.row(p.ID, p.Name, status(p.Policy), schedule(p.Policy), retention(p.Policy), len(p.Servers), next)
 						}
-						return t.flush()
-					})
+					}
+					return jobs, nil
 				},
-			},
-			{
-				Name: "show", Usage: "show a policy with its next run times", ArgsUsage: "POLICY",
-				Flags: []cli.Flag{&cli.IntFlag{Name: "next", Usage: "show the next `N` runs", Value: 5}, jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "POLICY"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var p api.PolicyView
-					q := url.Values{"next": {strconv.Itoa(c.Int("next"))}}
-					if err := cl.Do(c.Context, "GET", "/v1/policies/"+c.Args().First(), q, nil, &p); err != nil {
-						return err
-					}
-					return show(c, p, func(w io.Writer) error { return printPolicy(w, p) })
-				},
-			},
-			{Name: "update", Usage: "change a policy (only the flags given)", ArgsUsage: "POLICY", Flags: policyFlags(false), Action: refAction("PATCH", "", func(c *cli.Context) any { return policyRequest(c) })},
-			{Name: "enable", Usage: "enable a policy", ArgsUsage: "POLICY", Flags: []cli.Flag{jsonFlag}, Action: refAction("PATCH", "", enabled(true))},
-			{Name: "disable", Usage: "disable a policy (running jobs finish)", ArgsUsage: "POLICY", Flags: []cli.Flag{jsonFlag}, Action: refAction("PATCH", "", enabled(false))},
-			{
-				Name: "rm", Usage: "remove a policy (its servers are unbound)", ArgsUsage: "POLICY",
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "POLICY"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					return cl.Do(c.Context, "DELETE", "/v1/policies/"+c.Args().First(), nil, nil, nil)
-				},
-			},
-			{
-				Name: "bind", Usage: "bind a server to a policy", ArgsUsage: "POLICY SERVER", Flags: []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 2, "POLICY SERVER"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var s api.ServerView
-					if err := cl.Do(c.Context, "POST", "/v1/policies/"+c.Args().Get(0)+"/bind", nil, api.BindRequest{Server: c.Args().Get(1)}, &s); err != nil {
-						return err
-					}
-					return show(c, s, func(w io.Writer) error {
-						_, err := fmt.Fprintf(w, "server %s bound to policy %s\n", s.Name, s.PolicyName)
-						return err
-					})
-				},
-			},
-			{
-				Name: "unbind", Usage: "unbind a server from its policy", ArgsUsage: "SERVER",
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "SERVER"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					return cl.Do(c.Context, "POST", "/v1/servers/"+c.Args().First()+"/unbind", nil, nil, nil)
-				},
-			},
-			{
-				Name: "run-now", Usage: "run a policy now (automatic backups of every bound server)", ArgsUsage: "POLICY",
-				Flags: []cli.Flag{&cli.BoolFlag{Name: "wait", Usage: "wait for the backups"}, jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "POLICY"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var jobs []catalog.Job
-					if err := cl.Do(c.Context, "POST", "/v1/policies/"+c.Args().First()+"/run-now", nil, nil, &jobs); err != nil {
-						return err
-					}
+				Done: func(c *cli.Context, jobs []catalog.Job) string {
 					if c.Bool("wait") {
-						for i, j := range jobs {
-							if !j.Finished() {
-								jobs[i], err = waitJob(c, cl, j.ID)
-								if err != nil {
-									return err
-								}
-							}
-						}
+						return fmt.Sprintf("ran policy %s: %d backup job(s)", arg(c, 0), len(jobs))
 					}
-					return show(c, jobs, func(w io.Writer) error { return printJobs(w, jobs) })
+					return fmt.Sprintf("started policy %s: %d backup job(s) (follow them: csbs job wait JOB)", arg(c, 0), len(jobs))
 				},
-			},
-			{
-				Name: "retention", Usage: "dry run: which backups the policy's retention would keep and delete now", ArgsUsage: "POLICY", Flags: []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "POLICY"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var items []scheduler.RetentionItem
-					if err := cl.Do(c.Context, "POST", "/v1/policies/"+c.Args().First()+"/retention-preview", nil, nil, &items); err != nil {
-						return err
-					}
-					return show(c, items, func(w io.Writer) error {
-						t := newTable(w, "BACKUP", "NAME", "CREATED", "VERDICT", "REASON")
-						for _, it := range items {
-							t.row(it.BackupID, it.Name, timeH(it.Created), it.Verdict, it.Reason)
-						}
-						return t.flush()
-					})
+				Print: printJobs,
+			}.command(),
+			listing[scheduler.RetentionItem]{
+				Name: "retention", Usage: "dry run: which backups the policy's retention would keep and delete now", Args: "POLICY",
+				Method:  "POST",
+				Path:    apiPath("/v1/policies/", 0, "/retention-preview"),
+				Columns: []string{"BACKUP", "NAME", "CREATED", "VERDICT", "REASON"},
+				Row: func(it scheduler.RetentionItem) []any {
+					return []any{it.BackupID, it.Name, timeH(it.Created), it.Verdict, it.Reason}
 				},
-			},
+				Empty: "no backups under this policy yet",
+			}.command(),
 		},
 	}
 }
@@ -305,6 +234,21 @@ func retention(p catalog.Policy) string {
 		s += " + long-term " + strings.Join(lt, " ")
 	}
 	return s
+}
+
+// policyTime is a run time in the policy's time zone, with the zone.
+func policyTime(p catalog.Policy, t time.Time) string {
+	return zoned(t, p.Timezone)
+}
+
+// zoned prints t in the IANA zone tz (UTC when empty or unknown), with
+// the zone's abbreviation so that a reader never guesses.
+func zoned(t time.Time, tz string) string {
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		loc = time.UTC
+	}
+	return t.In(loc).Format("2006-01-02 15:04 MST")
 }
 
 func printPolicy(w io.Writer, p api.PolicyView) error {

@@ -15,9 +15,8 @@ func serveCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "run the appliance daemon (no config: data in ./var, socket ./var/csbs.sock)",
 		UsageText: `csbs serve
-   csbs serve --config /etc/csbs/csbs.toml
-
-SIGTERM or SIGINT stop it gracefully: no new jobs start, running backups
+   csbs serve --config /etc/csbs/csbs.toml`,
+		Description: `SIGTERM or SIGINT stop it gracefully: no new jobs start, running backups
 are abandoned uncommitted (never half visible), hydration state is kept
 and resumes at the next start, exports and mounts are closed. Under
 systemd (Type=notify) it reports READY=1 once the API answers.`,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -14,24 +15,21 @@ import (
 )
 
 func statusCommand() *cli.Command {
-	return &cli.Command{
-		Name: "status", Usage: "show the appliance's status", Flags: []cli.Flag{jsonFlag},
-		Action: func(c *cli.Context) error {
-			cl, err := client(c)
-			if err != nil {
-				return err
-			}
-			var st api.Status
-			if err := cl.Do(c.Context, "GET", "/v1/status", nil, nil, &st); err != nil {
-				return err
-			}
-			return show(c, st, func(w io.Writer) error { return printStatus(w, st, isTerminal(w) && os.Getenv("NO_COLOR") == "") })
+	return verb[api.Status]{
+		Name: "status", Usage: "show the appliance's status", JSON: true,
+		Path: apiPath("/v1/status"),
+		Print: func(w io.Writer, st api.Status) error {
+			return printStatus(w, st, isTerminal(w) && os.Getenv("NO_COLOR") == "")
 		},
-	}
+	}.command()
 }
 
+// statusNoteWidth bounds the part of a gc or scrub job's note that status
+// shows (csbs job show has all of it).
+const statusNoteWidth = 60
+
 // printStatus renders the status screen; color marks warnings on a
-// terminal only.
+// terminal only. Every line stays short: details are one command away.
 func printStatus(w io.Writer, st api.Status, color bool) error {
 	paint := func(code, s string) string {
 		if !color {
@@ -43,38 +41,46 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 	if st.Admin {
 		role = " (admin)"
 	}
-	fmt.Fprintf(w, "csbs %s, region %s (AZs %s), up %s\n", st.Version, st.Region, strings.Join(st.AvailabilityZones, ", "), durationH(time.Duration(st.UptimeSeconds)*time.Second))
+	fmt.Fprintf(w, "csbs %s, region %s (%s %s), up %s\n", st.Version, st.Region, plural(len(st.AvailabilityZones), "AZ", "AZs"), strings.Join(st.AvailabilityZones, ", "), durationH(time.Duration(st.UptimeSeconds)*time.Second))
 	fmt.Fprintf(w, "project %s%s\n\n", st.Project, role)
 	s := st.Store
-	fmt.Fprintf(w, "store:    %d backup(s), %s logical, %s added to the store", s.Backups, bytesH(s.LogicalBytes), bytesH(s.AddedBytes))
-	if s.AddedBytes > 0 {
-		fmt.Fprintf(w, " (%.1fx)", float64(s.LogicalBytes)/float64(s.AddedBytes))
-	}
-	fmt.Fprintln(w)
 	if st.Admin {
-		fmt.Fprintf(w, "          disk %s, free %s (backups stop at %s), block cache hit ratio %.0f%%\n", bytesH(s.DiskBytes), bytesH(s.FreeBytes), bytesH(s.MinFreeBytes), s.CacheHitRatio*100)
+		fmt.Fprintf(w, "store:    %s, %s of disks in %s on disk (allocated)%s\n", count(s.Backups, "backup"), bytesH(s.LogicalBytes), bytesH(s.DiskBytes), ratio(s.LogicalBytes, s.DiskBytes))
+		fmt.Fprintf(w, "          %s free (backups stop below %s), block cache %.0f%% hits\n", bytesH(s.FreeBytes), bytesH(s.MinFreeBytes), s.CacheHitRatio*100)
+		auto := ""
+		if s.CacheAuto {
+			auto = " (auto)"
+		}
+		fmt.Fprintf(w, "reads:    %d workers, block cache %s of %s%s, in flight %s of %s (peak %s), attach cache files %s\n",
+			s.Workers, bytesH(s.CacheBytes), bytesH(s.CacheLimitBytes), auto, bytesH(s.InflightBytes), bytesH(s.InflightLimitBytes), bytesH(s.InflightPeakBytes), bytesH(s.ReadCacheBytes))
 		if o := s.ObjectStore; o != nil {
-			fmt.Fprintf(w, "          packs in %s: %d PUTs (%s up), %d GETs (%s down), %d retries; cache %s of %s, hit ratio %.0f%%\n",
-				o.Location, o.Requests["PUT"], bytesH(o.BytesUp), o.Requests["GET"], bytesH(o.BytesDown), o.Retries,
+			fmt.Fprintf(w, "          packs in %s\n", o.Location)
+			fmt.Fprintf(w, "          %d PUTs (%s up), %d GETs (%s down), %d retries; cache %s of %s, %.0f%% hits\n",
+				o.Requests["PUT"], bytesH(o.BytesUp), o.Requests["GET"], bytesH(o.BytesDown), o.Retries,
 				bytesH(o.CacheBytes), bytesH(o.CacheLimit), o.CacheHitRatio*100)
 		}
+	} else {
+		fmt.Fprintf(w, "store:    %s, %s of disks; they added %s to the store\n", count(s.Backups, "backup"), bytesH(s.LogicalBytes), bytesH(s.AddedBytes))
 	}
-	fmt.Fprintf(w, "jobs:     %d running, %d queued\n", st.JobsRunning, st.JobsQueued)
+	if st.JobsRunning+st.JobsQueued == 0 {
+		fmt.Fprintln(w, "jobs:     none running or queued")
+	} else {
+		fmt.Fprintf(w, "jobs:     %d running, %d queued\n", st.JobsRunning, st.JobsQueued)
+	}
 	for _, j := range st.ActiveJobs {
-		what := orDash(j.BackupName)
-		fmt.Fprintf(w, "          %s %-8s %-8s %s %s of %s (%s)\n", j.ID, j.Kind, j.State, what, bytesH(j.Done), bytesH(j.Total), pct(j.Done, j.Total))
-	}
-	fmt.Fprintf(w, "exports:  %d\n", len(st.Exports))
-	for _, e := range st.Exports {
-		fmt.Fprintf(w, "          %s %s %s/%s, %d connection(s), %s\n", e.Name, e.Kind, e.BackupName, e.Disk, e.Connections, e.URI)
-	}
-	fmt.Fprintf(w, "mounts:   %d\n", len(st.Mounts))
-	for _, m := range st.Mounts {
-		kind := "fuse"
-		if m.Browse {
-			kind = "browse"
+		what := j.BackupName
+		if what == "" {
+			what = j.RestoreID
 		}
-		fmt.Fprintf(w, "          %s (%s)\n", m.Path, kind)
+		fmt.Fprintf(w, "          %s %-8s %-8s %s %s of %s (%s)\n", j.ID, j.Kind, j.State, orDash(what), bytesH(j.Done), bytesH(j.Total), pct(j.Done, j.Total))
+	}
+	fmt.Fprintf(w, "exports:  %s\n", countOrNone(len(st.Exports)))
+	for _, e := range st.Exports {
+		fmt.Fprintf(w, "          %s %s %s/%s, %s, %s\n", e.Name, e.Kind, e.BackupName, e.Disk, count(e.Connections, "connection"), e.URI)
+	}
+	fmt.Fprintf(w, "mounts:   %s\n", countOrNone(len(st.Mounts)))
+	for _, m := range st.Mounts {
+		fmt.Fprintf(w, "          %s (%s)\n", m.Path, mountKind(m))
 	}
 	if len(st.NextRuns) == 0 {
 		fmt.Fprintln(w, "next run: none (no enabled policy)")
@@ -84,7 +90,7 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 		if i == 0 {
 			label = "next run: "
 		}
-		fmt.Fprintf(w, "%s%s  policy %s (%s)\n", label, timeH(r.Time), r.Policy, orDash(strings.Join(r.Servers, ", ")))
+		fmt.Fprintf(w, "%s%s  policy %s (%s)\n", label, zoned(r.Time, r.Timezone), r.Policy, orDash(strings.Join(r.Servers, ", ")))
 	}
 	for _, m := range []struct {
 		name string
@@ -96,13 +102,13 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 		}
 		next := "by hand only"
 		if m.next != nil {
-			next = timeH(*m.next)
+			next = localZoned(*m.next)
 		}
 		if m.last == nil {
 			fmt.Fprintf(w, "%slast never; next %s\n", m.name, next)
 			continue
 		}
-		fmt.Fprintf(w, "%slast %s %s %s; next %s\n", m.name, timeH(m.last.Ended), m.last.State, m.last.Note+m.last.Error, next)
+		fmt.Fprintf(w, "%slast %s %s, %s; next %s\n", m.name, localZoned(m.last.Ended), m.last.State, maintenanceResult(*m.last), next)
 	}
 	if len(st.Warnings) == 0 {
 		fmt.Fprintln(w, "\n"+paint("32", "no warnings"))
@@ -113,6 +119,81 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 		fmt.Fprintln(w, "  "+paint("33", "! "+msg))
 	}
 	return nil
+}
+
+// maintenanceResult is the gist of a gc or scrub job's note for status:
+// what gc freed, whether scrub found damage (csbs job show has the rest).
+func maintenanceResult(j catalog.Job) string {
+	if j.Error != "" {
+		return shortNote(j.Error, statusNoteWidth)
+	}
+	if m := gcFreed.FindStringSubmatch(j.Note); m != nil {
+		return "freed " + m[1]
+	}
+	for _, part := range strings.Split(j.Note, "; ") {
+		if strings.Contains(part, "damage") {
+			return part
+		}
+	}
+	return shortNote(j.Note, statusNoteWidth)
+}
+
+// gcFreed finds the bytes in a gc note ("freed 12 blocks (768 KiB); ...").
+var gcFreed = regexp.MustCompile(`^freed \d+ blocks \(([^)]*)\)`)
+
+// ratio says how many times smaller the second figure is, when it is.
+func ratio(logical, disk int64) string {
+	if disk <= 0 || logical <= disk {
+		return ""
+	}
+	return fmt.Sprintf(", %.0fx less", float64(logical)/float64(disk))
+}
+
+// shortNote keeps the leading "; "-separated clauses of a job note that
+// fit in width (at least the first, cut with "…").
+func shortNote(note string, width int) string {
+	var out string
+	for i, part := range strings.Split(note, "; ") {
+		next := part
+		if i > 0 {
+			next = out + "; " + part
+		}
+		if len([]rune(next)) > width {
+			if i == 0 {
+				return string([]rune(part)[:width-1]) + "…"
+			}
+			return out + "; …"
+		}
+		out = next
+	}
+	return out
+}
+
+// localZoned prints t in the local time zone, with the zone.
+func localZoned(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04 MST")
+}
+
+// count says "1 backup", "2 backups".
+func count(n int, noun string) string {
+	return fmt.Sprintf("%d %s", n, plural(n, noun, noun+"s"))
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+func countOrNone(n int) string {
+	if n == 0 {
+		return "none"
+	}
+	return fmt.Sprint(n)
 }
 
 // durationH prints a duration in days, hours and minutes.

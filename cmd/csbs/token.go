@@ -14,67 +14,42 @@ func tokenCommand() *cli.Command {
 		Name:  "token",
 		Usage: "manage API tokens (of --project, or admin tokens with --admin)",
 		Subcommands: []*cli.Command{
-			{
-				Name: "create", Usage: "create a token; its secret is shown once",
+			verb[api.TokenView]{
+				Name: "create", Usage: "create a token; its secret is shown once", JSON: true,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for the token", Value: "token"},
 					&cli.BoolFlag{Name: "admin", Usage: "create an admin token"},
 					quietFlag("print only the secret"),
-					jsonFlag,
 				},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var t api.TokenView
-					if err := cl.Do(c.Context, "POST", "/v1/tokens", nil, api.CreateTokenRequest{Name: c.String("name"), Admin: c.Bool("admin")}, &t); err != nil {
-						return err
-					}
-					if c.Bool("quiet") {
-						_, err := fmt.Fprintln(c.App.Writer, t.Secret)
-						return err
-					}
-					return show(c, t, func(w io.Writer) error {
-						fmt.Fprintf(w, "token %s (%s) for project %s\n", t.ID, t.Name, t.Project)
-						fmt.Fprintf(w, "secret (shown once, store it now):\n%s\n", t.Secret)
-						return nil
-					})
+				Method: "POST", Path: apiPath("/v1/tokens"),
+				Body: func(c *cli.Context) (any, error) {
+					return api.CreateTokenRequest{Name: c.String("name"), Admin: c.Bool("admin")}, nil
 				},
-			},
-			{
-				Name: "ls", Usage: "list tokens", Flags: []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					var ts []api.TokenView
-					if err := cl.Do(c.Context, "GET", "/v1/tokens", nil, nil, &ts); err != nil {
-						return err
-					}
-					return show(c, ts, func(w io.Writer) error {
-						t := newTable(w, "ID", "NAME", "PROJECT", "CREATED", "REVOKED")
-						for _, tk := range ts {
-							t.row(tk.ID, tk.Name, tk.Project, timeH(tk.Created), tk.Revoked)
-						}
-						return t.flush()
-					})
+				Done: func(_ *cli.Context, t api.TokenView) string {
+					return fmt.Sprintf("created token %s (%s) for project %s", t.ID, t.Name, orDash(t.Project))
 				},
-			},
-			{
-				Name: "revoke", Usage: "revoke a token", ArgsUsage: "TOKEN-ID",
-				Action: func(c *cli.Context) error {
-					if err := needArgs(c, 1, "TOKEN-ID"); err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
-					return cl.Do(c.Context, "DELETE", "/v1/tokens/"+c.Args().First(), nil, nil, nil)
+				Print: func(w io.Writer, t api.TokenView) error {
+					_, err := fmt.Fprintf(w, "secret (shown once, store it now; give it to csbs as CSBS_TOKEN or with --token-file, not --token):\n%s\n", t.Secret)
+					return err
 				},
-			},
+				Quiet: func(t api.TokenView) string { return t.Secret },
+			}.command(),
+			listing[api.TokenView]{
+				Usage:   "list tokens",
+				Path:    apiPath("/v1/tokens"),
+				Columns: []string{"ID", "NAME", "PROJECT", "CREATED", "REVOKED"},
+				Row: func(t api.TokenView) []any {
+					return []any{t.ID, t.Name, t.Project, timeH(t.Created), t.Revoked}
+				},
+				Empty: "no tokens in this project (csbs token create --project P --name N makes one)",
+			}.command(),
+			verb[api.TokenView]{
+				Name: "revoke", Usage: "revoke a token", Args: "TOKEN-ID", JSON: true,
+				Method: "DELETE", Path: apiPath("/v1/tokens/", 0),
+				Done: func(_ *cli.Context, t api.TokenView) string {
+					return fmt.Sprintf("revoked token %s (%s): it no longer works", t.ID, t.Name)
+				},
+			}.command(),
 		},
 	}
 }

@@ -12,7 +12,7 @@ import (
 // extents a QEMU dirty bitmap would report.
 type changedSource struct {
 	memSource
-	changed [][2]int64 // sorted, disjoint [start, end)
+	changed [][2]int64    // sorted, disjoint [start, end)
 	reads   *atomic.Int64 // ingest reads from several workers at once
 }
 

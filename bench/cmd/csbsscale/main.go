@@ -62,6 +62,9 @@ func main() {
 			log.Fatal(err)
 		}
 	}
+	if err := os.MkdirAll(s.work, 0o755); err != nil {
+		log.Fatal(err)
+	}
 	s.csbs, _ = filepath.Abs(s.csbs)
 	s.figures, s.units = map[string]map[int][]float64{}, map[string]string{}
 	procs := procList(*procsFlag)

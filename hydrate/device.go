@@ -492,19 +492,6 @@ func (d *Device) targetZero(i int64) (bool, error) {
 	return bytes.Equal(b, d.zero[:len(b)]), nil
 }
 
-// fill copies block i from the backup into the target; the caller holds
-// the block's lock. It reports whether it wrote.
-func (d *Device) fill(i int64) (bool, error) {
-	b, err := d.backupBlock(i)
-	if err != nil || b == nil {
-		return false, err
-	}
-	if _, err := d.target.WriteAt(b[:d.blockLen(i)], i*d.bs); err != nil {
-		return false, fmt.Errorf("write target at %d: %w", i*d.bs, err)
-	}
-	return true, nil
-}
-
 // syncPoint makes the target durable and, with it, the bits of every
 // block a guest wrote before it and of the blocks hydrated (by the
 // hydrator or a copy-on-read) before it: swap journal files (waiting for

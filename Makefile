@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench bench-s3 bench-scale bench-vm fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-replication bench-s3 bench-scale bench-vm bench-catalog fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -28,7 +28,8 @@ test-short:
 
 # The crash matrix in full: SIGKILL of the real daemon at 20 seeded random
 # points per scenario (backup, restore, hydration with guest writes, GC,
-# retention). `make test` runs it with 5 unless CSBS_CRASH_KILLS says more.
+# retention) and of the ingest in blockstore. `make test` runs 5 kills per
+# scenario unless CSBS_CRASH_KILLS says otherwise; CI (.ci/run) sets 10.
 test-crash:
 	CSBS_CRASH_KILLS=20 $(GO) test -race -count=1 -timeout 30m -run 'Crash|Killed' -v ./cmd/csbs/ ./blockstore/
 
@@ -47,6 +48,10 @@ SCALEFLAGS ?=
 bench-scale: build
 	$(GO) build -o bench/out/csbsscale ./bench/cmd/csbsscale
 	bench/out/csbsscale -csbs $(BIN) -out bench/results-scale.md $(SCALEFLAGS)
+# Replication between two appliances on loopback (TLS) beside restic copy
+# between two local repositories; writes bench/results-replication.md.
+bench-replication: build
+	BENCH_ONLY=replication BENCH_OUT=bench/results-replication.md bash bench/run.sh
 
 # The object-store backend on a local Ceph RADOS Gateway (installs radosgw,
 # ceph-mon, ceph-osd, restic): backup, restore and hydration against the
@@ -63,6 +68,16 @@ bench-s3: build
 bench-vm:
 	CSBS_BENCH_VM=1 BENCH_OUT=$(CURDIR)/bench/results-vm.md $(GO) test -count=1 -timeout 60m -run TestVMBench -v ./bench/vmbench/
 
+# What requests cost as the catalog grows: catalogs of 1k, 10k and 50k
+# backups (and an almost empty floor) built through the catalog package,
+# the real daemon on each, p50/p99 of CLI calls and FUSE walks, and GC's
+# peak heap per million blocks; writes bench/catalog-results.md. Needs
+# root and fuse3 for the FUSE figures. Not part of CI.
+BENCH_CATALOG_SIZES ?= 0,1000,10000,50000
+BENCH_CATALOG_RUNS ?= 3
+bench-catalog: build
+	$(GO) run ./bench/cmd/catalogbench -csbs $(BIN) -sizes $(BENCH_CATALOG_SIZES) -runs $(BENCH_CATALOG_RUNS)
+
 # Fuzz every target for FUZZTIME each (the regular test run replays the
 # seeds in the code and the corpora in */testdata/fuzz). Minimizing a new
 # input is capped at FUZZMINIMIZE: Go's default of 60 s spent whole runs
@@ -76,6 +91,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBitmap$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./hydrate/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./api/
 	$(GO) test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./nbd/
+	$(GO) test -run '^$$' -fuzz '^FuzzWire$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./remote/
 
 # Installs the binary, the systemd unit, shell completions, the README and
 # (unless one exists) /etc/csbs/csbs.toml with data in /var/lib/csbs.

@@ -58,11 +58,26 @@ func (c *Client) connError(ctx context.Context, method, path string, err error) 
 // Do sends a request with an optional JSON body and decodes the JSON
 // answer into out (if not nil). An API error comes back as *Error.
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	_, err := c.do(ctx, method, path, query, in, out)
+	return err
+}
+
+// List gets a page of a listing (query may carry limit and after) into
+// out and returns the cursor of the next page, "" after the last.
+func (c *Client) List(ctx context.Context, path string, query url.Values, out any) (string, error) {
+	h, err := c.do(ctx, http.MethodGet, path, query, nil, out)
+	if err != nil {
+		return "", err
+	}
+	return h.Get(HeaderNext), nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) (http.Header, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
@@ -72,7 +87,7 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	if in != nil {
@@ -86,12 +101,12 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return c.connError(ctx, method, path, err)
+		return nil, c.connError(ctx, method, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return c.connError(ctx, method, path, fmt.Errorf("read answer: %w", err))
+		return nil, c.connError(ctx, method, path, fmt.Errorf("read answer: %w", err))
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
@@ -99,14 +114,14 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 		}
 		if json.Unmarshal(data, &e) == nil && e.Error != nil {
 			e.Error.Status = resp.StatusCode
-			return e.Error
+			return nil, e.Error
 		}
-		return &Error{Status: resp.StatusCode, Code: "http", Message: fmt.Sprintf("%s %s: %s", method, path, resp.Status)}
+		return nil, &Error{Status: resp.StatusCode, Code: "http", Message: fmt.Sprintf("%s %s: %s", method, path, resp.Status)}
 	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+			return nil, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 		}
 	}
-	return nil
+	return resp.Header, nil
 }

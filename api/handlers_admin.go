@@ -21,7 +21,7 @@ type ProjectView struct {
 	HostAccess access.Grant `json:"host_access"`
 }
 
-func (s *Server) projectView(pr catalog.Project) ProjectView {
+func (s *Service) projectView(pr catalog.Project) ProjectView {
 	g := access.Grant{}
 	if s.Engine != nil && s.Engine.Access != nil {
 		g = s.Engine.Access.For(pr.Name)
@@ -29,24 +29,30 @@ func (s *Server) projectView(pr catalog.Project) ProjectView {
 	return ProjectView{Project: pr, InstantRestore: pr.IREnabled(), HostAccess: g}
 }
 
-func (s *Server) listProjects(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listProjects(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	if !p.admin {
 		return []ProjectView{s.projectView(p.project)}, nil
 	}
 	var out []ProjectView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
-		ps, err := tx.Projects()
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
+		ps, n, err := tx.ProjectPage(pg)
 		for _, pr := range ps {
 			out = append(out, s.projectView(pr))
 		}
+		next = n
 		return err
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
 // showProject shows a project by name or id; a project token sees only
 // its own.
-func (s *Server) showProject(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showProject(_ context.Context, p principal, r *http.Request) (any, error) {
 	ref := r.PathValue("ref")
 	if !p.admin {
 		if ref != p.project.Name && ref != p.project.ID {
@@ -71,7 +77,7 @@ type CreateProjectRequest struct {
 	Name string `json:"name"`
 }
 
-func (s *Server) createProject(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createProject(_ context.Context, p principal, r *http.Request) (any, error) {
 	if !p.admin {
 		return nil, errAdminOnly
 	}
@@ -88,7 +94,7 @@ func (s *Server) createProject(_ context.Context, p principal, r *http.Request) 
 	return out, err
 }
 
-func (s *Server) deleteProject(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) deleteProject(_ context.Context, p principal, r *http.Request) (any, error) {
 	if !p.admin {
 		return nil, errAdminOnly
 	}
@@ -108,6 +114,8 @@ type TokenView struct {
 	Project string    `json:"project"`
 	Created time.Time `json:"created"`
 	Revoked bool      `json:"revoked"`
+	// Replication: a replication token (see CreateTokenRequest).
+	Replication bool `json:"replication,omitempty"`
 	// Secret is set only in the answer to POST /v1/tokens.
 	Secret string `json:"secret,omitempty"`
 }
@@ -118,16 +126,20 @@ type TokenView struct {
 type CreateTokenRequest struct {
 	Name  string `json:"name"`
 	Admin bool   `json:"admin"`
+	// Replication makes a replication token of the project: another
+	// appliance uses it to pull the project's backups, and it can do
+	// nothing else.
+	Replication bool `json:"replication,omitempty"`
 }
 
 func tokenView(t catalog.Token, projectName string) TokenView {
 	if t.Project == "" {
 		projectName = "(admin)"
 	}
-	return TokenView{ID: t.ID, Name: t.Name, Project: projectName, Created: t.Created, Revoked: t.Revoked}
+	return TokenView{ID: t.ID, Name: t.Name, Project: projectName, Created: t.Created, Revoked: t.Revoked, Replication: t.Replication}
 }
 
-func (s *Server) listTokens(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listTokens(_ context.Context, p principal, _ *http.Request) (any, error) {
 	var out []TokenView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		ts, err := tx.Tokens(p.project.ID)
@@ -149,7 +161,7 @@ func (s *Server) listTokens(_ context.Context, p principal, _ *http.Request) (an
 	return nonNil(out), err
 }
 
-func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createToken(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req CreateTokenRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -157,13 +169,20 @@ func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (a
 	if req.Admin && !p.admin {
 		return nil, errAdminOnly
 	}
+	if req.Admin && req.Replication {
+		return nil, fmt.Errorf("%w: a token is an admin token or a replication token of a project, not both", catalog.ErrInvalid)
+	}
 	project := p.project.ID
 	if req.Admin {
 		project = ""
 	}
 	var out TokenView
 	err := s.Catalog.Update(func(tx *catalog.Txn) error {
-		t, secret, err := tx.CreateToken(project, req.Name, s.now())
+		create := tx.CreateToken
+		if req.Replication {
+			create = tx.CreateReplicationToken
+		}
+		t, secret, err := create(project, req.Name, s.now())
 		out = tokenView(t, p.project.Name)
 		out.Secret = secret
 		return err
@@ -171,7 +190,7 @@ func (s *Server) createToken(_ context.Context, p principal, r *http.Request) (a
 	return out, err
 }
 
-func (s *Server) revokeToken(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) revokeToken(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out TokenView
 	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		t, err := tx.Token(r.PathValue("id"))

@@ -19,7 +19,7 @@ type CreateBackupRequest struct {
 	EnableIR bool   `json:"enable_instant_restore,omitempty"`
 }
 
-func (s *Server) createBackup(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createBackup(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req CreateBackupRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -73,10 +73,16 @@ type BackupView struct {
 	InUse  bool   `json:"in_use"`
 	// SupportLLD mirrors the CSBS API's marker of Enhanced backups.
 	SupportLLD bool `json:"support_lld"`
+	// Region where the backup was made: this appliance's, or for a
+	// replica its source's.
+	Region string `json:"region"`
 }
 
-func (s *Server) backupView(b catalog.Backup) BackupView {
-	v := BackupView{Backup: b, Damaged: b.Damaged, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced}
+func (s *Service) backupView(b catalog.Backup) BackupView {
+	v := BackupView{Backup: b, Damaged: b.Damaged, Size: b.Size(), InUse: s.Engine.InUse(b.ID), SupportLLD: b.Type == catalog.TypeEnhanced, Region: s.Region}
+	if b.Replica != nil {
+		v.Region = b.Replica.SourceRegion
+	}
 	if b.Damaged {
 		v.Damage = damageAdvice(b)
 	}
@@ -90,14 +96,19 @@ func damageAdvice(b catalog.Backup) string {
 		"or delete the backup (csbs backup rm %s)", b.ServerName, b.ID)
 }
 
-func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) listBackups(_ context.Context, p principal, r *http.Request) (any, error) {
 	q := r.URL.Query()
 	f := catalog.BackupFilter{Type: q.Get("type")}
 	if f.Type != "" && f.Type != catalog.TypeCommon && f.Type != catalog.TypeEnhanced {
 		return nil, fmt.Errorf("%w: type %q: want common or enhanced", catalog.ErrInvalid, f.Type)
 	}
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []BackupView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
 		if ref := q.Get("server"); ref != "" {
 			sv, err := tx.Server(p.project.ID, ref)
 			if err != nil {
@@ -105,16 +116,17 @@ func (s *Server) listBackups(_ context.Context, p principal, r *http.Request) (a
 			}
 			f.ServerID = sv.ID
 		}
-		bs, err := tx.Backups(p.project.ID, f)
+		bs, n, err := tx.BackupPage(p.project.ID, f, pg)
 		for _, b := range bs {
 			out = append(out, s.backupView(b))
 		}
+		next = n
 		return err
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
-func (s *Server) findBackup(p principal, ref string) (catalog.Backup, error) {
+func (s *Service) findBackup(p principal, ref string) (catalog.Backup, error) {
 	var b catalog.Backup
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
@@ -124,7 +136,7 @@ func (s *Server) findBackup(p principal, ref string) (catalog.Backup, error) {
 	return b, err
 }
 
-func (s *Server) showBackup(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showBackup(_ context.Context, p principal, r *http.Request) (any, error) {
 	b, err := s.findBackup(p, r.PathValue("ref"))
 	if err != nil {
 		return nil, err
@@ -137,7 +149,7 @@ type UpdateBackupRequest struct {
 	Protected *bool `json:"protected,omitempty"`
 }
 
-func (s *Server) updateBackup(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) updateBackup(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req UpdateBackupRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -157,7 +169,7 @@ func (s *Server) updateBackup(_ context.Context, p principal, r *http.Request) (
 	return s.backupView(out), err
 }
 
-func (s *Server) deleteBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) deleteBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
 	force := r.URL.Query().Get("force") == "true"
 	b, err := s.findBackup(p, r.PathValue("ref"))
 	if err != nil {
@@ -188,7 +200,7 @@ type StartRestoreRequest struct {
 	Rate    int64                   `json:"rate,omitempty"` // bytes/s; 0 = config default; -1 = unlimited
 }
 
-func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) startRestore(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req StartRestoreRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -258,11 +270,16 @@ func (s *Server) startRestore(ctx context.Context, p principal, r *http.Request)
 	return rs, nil
 }
 
-func (s *Server) listRestores(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listRestores(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []catalog.Restore
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
-		out, err = tx.Restores(p.project.ID)
+		out, next, err = tx.RestorePage(p.project.ID, pg)
 		for i := range out {
 			named(tx, &out[i])
 		}
@@ -271,7 +288,7 @@ func (s *Server) listRestores(_ context.Context, p principal, _ *http.Request) (
 	for i := range out {
 		out[i] = s.liveRestore(out[i])
 	}
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
 // named fills in the backup name of a restore recorded before restores
@@ -287,7 +304,7 @@ func named(tx *catalog.Txn, r *catalog.Restore) {
 
 // liveRestore fills in the progress of a running restore from its job
 // or, for an instant restore, from its hydration.
-func (s *Server) liveRestore(rs catalog.Restore) catalog.Restore {
+func (s *Service) liveRestore(rs catalog.Restore) catalog.Restore {
 	if rs.Instant {
 		return s.Serving.LiveRestore(rs)
 	}
@@ -299,7 +316,7 @@ func (s *Server) liveRestore(rs catalog.Restore) catalog.Restore {
 	return rs
 }
 
-func (s *Server) showRestore(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showRestore(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out catalog.Restore
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
@@ -310,18 +327,22 @@ func (s *Server) showRestore(_ context.Context, p principal, r *http.Request) (a
 	return s.liveRestore(out), err
 }
 
-func (s *Server) listJobs(_ context.Context, p principal, _ *http.Request) (any, error) {
-	js, err := s.Runner.Jobs(p.project.ID)
-	return nonNil(js), err
+func (s *Service) listJobs(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
+	js, next, err := s.Runner.Jobs(p.project.ID, pg)
+	return paged{nonNil(js), next}, err
 }
 
-func (s *Server) showJob(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showJob(_ context.Context, p principal, r *http.Request) (any, error) {
 	return s.Runner.Job(p.project.ID, r.PathValue("id"))
 }
 
 // waitJob blocks until the job ends or ?timeout (default 30s, at most 5m)
 // passes, and returns the job; clients poll it in a loop.
-func (s *Server) waitJob(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) waitJob(ctx context.Context, p principal, r *http.Request) (any, error) {
 	timeout := 30.0
 	if v := r.URL.Query().Get("timeout"); v != "" {
 		if _, err := fmt.Sscanf(v, "%g", &timeout); err != nil || timeout < 0 || timeout > 300 {
@@ -340,7 +361,7 @@ func (s *Server) waitJob(ctx context.Context, p principal, r *http.Request) (any
 	return j, err
 }
 
-func (s *Server) cancelJob(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) cancelJob(_ context.Context, p principal, r *http.Request) (any, error) {
 	return s.Runner.Cancel(p.project.ID, r.PathValue("id"))
 }
 
@@ -349,7 +370,7 @@ type AttachRequest struct {
 	Disk string `json:"disk,omitempty"` // default: every disk
 }
 
-func (s *Server) diskNames(b catalog.Backup, disk string) ([]string, error) {
+func (s *Service) diskNames(b catalog.Backup, disk string) ([]string, error) {
 	if disk != "" {
 		for _, d := range b.Disks {
 			if d.Name == disk {
@@ -365,7 +386,7 @@ func (s *Server) diskNames(b catalog.Backup, disk string) ([]string, error) {
 	return out, nil
 }
 
-func (s *Server) attachBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) attachBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req AttachRequest
 	if err := decodeOptional(r, &req); err != nil {
 		return nil, err
@@ -389,7 +410,7 @@ func (s *Server) attachBackup(ctx context.Context, p principal, r *http.Request)
 	return out, nil
 }
 
-func (s *Server) detachBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) detachBackup(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req AttachRequest
 	if err := decodeOptional(r, &req); err != nil {
 		return nil, err
@@ -417,11 +438,11 @@ func (s *Server) detachBackup(ctx context.Context, p principal, r *http.Request)
 	return nil, nil
 }
 
-func (s *Server) listExports(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listExports(_ context.Context, p principal, _ *http.Request) (any, error) {
 	return s.Serving.Exports(p.project.ID), nil
 }
 
-func (s *Server) controlRestore(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) controlRestore(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var rs catalog.Restore
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error

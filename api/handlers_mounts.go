@@ -17,11 +17,11 @@ type MountRequest struct {
 	Disk   string `json:"disk,omitempty"`
 }
 
-func (s *Server) listMounts(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listMounts(_ context.Context, p principal, _ *http.Request) (any, error) {
 	return s.Mounts.List(p.project.ID), nil
 }
 
-func (s *Server) mount(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) mount(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req MountRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -53,7 +53,7 @@ func (s *Server) mount(_ context.Context, p principal, r *http.Request) (any, er
 	return s.Mounts.Mount(rec)
 }
 
-func (s *Server) unmount(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) unmount(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req MountRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -61,7 +61,7 @@ func (s *Server) unmount(_ context.Context, p principal, r *http.Request) (any, 
 	return nil, s.Mounts.Unmount(p.project.ID, req.Path)
 }
 
-func (s *Server) browse(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) browse(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req MountRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -76,7 +76,7 @@ func (s *Server) browse(_ context.Context, p principal, r *http.Request) (any, e
 	return s.Mounts.Browse(b, req.Disk, req.Path, p.admin)
 }
 
-func (s *Server) unbrowse(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) unbrowse(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req MountRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err

@@ -32,7 +32,7 @@ type DiscoverRequest struct {
 }
 
 // discoverServer lists the disks of a running VM from QEMU.
-func (s *Server) discoverServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) discoverServer(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req DiscoverRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -61,7 +61,7 @@ type NextBackupType struct {
 	Reason string `json:"reason"`
 }
 
-func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) addServer(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var req AddServerRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -132,22 +132,28 @@ func (s *Server) addServer(ctx context.Context, p principal, r *http.Request) (a
 	return out, err
 }
 
-func (s *Server) listServers(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listServers(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []ServerView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
-		ss, err := tx.Servers(p.project.ID)
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
+		ss, n, err := tx.ServerPage(p.project.ID, pg)
 		if err != nil {
 			return err
 		}
 		for _, sv := range ss {
 			out = append(out, s.serverView(tx, sv))
 		}
+		next = n
 		return nil
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
-func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
+func (s *Service) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
 	v := ServerView{Server: sv, Region: s.Region}
 	if sv.PolicyID != "" {
 		if pol, err := tx.Policy(sv.Project, sv.PolicyID); err == nil {
@@ -167,7 +173,7 @@ func (s *Server) serverView(tx *catalog.Txn, sv catalog.Server) ServerView {
 	return v
 }
 
-func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out ServerView
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
@@ -177,7 +183,7 @@ func (s *Server) showServer(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) removeServer(ctx context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) removeServer(ctx context.Context, p principal, r *http.Request) (any, error) {
 	var removed catalog.Server
 	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
@@ -201,7 +207,7 @@ func (s *Server) removeServer(ctx context.Context, p principal, r *http.Request)
 	return nil, nil
 }
 
-func (s *Server) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) unbindServer(_ context.Context, p principal, r *http.Request) (any, error) {
 	var out catalog.Server
 	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		sv, err := tx.Server(p.project.ID, r.PathValue("ref"))
@@ -290,7 +296,7 @@ type PolicyView struct {
 	Servers  []string    `json:"servers"`
 }
 
-func (s *Server) policyView(tx *catalog.Txn, pol catalog.Policy, n int) PolicyView {
+func (s *Service) policyView(tx *catalog.Txn, pol catalog.Policy, n int) PolicyView {
 	v := PolicyView{Policy: pol, NextRuns: []time.Time{}, Servers: []string{}}
 	if pol.Enabled {
 		if runs, err := scheduler.NextRuns(pol, s.Clock.Now(), n); err == nil {
@@ -305,7 +311,7 @@ func (s *Server) policyView(tx *catalog.Txn, pol catalog.Policy, n int) PolicyVi
 	return v
 }
 
-func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) createPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req PolicyRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -324,19 +330,25 @@ func (s *Server) createPolicy(_ context.Context, p principal, r *http.Request) (
 	return out, err
 }
 
-func (s *Server) listPolicies(_ context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) listPolicies(_ context.Context, p principal, r *http.Request) (any, error) {
+	pg, err := pageOf(r)
+	if err != nil {
+		return nil, err
+	}
 	var out []PolicyView
-	err := s.Catalog.View(func(tx *catalog.Txn) error {
-		ps, err := tx.Policies(p.project.ID)
+	var next string
+	err = s.Catalog.View(func(tx *catalog.Txn) error {
+		ps, n, err := tx.PolicyPage(p.project.ID, pg)
 		for _, pol := range ps {
 			out = append(out, s.policyView(tx, pol, 1))
 		}
+		next = n
 		return err
 	})
-	return nonNil(out), err
+	return paged{nonNil(out), next}, err
 }
 
-func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) showPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	n := DefaultNextRuns
 	if v := r.URL.Query().Get("next"); v != "" {
 		if _, err := fmt.Sscanf(v, "%d", &n); err != nil || n < 0 || n > 100 {
@@ -352,7 +364,7 @@ func (s *Server) showPolicy(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) updatePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req PolicyRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -374,7 +386,7 @@ func (s *Server) updatePolicy(_ context.Context, p principal, r *http.Request) (
 	return out, err
 }
 
-func (s *Server) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) deletePolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	err := s.Catalog.Release(func(tx *catalog.Txn) error {
 		pol, err := tx.Policy(p.project.ID, r.PathValue("ref"))
 		if err != nil {
@@ -393,7 +405,7 @@ type BindRequest struct {
 	Server string `json:"server"`
 }
 
-func (s *Server) bindPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) bindPolicy(_ context.Context, p principal, r *http.Request) (any, error) {
 	var req BindRequest
 	if err := decode(r, &req); err != nil {
 		return nil, err
@@ -422,7 +434,7 @@ func (s *Server) bindPolicy(_ context.Context, p principal, r *http.Request) (an
 	return out, err
 }
 
-func (s *Server) runPolicyNow(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) runPolicyNow(_ context.Context, p principal, r *http.Request) (any, error) {
 	var pol catalog.Policy
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error
@@ -436,7 +448,7 @@ func (s *Server) runPolicyNow(_ context.Context, p principal, r *http.Request) (
 	return nonNil(jobs), err
 }
 
-func (s *Server) retentionPreview(_ context.Context, p principal, r *http.Request) (any, error) {
+func (s *Service) retentionPreview(_ context.Context, p principal, r *http.Request) (any, error) {
 	var pol catalog.Policy
 	err := s.Catalog.View(func(tx *catalog.Txn) error {
 		var err error

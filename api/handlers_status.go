@@ -92,7 +92,7 @@ type NextRun struct {
 // failedJobWindow is how far back failed jobs become warnings.
 const failedJobWindow = 24 * time.Hour
 
-func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) status(ctx context.Context, p principal, _ *http.Request) (any, error) {
 	now := s.Clock.Now()
 	st := Status{
 		Version: s.Version, Region: s.Region, AvailabilityZones: s.AZs,
@@ -101,57 +101,58 @@ func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any,
 		ActiveJobs:    []catalog.Job{}, Exports: []ExportInfo{}, Mounts: []catalog.MountRecord{},
 		NextRuns: []NextRun{}, Warnings: []string{},
 	}
-	jobs, err := s.Runner.Jobs(p.project.ID)
-	if err != nil {
-		return nil, err
-	}
-	failed := 0
-	for _, j := range jobs {
-		switch {
-		case j.State == catalog.JobRunning:
-			st.JobsRunning++
-			st.ActiveJobs = append(st.ActiveJobs, j)
-		case j.State == catalog.JobQueued:
-			st.JobsQueued++
-			st.ActiveJobs = append(st.ActiveJobs, j)
-		case j.State == catalog.JobFailed && now.Sub(j.Ended) < failedJobWindow:
-			failed++
-		}
-	}
-	if failed > 0 {
-		st.Warnings = append(st.Warnings, fmt.Sprintf("%d job(s) failed in the last 24 h (csbs job ls)", failed))
-	}
 	if s.Serving != nil {
 		st.Exports = s.Serving.Exports(p.project.ID)
 	}
 	if s.Mounts != nil {
 		st.Mounts = s.Mounts.List(p.project.ID)
 	}
-	err = s.Catalog.View(func(tx *catalog.Txn) error {
-		bs, err := tx.Backups(p.project.ID, catalog.BackupFilter{})
+	// Everything below reads counters and small indexes: the cost does
+	// not grow with the backups and jobs the catalog keeps.
+	err := s.Catalog.View(func(tx *catalog.Txn) error {
+		active, err := tx.ActiveJobs(p.project.ID)
 		if err != nil {
 			return err
 		}
-		var damaged, broken []string
-		for _, b := range bs {
-			st.Store.Backups++
-			if b.Damaged {
-				damaged = append(damaged, b.Name)
+		for _, j := range active {
+			switch j.State {
+			case catalog.JobRunning:
+				st.JobsRunning++
+			case catalog.JobQueued:
+				st.JobsQueued++
 			}
-			if b.Status == catalog.StatusError {
-				broken = append(broken, b.Name)
-			}
-			for _, d := range b.Disks {
-				st.Store.LogicalBytes += d.Size
-				st.Store.AddedBytes += d.NewBytes
-			}
+			st.ActiveJobs = append(st.ActiveJobs, j)
 		}
-		st.Store.DamagedBackups = len(damaged)
-		if len(damaged) > 0 {
-			st.Warnings = append(st.Warnings, fmt.Sprintf("damaged backups: %s (a block failed verification; the next backup of the same data repairs them; csbs backup show says more)", strings.Join(damaged, ", ")))
+		failed, err := tx.FailedJobsSince(p.project.ID, now.Add(-failedJobWindow))
+		if err != nil {
+			return err
 		}
-		if len(broken) > 0 {
-			st.Warnings = append(st.Warnings, fmt.Sprintf("backups in error state: %s (csbs backup show says why)", strings.Join(broken, ", ")))
+		if failed > 0 {
+			st.Warnings = append(st.Warnings, fmt.Sprintf("%d job(s) failed in the last 24 h (csbs job ls)", failed))
+		}
+		bst, err := tx.BackupStats(p.project.ID)
+		if err != nil {
+			return err
+		}
+		st.Store.Backups, st.Store.DamagedBackups = int(bst.Backups), int(bst.Damaged)
+		st.Store.LogicalBytes, st.Store.AddedBytes = bst.LogicalBytes, bst.AddedBytes
+		for _, flag := range []string{catalog.FlagDamaged, catalog.FlagError} {
+			bs, err := tx.FlaggedBackups(flag, p.project.ID)
+			if err != nil || len(bs) == 0 {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			names := make([]string, len(bs))
+			for i, b := range bs {
+				names[i] = b.Name
+			}
+			if flag == catalog.FlagDamaged {
+				st.Warnings = append(st.Warnings, fmt.Sprintf("damaged backups: %s (a block failed verification; the next backup of the same data repairs them; csbs backup show says more)", strings.Join(names, ", ")))
+			} else {
+				st.Warnings = append(st.Warnings, fmt.Sprintf("backups in error state: %s (csbs backup show says why)", strings.Join(names, ", ")))
+			}
 		}
 		pols, err := tx.Policies(p.project.ID)
 		if err != nil {
@@ -177,25 +178,22 @@ func (s *Server) status(ctx context.Context, p principal, _ *http.Request) (any,
 		if !p.admin {
 			return nil
 		}
-		all, err := tx.Jobs("")
-		if err != nil {
-			return err
-		}
-		for _, j := range all { // newest first
-			if !j.Finished() {
-				continue
+		for kind, last := range map[string]**catalog.Job{catalog.JobGC: &st.LastGC, catalog.JobScrub: &st.LastScrub} {
+			j, ok, err := tx.LastFinishedJob(kind)
+			if err != nil {
+				return err
 			}
-			if j.Kind == catalog.JobGC && st.LastGC == nil {
-				st.LastGC = &j
-			}
-			if j.Kind == catalog.JobScrub && st.LastScrub == nil {
-				st.LastScrub = &j
+			if ok {
+				*last = &j
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i, j := range st.ActiveJobs {
+		st.ActiveJobs[i] = s.Runner.Live(j)
 	}
 	if s.Status != nil {
 		s.Status(ctx, p.admin, &st)

@@ -26,7 +26,7 @@ type StoreStats struct {
 }
 
 // maintenance starts a store-wide gc or scrub job (admin only).
-func (s *Server) maintenance(kind string) handlerFunc {
+func (s *Service) maintenance(kind string) handlerFunc {
 	return func(_ context.Context, p principal, _ *http.Request) (any, error) {
 		if !p.admin {
 			return nil, errAdminOnly
@@ -35,6 +35,6 @@ func (s *Server) maintenance(kind string) handlerFunc {
 	}
 }
 
-func (s *Server) storeStats(ctx context.Context, p principal, _ *http.Request) (any, error) {
+func (s *Service) storeStats(ctx context.Context, p principal, _ *http.Request) (any, error) {
 	return s.StoreStats(ctx, p.project.ID, p.admin)
 }

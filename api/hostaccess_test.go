@@ -61,7 +61,7 @@ func serveNBD(t *testing.T, network, addr string) net.Listener {
 		t.Fatal(err)
 	}
 	data := bytes.Repeat([]byte("nbd disk "), 1<<17)
-	srv := &nbd.Server{Exports: memExports{&nbd.Export{Name: "disk", Device: bytes.NewReader(data), ReadOnly: true}}}
+	srv := &nbd.ExportServer{Exports: memExports{&nbd.Export{Name: "disk", Device: bytes.NewReader(data), ReadOnly: true}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(ctx, l) }()

@@ -6,6 +6,9 @@
 #   BENCH_DIR   work dir (default: a new dir under /var/tmp), needs ~8 GiB
 #   BENCH_REPS  runs per figure; the median is reported (default 3)
 #   BENCH_IMAGE_MB  image size (default 2048)
+#   BENCH_ONLY  groups to run (default ceilings,store,nbd; make
+#               bench-replication runs replication)
+#   BENCH_OUT   where the table goes (default bench/results.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -56,5 +59,6 @@ go build -o "$WORK/csbsbench" ./bench/cmd/csbsbench
 if [ -n "${BENCH_S3:-}" ]; then
   "$WORK/csbsbench" -s3 -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-zstd}" -out bench/results-s3.md
 else
-  "$WORK/csbsbench" -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-zstd}" -out bench/results.md
+  "$WORK/csbsbench" -work "$WORK" -image "$IMG" -csbs "$WORK/csbs" -reps "${BENCH_REPS:-3}" -codec "${BENCH_CODEC:-zstd}" \
+    -only "${BENCH_ONLY:-ceilings,store,nbd}" -out "${BENCH_OUT:-bench/results.md}"
 fi

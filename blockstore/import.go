@@ -21,7 +21,9 @@ import (
 // arrive therefore survive restarts and GC until the import finishes or
 // is aborted, and a resumed import fetches only what is still missing.
 
-// Import is a map being built from hashes. One goroutine uses it.
+// Import is a map being built from hashes. WriteSegment, EachMissing,
+// Missing and Finish are for one goroutine; PutBlocks may be called from
+// several at once (each call writes its own pack).
 type Import struct {
 	s         *Store
 	info      MapInfo

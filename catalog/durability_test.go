@@ -27,6 +27,9 @@ func TestAcknowledgedWritesSurvivePowerLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := New(s.KV(), Options{})
+	if _, err := c.EnsureIndexes(); err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
 	var tok Token
 	err = c.Update(func(tx *Txn) error {
@@ -68,7 +71,10 @@ func TestAcknowledgedWritesSurvivePowerLoss(t *testing.T) {
 		t.Fatalf("open the store after a power loss: %v", err)
 	}
 	defer s2.Close()
-	err = New(s2.KV(), Options{}).View(func(tx *Txn) error {
+	c2 := New(s2.KV(), Options{})
+	// The indexes are as durable as their objects (same transaction).
+	checkCatalog(t, c2)
+	err = c2.View(func(tx *Txn) error {
 		got, err := tx.Token(tok.ID)
 		if err != nil {
 			return err

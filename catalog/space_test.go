@@ -3,26 +3,18 @@ package catalog
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
-
-	"csbs/blockstore"
 )
 
 // The free-space check sees every transaction that writes, with its
 // class, before the commit; a refusal leaves nothing behind, and a
 // transaction that only reads is never refused.
 func TestSpaceCheck(t *testing.T) {
-	s, err := blockstore.Open(filepath.Join(t.TempDir(), "store"), blockstore.Options{BlockSize: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	var refuse map[WriteClass]bool
 	var asked []WriteClass
-	c := New(s.KV(), Options{Space: func(w WriteClass) error {
+	c := newTestCatalog(t, Options{Space: func(w WriteClass) error {
 		asked = append(asked, w)
 		if refuse[w] {
 			return fmt.Errorf("store: %w: 1 MiB free", syscall.ENOSPC)

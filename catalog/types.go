@@ -25,6 +25,10 @@ type Token struct {
 	Hash    string    `json:"hash"`
 	Created time.Time `json:"created"`
 	Revoked bool      `json:"revoked"`
+	// Replication marks a token another appliance uses to pull the
+	// project's backups: it may only read them through /v1/replication
+	// and is refused everywhere else.
+	Replication bool `json:"replication,omitempty"`
 }
 
 // Disk is one disk of a server.
@@ -164,6 +168,9 @@ type Backup struct {
 	// TypeReason explains why the backup has its type (for a Common
 	// backup: why, and how to get an Enhanced one).
 	TypeReason string `json:"type_reason"`
+	// Replica is set on a backup copied here from another appliance
+	// (see replication.go); nil for a backup made here.
+	Replica *ReplicaOrigin `json:"replica,omitempty"`
 	// Consistency of a live VM backup: "fs-consistent" (the guest agent
 	// froze the file systems) or "crash-consistent"; empty for other
 	// sources.
@@ -189,6 +196,7 @@ const (
 	JobRetention = "retention"
 	JobGC        = "gc"
 	JobScrub     = "scrub"
+	JobReplicate = "replicate"
 )
 
 // Job states.
@@ -227,6 +235,8 @@ type Job struct {
 	Trigger    string `json:"trigger,omitempty"`
 	// Request of a restore job.
 	RestoreID string `json:"restore_id,omitempty"`
+	// Request and progress of a replication job.
+	Replicate *ReplicateJob `json:"replicate,omitempty"`
 	// StoreIO is what the job asked of the pack store (jobio.go).
 	StoreIO *JobIO `json:"store_io,omitempty"`
 }

@@ -36,6 +36,7 @@ type Config struct {
 	NBD               NBD       `toml:"nbd"`
 	FUSE              FUSE      `toml:"fuse"`
 	Scheduler         Scheduler `toml:"scheduler"`
+	Jobs              Jobs      `toml:"jobs"`
 	Restore           Restore   `toml:"restore"`
 	GC                Periodic  `toml:"gc"`
 	Scrub             Periodic  `toml:"scrub"`
@@ -96,6 +97,37 @@ type Scheduler struct {
 	Window            Duration `toml:"window"` // a run that cannot start within this is skipped
 }
 
+// Jobs configures how long the catalog keeps finished jobs (queued and
+// running ones always stay). A finished job goes when it is older than
+// its age limit (Keep, or KeepFailed for a failed job; age counts from
+// its end) and not among the KeepLast newest finished jobs of its kind.
+type Jobs struct {
+	Keep       Duration `toml:"keep"`        // 0: forever
+	KeepFailed Duration `toml:"keep_failed"` // 0: forever
+	KeepLast   int      `toml:"keep_last"`
+}
+
+func (j Jobs) validate() error {
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"jobs.keep", j.Keep}, {"jobs.keep_failed", j.KeepFailed}} {
+		if v := time.Duration(d.v); v != 0 && v < time.Hour {
+			return bad(d.key, "%s %s: at least 1h (or \"0\" to keep jobs forever)", d.key, v)
+		}
+	}
+	if j.Keep == 0 && j.KeepFailed != 0 {
+		return bad("jobs.keep_failed", "jobs.keep_failed %s with jobs.keep = \"0\" (forever) would delete failed jobs before others; set jobs.keep too", time.Duration(j.KeepFailed))
+	}
+	if j.KeepFailed != 0 && j.KeepFailed < j.Keep {
+		return bad("jobs.keep_failed", "jobs.keep_failed %s is shorter than jobs.keep %s: failed jobs explain what went wrong and stay at least as long", time.Duration(j.KeepFailed), time.Duration(j.Keep))
+	}
+	if j.KeepLast < 0 || j.KeepLast > 1000000 {
+		return bad("jobs.keep_last", "jobs.keep_last %d: want 0..1000000", j.KeepLast)
+	}
+	return nil
+}
+
 // Restore configures restores.
 type Restore struct {
 	DefaultRate Rate `toml:"default_rate"` // hydration rate limit; 0 = unlimited
@@ -119,7 +151,7 @@ func (p Periodic) validate(name string) error {
 		return bad(name+".every", "%s: every and schedule both set; choose one", name)
 	}
 	if p.Schedule != "" {
-		// The policies' rule: scheduler.NextMaintenance reads it with
+		// The policies' rule: maintenance.Schedule.Next reads it with
 		// catalog.ParseClock too.
 		if _, err := catalog.ParseClock(p.Schedule); err != nil {
 			return bad(name+".schedule", "%s.schedule: %q is not a wall time HH:MM (24-hour, 00:00 to 23:59)", name, p.Schedule)
@@ -209,6 +241,7 @@ func Default() Config {
 		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", MinFree: 384 << 20, Backend: BackendLocal, S3: defaultS3()},
 		NBD:               NBD{AttachCacheSize: 4 << 30},
 		Scheduler:         Scheduler{MaxConcurrentJobs: 2, Window: Duration(time.Hour)},
+		Jobs:              Jobs{Keep: Duration(30 * 24 * time.Hour), KeepFailed: Duration(90 * 24 * time.Hour), KeepLast: 100},
 		Restore:           Restore{DefaultRate: 200 << 20},
 		Log:               Log{Level: "info", Format: "text"},
 		Sources:           Sources{AllowedDirs: []string{}},
@@ -406,6 +439,9 @@ func (c *Config) Validate() error {
 	}
 	if w := time.Duration(c.Scheduler.Window); w < time.Minute || w > 24*time.Hour {
 		return bad("scheduler.window", "scheduler.window %s: want 1m..24h", w)
+	}
+	if err := c.Jobs.validate(); err != nil {
+		return err
 	}
 	if c.Restore.DefaultRate < 0 {
 		return bad("restore.default_rate", "restore.default_rate must not be negative")
@@ -608,21 +644,40 @@ func ParseRate(text string) (int64, error) {
 	return ParseSize(strings.TrimSuffix(strings.TrimSpace(text), "/s"))
 }
 
-// Duration is a time.Duration written like "1h30m".
+// Duration is a time.Duration written like "1h30m", with days allowed
+// in front ("30d", "1d12h").
 type Duration time.Duration
 
-// UnmarshalText parses a Go duration.
+// UnmarshalText parses a duration.
 func (d *Duration) UnmarshalText(b []byte) error {
-	if len(b) == 0 {
-		*d = 0
-		return nil
-	}
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("duration %q: want a number with a unit, such as 90s, 30m, 1h30m or 24h (%w)", b, err)
-	}
+	v, err := ParseDuration(string(b))
 	*d = Duration(v)
-	return nil
+	return err
+}
+
+// ParseDuration parses a Go duration with optional leading days
+// ("30d", "1d12h", "90m"); "" is 0.
+func ParseDuration(text string) (time.Duration, error) {
+	s := strings.TrimSpace(text)
+	if s == "" {
+		return 0, nil
+	}
+	var days time.Duration
+	if i := strings.IndexByte(s, 'd'); i > 0 {
+		n, err := strconv.ParseUint(s[:i], 10, 32)
+		if err != nil || n > 100000 {
+			return 0, fmt.Errorf("duration %q: want a number of days (at most 100000) before d, as in \"30d\"", text)
+		}
+		days, s = time.Duration(n)*24*time.Hour, s[i+1:]
+		if s == "" {
+			return days, nil
+		}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: want a number with a unit, such as 90s, 30m, 1h30m, 24h or 30d (%w)", text, err)
+	}
+	return days + v, nil
 }
 
 // MarshalText writes the duration in Go syntax.

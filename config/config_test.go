@@ -96,6 +96,11 @@ func TestStrictErrors(t *testing.T) {
 		{"gc schedule out of range", "[gc]\nschedule = \"24:30\"\n", `gc.schedule: "24:30"`},
 		{"gc both", "[gc]\nschedule = \"03:00\"\nevery = \"24h\"\n", "gc: every and schedule both set"},
 		{"scrub bad zone", "[scrub]\nschedule = \"03:00\"\ntimezone = \"Mars/Olympus\"\n", `scrub.timezone "Mars/Olympus": unknown time zone`},
+		{"jobs keep too short", "[jobs]\nkeep = \"10m\"\n", "jobs.keep 10m0s: at least 1h"},
+		{"jobs keep bad days", "[jobs]\nkeep = \"xd\"\n", `duration "xd"`},
+		{"jobs failed shorter", "[jobs]\nkeep = \"30d\"\nkeep_failed = \"7d\"\n", "jobs.keep_failed 168h0m0s is shorter than jobs.keep 720h0m0s"},
+		{"jobs failed without keep", "[jobs]\nkeep = \"0\"\nkeep_failed = \"7d\"\n", "set jobs.keep too"},
+		{"jobs keep_last negative", "[jobs]\nkeep_last = -1\n", "jobs.keep_last -1"},
 		{"zone without schedule", "[scrub]\ntimezone = \"UTC\"\n", "scrub.timezone is only used with scrub.schedule"},
 		// Sizes say how a size is written, never strconv's words.
 		{"negative size", "[store]\ncache_size = \"-1MiB\"\n", `line 2: size "-1MiB" is negative; want a number of bytes with an optional unit`},
@@ -263,6 +268,30 @@ mount_dirs = ["/mnt/team-a"]
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  bool
+	}{
+		{"", 0, false},
+		{"0", 0, false},
+		{"90m", 90 * time.Minute, false},
+		{"30d", 30 * 24 * time.Hour, false},
+		{"1d12h", 36 * time.Hour, false},
+		{"d", 0, true},
+		{"xd", 0, true},
+		{"-1d", 0, true},
+		{"1d12", 0, true},
+		{"200000d", 0, true},
+	} {
+		got, err := ParseDuration(tc.in)
+		if (err != nil) != tc.err || (!tc.err && got != tc.want) {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v (error %v)", tc.in, got, err, tc.want, tc.err)
+		}
 	}
 }
 

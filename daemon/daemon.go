@@ -29,7 +29,10 @@ import (
 	"csbs/config"
 	"csbs/engine"
 	"csbs/internal/durable"
+	"csbs/maintenance"
 	"csbs/metrics"
+	"csbs/mounts"
+	"csbs/replication"
 	"csbs/restore"
 	"csbs/scheduler"
 )
@@ -53,17 +56,14 @@ type Daemon struct {
 	engine  *engine.Engine
 	runner  *scheduler.Runner
 	sched   *scheduler.Scheduler
-	api     *api.Server
+	api     *api.Service
 	serving *serving
-	mounts  *mounts
+	mounts  *mounts.Manager
+	repl    *replication.Service
 	metrics *metrics.Metrics
+	maint   *maintenance.Timer
 	started time.Time
 	size    sizing // workers, cache and budget as sized at start
-
-	nextMu sync.Mutex
-	// nextMaintenance is when each scheduled maintenance kind (gc, scrub)
-	// runs next, for status.
-	nextMaintenance map[string]time.Time
 }
 
 // AdminTokenFile is the admin token's file name inside the data dir.
@@ -123,6 +123,12 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	memLimit := limitMemory(size)
 	d.log.Info("read path sized", "workers", size.Workers, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes, "go_memory_limit", memLimit)
 	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
+	if n, err := d.cat.EnsureIndexes(); err != nil {
+		store.Close()
+		return nil, err
+	} else if n > 0 {
+		d.log.Info("built the catalog's indexes (once, after an upgrade)", "objects", n)
+	}
 	if err := d.bootstrap(); err != nil {
 		store.Close()
 		return nil, err
@@ -134,13 +140,21 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d.runner = scheduler.NewRunner(d.cat, executor{d}, d.clock, d.log, cfg.Scheduler.MaxConcurrentJobs, time.Duration(cfg.Scheduler.Window))
 	d.sched = scheduler.New(d.cat, store, d.runner, d.engine, d.clock, d.log)
+	d.sched.Jobs = scheduler.JobRetention{
+		Keep: time.Duration(cfg.Jobs.Keep), KeepFailed: time.Duration(cfg.Jobs.KeepFailed), KeepLast: cfg.Jobs.KeepLast,
+	}
+	d.repl = replication.New(store, d.cat, d.runner, d.clock, d.log, filepath.Join(cfg.DataDir, "replication"), cfg.Region)
 	d.metrics = metrics.New(d, opts.Version)
+	d.maint = &maintenance.Timer{Clock: d.clock, Log: d.log, Submit: d.submitMaintenance}
 	d.serving = newServing(d)
-	d.mounts = newMounts(d)
-	d.api = &api.Server{
+	d.mounts = mounts.NewManager(mounts.Config{
+		Catalog: d.cat, Disks: disks{d}, Access: d.engine,
+		DataDir: cfg.DataDir, Mountpoint: cfg.FUSE.Mountpoint, Log: d.log,
+	})
+	d.api = &api.Service{
 		Catalog: d.cat, Runner: d.runner, Scheduler: d.sched, Engine: d.engine, Serving: d.serving, Mounts: d.mounts,
 		Region: cfg.Region, AZs: cfg.AvailabilityZones, Clock: d.clock, Log: d.log, Version: opts.Version,
-		Status: d.status, StoreStats: d.storeStats,
+		Status: d.status, StoreStats: d.storeStats, Replication: d.repl,
 	}
 	return d, nil
 }
@@ -272,6 +286,10 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 		d.store.Close()
 		return err
 	}
+	if err := d.repl.Recover(); err != nil {
+		d.store.Close()
+		return err
+	}
 	listeners, err := d.listen()
 	if err != nil {
 		d.store.Close()
@@ -296,7 +314,7 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	if err := d.serving.recover(); err != nil {
 		d.log.Error("recover exports and instant restores", "err", err)
 	}
-	d.mounts.recover()
+	d.mounts.Recover()
 	// Live VM backups interrupted by a crash left objects in their VMs;
 	// remove them without holding up the start (a VM whose monitor is
 	// busy is retried before its next backup).
@@ -311,9 +329,11 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); d.runner.Run(runCtx) }()
 	go func() { defer wg.Done(); d.sched.Run(runCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.repl.Run(runCtx) }()
 	wg.Add(2)
-	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobGC, d.cfg.GC) }()
-	go func() { defer wg.Done(); d.periodic(runCtx, catalog.JobScrub, d.cfg.Scrub) }()
+	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobGC, schedule(d.cfg.GC)) }()
+	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobScrub, schedule(d.cfg.Scrub)) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); d.trimWhenIdle(runCtx) }()
 	for _, l := range nbdListeners {
@@ -360,7 +380,7 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	}
 	stop()
 	wg.Wait()
-	d.mounts.shutdown()
+	d.mounts.Shutdown()
 	d.serving.shutdown()
 	os.Remove(d.cfg.API.Socket)
 	os.Remove(d.cfg.NBD.Socket)
@@ -484,12 +504,10 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	bs := d.store.Budget().Stats()
 	st.Store.InflightBytes, st.Store.InflightLimitBytes, st.Store.InflightPeakBytes = bs.Used, bs.Total, bs.Peak
 	st.Store.ReadCacheBytes = d.serving.readCacheBytes()
-	d.nextMu.Lock()
-	defer d.nextMu.Unlock()
-	if t, ok := d.nextMaintenance[catalog.JobGC]; ok {
+	if t, ok := d.maint.Next(catalog.JobGC); ok {
 		st.NextGC = &t
 	}
-	if t, ok := d.nextMaintenance[catalog.JobScrub]; ok {
+	if t, ok := d.maint.Next(catalog.JobScrub); ok {
 		st.NextScrub = &t
 	}
 }

@@ -48,8 +48,10 @@ func (e executor) execute(ctx context.Context, j catalog.Job, progress func(done
 		return e.gc(ctx, j)
 	case catalog.JobScrub:
 		return e.scrub(ctx, j, progress)
+	case catalog.JobReplicate:
+		return e.d.repl.Execute(ctx, j, progress)
 	case catalog.JobHydrate:
-		return e.d.serving.hydrate(ctx, j, progress)
+		return e.d.serving.instant.Hydrate(ctx, j, progress)
 	case catalog.JobRebuildIndex:
 		return e.rebuildIndex(ctx, j)
 	}

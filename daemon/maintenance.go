@@ -12,7 +12,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/config"
-	"csbs/scheduler"
+	"csbs/maintenance"
 )
 
 // gc runs garbage collection as a job.
@@ -120,18 +120,12 @@ func (d *Daemon) storeStats(ctx context.Context, project string, admin bool) (ap
 			if !admin && p.ID != project {
 				continue
 			}
-			bs, err := tx.Backups(p.ID, catalog.BackupFilter{})
+			bst, err := tx.BackupStats(p.ID)
 			if err != nil {
 				return err
 			}
-			ps := api.ProjectStats{Project: p.Name, Backups: len(bs)}
-			for _, b := range bs {
-				for _, disk := range b.Disks {
-					ps.LogicalBytes += disk.Size
-					ps.DataBytes += disk.Blocks * int64(st.BlockSize)
-					ps.AddedBytes += disk.NewBytes
-				}
-			}
+			ps := api.ProjectStats{Project: p.Name, Backups: int(bst.Backups), LogicalBytes: bst.LogicalBytes,
+				DataBytes: bst.DataBlocks * int64(st.BlockSize), AddedBytes: bst.AddedBytes}
 			referenced += ps.DataBytes
 			out.Projects = append(out.Projects, ps)
 		}
@@ -149,39 +143,9 @@ func (d *Daemon) storeStats(ctx context.Context, project string, admin bool) (ap
 	return out, err
 }
 
-// periodic submits gc or scrub jobs on the configured schedule until ctx
-// ends.
-func (d *Daemon) periodic(ctx context.Context, kind string, p config.Periodic) {
-	defer d.setNextMaintenance(kind, time.Time{})
-	for {
-		next, ok := scheduler.NextMaintenance(p, d.clock.Now())
-		if !ok {
-			return
-		}
-		d.setNextMaintenance(kind, next)
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.clock.After(next.Sub(d.clock.Now())):
-		}
-		if err := d.submitMaintenance(kind); err != nil {
-			d.log.Warn("scheduled maintenance", "kind", kind, "err", err)
-		}
-	}
-}
-
-// setNextMaintenance records when kind runs next; a zero time: never.
-func (d *Daemon) setNextMaintenance(kind string, next time.Time) {
-	d.nextMu.Lock()
-	defer d.nextMu.Unlock()
-	if next.IsZero() {
-		delete(d.nextMaintenance, kind)
-		return
-	}
-	if d.nextMaintenance == nil {
-		d.nextMaintenance = map[string]time.Time{}
-	}
-	d.nextMaintenance[kind] = next.UTC()
+// schedule is the maintenance timing of a configured gc or scrub.
+func schedule(p config.Periodic) maintenance.Schedule {
+	return maintenance.Schedule{Every: time.Duration(p.Every), Daily: p.Schedule, Timezone: p.Timezone}
 }
 
 // submitMaintenance queues a scheduled gc or scrub in the default project,

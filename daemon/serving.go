@@ -15,34 +15,31 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
-	"time"
 
-	"csbs/access"
 	"csbs/api"
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/hydrate"
+	"csbs/instant"
 	"csbs/internal/durable"
 	"csbs/nbd"
-	"csbs/restore"
-	"csbs/scheduler"
 )
 
-// serving owns the NBD exports: attached backups (read-only) and instant
-// restores (writable, hydrating). It implements api.Serving and
-// nbd.Exports.
+// serving owns the NBD exports: attached backups (read-only) and the
+// exports of instant restores (writable, hydrating; their lifecycle is
+// package instant's). It implements api.Serving, nbd.Exports and
+// instant.Exports.
 type serving struct {
-	d   *Daemon
-	srv *nbd.Server
+	d       *Daemon
+	srv     *nbd.ExportServer
+	instant *instant.Manager
 
 	// nameKey makes export names unguessable when NBD is on TCP (nil:
 	// unix socket only, where the socket's mode is the access control).
 	nameKey []byte
 
-	mu       sync.Mutex
-	exports  map[string]*served
-	restores map[string]*instant
+	mu      sync.Mutex
+	exports map[string]*served
 }
 
 type served struct {
@@ -54,46 +51,46 @@ type served struct {
 	vol     *blockstore.Volume // attached backups: for the read cache's figures
 }
 
-// instant is an open instant restore. Its hydration runs as a job of kind
-// hydrate (the runner calls serving.hydrate): progress in csbs job ls,
-// csbs job wait until the targets are complete, csbs job cancel cancels
-// the restore.
-type instant struct {
-	r       catalog.Restore
-	devs    []*hydrate.Device
-	hyds    []*hydrate.Hydrator
-	release func()
-	// done is closed when hydration has ended: its job returned, or no job
-	// was needed (complete already) or could be started.
-	done     chan struct{}
-	doneOnce sync.Once
-	stopOnce sync.Once
-	// copied counts the bytes hydration wrote (blocks that are zero on a
-	// fresh target are not written); with runStart and startDone it gives
-	// the copy rate and the ETA.
-	copied    atomic.Int64
-	runMu     sync.Mutex
-	runStart  time.Time
-	startDone int64
-}
-
-// ended marks hydration as over.
-func (in *instant) ended() { in.doneOnce.Do(func() { close(in.done) }) }
-
 var (
-	_ api.Serving = (*serving)(nil)
-	_ nbd.Exports = (*serving)(nil)
+	_ api.Serving     = (*serving)(nil)
+	_ nbd.Exports     = (*serving)(nil)
+	_ instant.Exports = (*serving)(nil)
+
+	_ nbd.WritableDevice = (*hydrate.Device)(nil)
+	_ nbd.Zeroer         = (*hydrate.Device)(nil)
+	_ nbd.Extenter       = (*hydrate.Device)(nil)
+	_ nbd.Trimmer        = (*hydrate.Device)(nil)
+	_ nbd.Cacher         = (*hydrate.Device)(nil)
+	_ nbd.CachedReader   = (*hydrate.Device)(nil)
 )
 
 func newServing(d *Daemon) *serving {
-	s := &serving{d: d, exports: map[string]*served{}, restores: map[string]*instant{}}
-	s.srv = &nbd.Server{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64, Memory: d.store.Budget()}
+	s := &serving{d: d, exports: map[string]*served{}}
+	s.srv = &nbd.ExportServer{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64, Memory: d.store.Budget()}
 	// Read cache files are unlinked when made; one left by a crash between
 	// creating and unlinking it is removed here.
 	stale, _ := filepath.Glob(filepath.Join(s.cacheDir(), "*.rcache"))
 	for _, f := range stale {
 		os.Remove(f)
 	}
+	s.instant = instant.New(instant.Options{
+		Catalog: instant.CatalogOf(d.cat), Store: d.store, Exports: s, Jobs: d.runner,
+		Dir:         filepath.Join(d.cfg.DataDir, "restores"),
+		DefaultRate: int64(d.cfg.Restore.DefaultRate),
+		TargetGuard: func(project string, byAdmin bool) (func(string) error, error) {
+			c, err := d.engine.Caller(project, byAdmin)
+			if err != nil {
+				return nil, err
+			}
+			return d.engine.TargetGuard(c), nil
+		},
+		Acquire:    d.engine.Acquire,
+		Workers:    d.store.Workers(),
+		Budget:     d.store.Budget(),
+		OnHydrated: func(n int64) { d.metrics.HydrationBytes.Add(float64(n)) },
+		Now:        d.clock.Now,
+		Log:        d.log,
+	})
 	return s
 }
 
@@ -211,30 +208,10 @@ func (s *serving) remove(name string) {
 	}
 }
 
-func diskMap(b catalog.Backup, disk string) (catalog.BackupDisk, blockstore.MapID, error) {
-	for _, d := range b.Disks {
-		if d.Name == disk {
-			id, err := blockstore.ParseMapID(d.MapID)
-			return d, id, err
-		}
-	}
-	return catalog.BackupDisk{}, blockstore.MapID{}, fmt.Errorf("%w: backup %s has no disk %q", catalog.ErrInvalid, b.Name, disk)
-}
-
-func enhancedOnly(b catalog.Backup) error {
-	if b.Type != catalog.TypeEnhanced {
-		return fmt.Errorf("%w: backup %s is Common, and only Enhanced backups can be served over NBD or restored instantly (%s); restore it normally with csbs restore start", catalog.ErrInvalid, b.Name, b.TypeReason)
-	}
-	if b.Status != catalog.StatusAvailable {
-		return fmt.Errorf("%w: backup %s is %s", catalog.ErrConflict, b.Name, b.Status)
-	}
-	return nil
-}
-
 // Attach exports a backup disk read-only. Attaching twice returns the
 // existing export.
 func (s *serving) Attach(ctx context.Context, b catalog.Backup, disk string) (api.ExportInfo, error) {
-	if err := enhancedOnly(b); err != nil {
+	if err := instant.CheckServable(b); err != nil {
 		return api.ExportInfo{}, err
 	}
 	name := s.exportName(b.ID, disk)
@@ -261,7 +238,7 @@ func (s *serving) Attach(ctx context.Context, b catalog.Backup, disk string) (ap
 }
 
 func (s *serving) attach(b catalog.Backup, disk, name string) error {
-	d, id, err := diskMap(b, disk)
+	d, id, err := instant.DiskMap(b, disk)
 	if err != nil {
 		return err
 	}
@@ -333,425 +310,41 @@ func compare(a, b string) int {
 	return 0
 }
 
-func (s *serving) bitmapPath(rid, disk string) string {
-	return filepath.Join(s.d.cfg.DataDir, "restores", rid+"-"+disk+".bitmap")
+// Name is the export name of a disk of an instant restore.
+func (s *serving) Name(restoreID, disk string) string { return s.exportName(restoreID, disk) }
+
+// Add serves a disk of an instant restore.
+func (s *serving) Add(e instant.Export) {
+	s.add(&served{
+		exp:     &nbd.Export{Name: e.Name, Description: e.Description, Device: e.Device, PreferredBlock: uint32(e.BlockSize)},
+		info:    api.ExportInfo{Name: e.Name, Kind: "instant", BackupID: e.BackupID, BackupName: e.BackupName, Disk: e.Disk, RestoreID: e.RestoreID, Size: e.Size},
+		project: e.Project, closer: e.Closer,
+	})
 }
+
+// Remove stops serving an export of an instant restore.
+func (s *serving) Remove(name string) { s.remove(name) }
 
 // StartInstant creates the writable exports of an instant restore and
-// starts hydration. It returns at once.
+// starts its hydration job. It returns at once.
 func (s *serving) StartInstant(ctx context.Context, r catalog.Restore, b catalog.Backup) (catalog.Restore, error) {
-	if err := enhancedOnly(b); err != nil {
-		return r, err
-	}
-	if r.Rate == 0 {
-		r.Rate = int64(s.d.cfg.Restore.DefaultRate)
-	}
-	for i := range r.Targets {
-		r.Targets[i].Export = s.exportName(r.ID, r.Targets[i].Disk)
-	}
-	inst, err := s.open(r, b, true)
-	if err != nil {
-		return r, err
-	}
-	r = inst.r
-	if err := s.d.cat.Release(func(tx *catalog.Txn) error { return tx.PutRestore(r) }); err != nil {
-		s.stop(inst)
-		return r, err
-	}
-	if err := s.run(inst); err != nil {
-		// The exports serve; only the background copy did not start.
-		s.d.log.Error("instant restore: hydration job not started", "restore", r.ID, "err", err)
-		return s.setState(r, func(x *catalog.Restore) {
-			x.State, x.Error = catalog.RestoreFailed, "hydration not started: "+err.Error()+" (the export still serves; cancel the restore to free it)"
-		})
-	}
-	return s.restoreNow(r)
-}
-
-// restoreNow reads a restore's record back (with the job id run set).
-func (s *serving) restoreNow(r catalog.Restore) (catalog.Restore, error) {
-	err := s.d.cat.View(func(tx *catalog.Txn) error {
-		var err error
-		r, err = tx.Restore(r.Project, r.ID)
-		return err
-	})
-	return r, err
-}
-
-// open builds the devices and exports of an instant restore (new, or
-// recovered after a restart when create is false).
-func (s *serving) open(r catalog.Restore, b catalog.Backup, create bool) (*instant, error) {
-	if err := os.MkdirAll(filepath.Join(s.d.cfg.DataDir, "restores"), 0o700); err != nil {
-		return nil, err
-	}
-	// Targets are checked again as they are opened, under the host
-	// access of whoever started the restore (also after a restart).
-	caller, err := s.d.engine.Caller(r.Project, r.ByAdmin)
-	if err != nil {
-		return nil, err
-	}
-	// One limit for the whole restore: its disks hydrate at once and
-	// share the rate.
-	lim := hydrate.NewLimiter(r.Rate)
-	inst := &instant{r: r, done: make(chan struct{}), release: s.d.engine.Acquire(b.ID)}
-	fail := func(err error) (*instant, error) {
-		s.stop(inst)
-		return nil, err
-	}
-	for i, t := range r.Targets {
-		d, id, err := diskMap(b, t.Disk)
-		if err != nil {
-			return fail(err)
-		}
-		vol, err := s.d.store.OpenVolume(id)
-		if err != nil {
-			return fail(fmt.Errorf("backup %s disk %s: %w", b.Name, t.Disk, err))
-		}
-		f, fresh, err := restore.OpenInPlace(t.Target, d.Size, r.Force, create, s.d.engine.TargetGuard(caller))
-		if err != nil {
-			vol.Close()
-			if errors.Is(err, access.ErrDenied) {
-				return fail(err) // names the target already
-			}
-			if errors.Is(err, restore.ErrNotATarget) || errors.Is(err, restore.ErrTargetNotEmpty) {
-				return fail(fmt.Errorf("%w: restore target %s: %w", catalog.ErrInvalid, t.Target, err))
-			}
-			return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
-		}
-		if create {
-			// The target's name and size must be on disk before the guest
-			// can flush anything into it.
-			if err := errors.Join(f.Sync(), durable.SyncDir(filepath.Dir(t.Target))); err != nil {
-				f.Close()
-				vol.Close()
-				return fail(fmt.Errorf("restore target %s: %w", t.Target, err))
-			}
-			inst.r.Targets[i].Fresh = fresh
-		} else {
-			fresh = t.Fresh
-		}
-		bs := int64(vol.BlockSize())
-		bm, err := hydrate.OpenBitmap(s.bitmapPath(r.ID, t.Disk), (d.Size+bs-1)/bs, vol.BlockSize(), d.Size)
-		if err != nil {
-			f.Close()
-			vol.Close()
-			return fail(err)
-		}
-		dev, err := hydrate.NewDevice(vol, f, bm, fresh)
-		if err != nil {
-			bm.Close()
-			f.Close()
-			vol.Close()
-			return fail(err)
-		}
-		inst.devs = append(inst.devs, dev)
-		h := hydrate.NewHydratorWith(dev, hydrate.Options{Limiter: lim, Workers: s.d.store.Workers(), Budget: s.d.store.Budget()})
-		h.OnCopied = func(n int64) {
-			inst.copied.Add(n)
-			s.d.metrics.HydrationBytes.Add(float64(n))
-		}
-		inst.hyds = append(inst.hyds, h)
-		s.add(&served{
-			exp:     &nbd.Export{Name: t.Export, Description: fmt.Sprintf("instant restore %s of %s %s", r.ID, b.Name, t.Disk), Device: dev, PreferredBlock: uint32(bs)},
-			info:    api.ExportInfo{Name: t.Export, Kind: "instant", BackupID: b.ID, BackupName: b.Name, Disk: t.Disk, RestoreID: r.ID, Size: d.Size},
-			project: r.Project, closer: closeBoth{dev, vol},
-		})
-	}
-	if r.State == catalog.RestorePaused {
-		for _, h := range inst.hyds {
-			h.Pause()
-		}
-	}
-	s.mu.Lock()
-	s.restores[r.ID] = inst
-	s.mu.Unlock()
-	return inst, nil
-}
-
-type closeBoth struct {
-	a, b io.Closer
-}
-
-func (c closeBoth) Close() error { return errors.Join(c.a.Close(), c.b.Close()) }
-
-// run starts the hydration job of an instant restore and records its id
-// in the restore. A complete restore needs none.
-func (s *serving) run(inst *instant) error {
-	if inst.r.State == catalog.RestoreComplete {
-		inst.ended()
-		return nil
-	}
-	j, err := s.d.runner.Submit(catalog.Job{Project: inst.r.Project, Kind: catalog.JobHydrate, BackupID: inst.r.BackupID, RestoreID: inst.r.ID})
-	if err != nil {
-		inst.ended()
-		return err
-	}
-	// inst.r stays as opened (the job reads it); the record has the job.
-	_, err = s.setState(inst.r, func(x *catalog.Restore) { x.JobID = j.ID })
-	return err
-}
-
-// progressReport is how often a hydration job's progress is updated.
-const progressReport = 250 * time.Millisecond
-
-// hydrate is the body of a hydrate job: it copies every disk of the
-// instant restore into its target, then marks the restore complete (the
-// exports stay up until csbs restore finish). Canceled by the user (csbs
-// job cancel or restore cancel), it cancels the restore; stopped by a
-// shutdown, it leaves the restore to resume at the next start.
-func (s *serving) hydrate(ctx context.Context, j catalog.Job, progress func(done, total int64)) (catalog.Job, error) {
-	s.mu.Lock()
-	inst := s.restores[j.RestoreID]
-	s.mu.Unlock()
-	if inst == nil {
-		return j, fmt.Errorf("restore %s is not open (it was finished, canceled or failed before hydration started)", j.RestoreID)
-	}
-	defer inst.ended()
-	done, total := inst.progress(s.d.store.BlockSize())
-	inst.runMu.Lock()
-	inst.runStart, inst.startDone = time.Now(), done
-	inst.runMu.Unlock()
-	progress(done, total)
-	stopReports := make(chan struct{})
-	reported := make(chan struct{})
-	go func() {
-		defer close(reported)
-		t := time.NewTicker(progressReport)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopReports:
-				return
-			case <-t.C:
-				progress(inst.progress(s.d.store.BlockSize()))
-			}
-		}
-	}()
-	// Every disk at once: the workers of all of them share the CPUs, the
-	// memory budget and the restore's rate limit.
-	var (
-		wg    sync.WaitGroup
-		errMu sync.Mutex
-		err   error
-	)
-	hctx, stopAll := context.WithCancel(ctx)
-	defer stopAll()
-	for _, h := range inst.hyds {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if herr := h.Run(hctx); herr != nil {
-				errMu.Lock()
-				if err == nil && hctx.Err() == nil {
-					err = herr
-				}
-				errMu.Unlock()
-				stopAll() // one disk failed: the restore failed
-			}
-		}()
-	}
-	wg.Wait()
-	close(stopReports)
-	<-reported
-	progress(inst.progress(s.d.store.BlockSize()))
-	if ctx.Err() != nil {
-		if errors.Is(context.Cause(ctx), scheduler.ErrShutdown) {
-			j.Note = "hydration resumes from its bitmap when the daemon starts again"
-			return j, ctx.Err()
-		}
-		// csbs job cancel, or csbs restore cancel through it.
-		if _, cerr := s.cancelInstant(inst); cerr != nil {
-			s.d.log.Error("cancel instant restore", "restore", inst.r.ID, "err", cerr)
-		}
-		j.Note = "restore " + inst.r.ID + " canceled; its targets hold a partial disk"
-		return j, ctx.Err()
-	}
-	_, serr := s.setState(inst.r, func(r *catalog.Restore) {
-		if err != nil {
-			r.State, r.Error = catalog.RestoreFailed, "hydration stopped: "+err.Error()+" (the export still serves; cancel the restore to free it)"
-			return
-		}
-		r.State, r.Done = catalog.RestoreComplete, r.Total
-	})
-	if err != nil {
-		return j, fmt.Errorf("restore %s: hydration stopped: %w", inst.r.ID, err)
-	}
-	j.Note = "restore " + inst.r.ID + " is complete; csbs restore finish " + inst.r.ID + " detaches its exports"
-	return j, serr
-}
-
-// progress is the bytes of the restore's disks that are in their targets
-// (hydrated, written by the guest, or zero on a fresh target), and the
-// disks' total size.
-func (in *instant) progress(blockSize int) (done, total int64) {
-	for _, dev := range in.devs {
-		total += dev.Size()
-		done += min(dev.Bitmap().Count()*int64(blockSize), dev.Size())
-	}
-	return done, total
-}
-
-func (s *serving) setState(r catalog.Restore, mod func(*catalog.Restore)) (catalog.Restore, error) {
-	var out catalog.Restore
-	err := s.d.cat.Release(func(tx *catalog.Txn) error {
-		cur, err := tx.Restore(r.Project, r.ID)
-		if err != nil {
-			return err
-		}
-		mod(&cur)
-		out = cur
-		return tx.PutRestore(cur)
-	})
-	return out, err
-}
-
-// stop removes the exports of an instant restore and closes its devices.
-// Its hydration must have ended (inst.done), or never started.
-func (s *serving) stop(inst *instant) {
-	inst.stopOnce.Do(func() { s.stopNow(inst) })
-}
-
-func (s *serving) stopNow(inst *instant) {
-	for _, t := range inst.r.Targets {
-		s.remove(t.Export)
-	}
-	s.mu.Lock()
-	delete(s.restores, inst.r.ID)
-	s.mu.Unlock()
-	if inst.release != nil {
-		inst.release()
-	}
+	return s.instant.Start(ctx, r, b)
 }
 
 // ControlRestore pauses, resumes, finishes or cancels an instant restore.
 func (s *serving) ControlRestore(ctx context.Context, r catalog.Restore, action string) (catalog.Restore, error) {
-	s.mu.Lock()
-	inst := s.restores[r.ID]
-	s.mu.Unlock()
-	if inst == nil {
-		return r, fmt.Errorf("%w: restore %s is %s; only running instant restores can be paused, resumed, finished or canceled", catalog.ErrConflict, r.ID, r.State)
-	}
-	switch action {
-	case "pause":
-		for _, h := range inst.hyds {
-			h.Pause()
-		}
-		return s.setState(r, func(x *catalog.Restore) {
-			if x.State == catalog.RestoreRunning {
-				x.State = catalog.RestorePaused
-			}
-		})
-	case "resume":
-		for _, h := range inst.hyds {
-			h.Resume()
-		}
-		return s.setState(r, func(x *catalog.Restore) {
-			if x.State == catalog.RestorePaused {
-				x.State = catalog.RestoreRunning
-			}
-		})
-	case "finish":
-		live := s.LiveRestore(r)
-		if live.State != catalog.RestoreComplete {
-			return r, fmt.Errorf("%w: restore %s has hydrated %d of %d bytes; wait until it is complete (csbs restore finish %s --wait), or cancel it", catalog.ErrConflict, r.ID, live.Done, live.Total, r.ID)
-		}
-		<-inst.done // complete is recorded just before the job returns
-		s.stop(inst)
-		out, err := s.setState(r, func(x *catalog.Restore) {
-			x.State, x.Ended = catalog.RestoreSucceeded, s.d.clock.Now().UTC()
-			clearExports(x)
-		})
-		if err == nil {
-			// Only now: a restart before the state was recorded reopens
-			// the restore, and a new bitmap would hydrate over the guest.
-			for _, t := range r.Targets {
-				hydrate.RemoveBitmap(s.bitmapPath(r.ID, t.Disk))
-			}
-		}
-		return out, err
-	case "cancel":
-		// A running hydration job cancels the restore as it ends.
-		if r.JobID != "" {
-			if _, err := s.d.runner.Cancel(r.Project, r.JobID); err != nil && !errors.Is(err, catalog.ErrConflict) && !errors.Is(err, catalog.ErrNotFound) {
-				return r, err
-			}
-		}
-		s.mu.Lock()
-		inst = s.restores[r.ID]
-		s.mu.Unlock()
-		if inst == nil {
-			return s.restoreNow(r)
-		}
-		<-inst.done
-		return s.cancelInstant(inst)
-	}
-	return r, fmt.Errorf("%w: unknown restore action %q", catalog.ErrInvalid, action)
+	return s.instant.Control(ctx, r, action)
 }
 
-// cancelInstant removes a canceled instant restore's exports and
-// hydration state; its targets keep what was copied so far.
-func (s *serving) cancelInstant(inst *instant) (catalog.Restore, error) {
-	s.stop(inst)
-	for _, t := range inst.r.Targets {
-		hydrate.RemoveBitmap(s.bitmapPath(inst.r.ID, t.Disk))
-	}
-	return s.setState(inst.r, func(x *catalog.Restore) {
-		x.State, x.Ended = catalog.RestoreCanceled, s.d.clock.Now().UTC()
-		x.Error = "canceled; the targets hold a partial disk"
-		clearExports(x)
-	})
-}
-
-// clearExports drops the export names of a restore whose exports are
-// gone, so that nobody is sent to them.
-func clearExports(r *catalog.Restore) {
-	for i := range r.Targets {
-		r.Targets[i].Export = ""
-	}
-}
-
-// LiveRestore fills in the progress of an instant restore: the bytes in
-// the targets, the rate at which hydration copies data (holes excluded;
-// the limit is r.Rate) and, from the progress so far, the time left.
-func (s *serving) LiveRestore(r catalog.Restore) catalog.Restore {
-	s.mu.Lock()
-	inst := s.restores[r.ID]
-	s.mu.Unlock()
-	if !r.Instant {
-		return r
-	}
-	if inst == nil {
-		// Not open: whatever the record says, no export serves it.
-		r.Targets = slices.Clone(r.Targets)
-		clearExports(&r)
-		return r
-	}
-	done, total := inst.progress(s.d.store.BlockSize())
-	r.Done, r.Total = done, total
-	inst.runMu.Lock()
-	start, startDone := inst.runStart, inst.startDone
-	inst.runMu.Unlock()
-	if start.IsZero() {
-		return r
-	}
-	elapsed := max(time.Since(start).Seconds(), 0.001)
-	r.RateBps = float64(inst.copied.Load()) / elapsed
-	if progressed := float64(done-startDone) / elapsed; progressed > 0 && done < total && r.State == catalog.RestoreRunning {
-		r.ETASeconds = float64(total-done) / progressed
-	}
-	return r
-}
+// LiveRestore fills in the progress of an instant restore.
+func (s *serving) LiveRestore(r catalog.Restore) catalog.Restore { return s.instant.Live(r) }
 
 // recover brings back attached exports and unfinished instant restores.
 func (s *serving) recover() error {
 	var exps []catalog.ExportRecord
-	var rs []catalog.Restore
 	err := s.d.cat.View(func(tx *catalog.Txn) error {
 		var err error
-		if exps, err = tx.ExportRecords(); err != nil {
-			return err
-		}
-		rs, err = tx.Restores("")
+		exps, err = tx.ExportRecords()
 		return err
 	})
 	if err != nil {
@@ -778,33 +371,7 @@ func (s *serving) recover() error {
 			_ = s.d.cat.Release(func(tx *catalog.Txn) error { return tx.DeleteExportRecord(e.Name) })
 		}
 	}
-	for _, r := range rs {
-		if !r.Instant || (r.State != catalog.RestoreRunning && r.State != catalog.RestorePaused && r.State != catalog.RestoreComplete) {
-			continue
-		}
-		b, err := s.backup(r.Project, r.BackupID)
-		var inst *instant
-		if err == nil {
-			inst, err = s.open(r, b, false)
-		}
-		if err != nil {
-			s.d.log.Error("instant restore not resumed", "restore", r.ID, "err", err)
-			s.setState(r, func(x *catalog.Restore) {
-				x.State, x.Error = catalog.RestoreFailed, "could not resume after restart: "+err.Error()
-				clearExports(x)
-			})
-			continue
-		}
-		if err := s.run(inst); err != nil {
-			s.d.log.Error("instant restore: hydration job not started", "restore", r.ID, "err", err)
-			s.setState(r, func(x *catalog.Restore) {
-				x.State, x.Error = catalog.RestoreFailed, "hydration not started after restart: "+err.Error()+" (the export still serves; cancel the restore to free it)"
-			})
-			continue
-		}
-		s.d.log.Info("instant restore resumed", "restore", r.ID, "state", r.State)
-	}
-	return nil
+	return s.instant.Recover()
 }
 
 func (s *serving) backup(project, id string) (catalog.Backup, error) {
@@ -843,18 +410,11 @@ func (s *serving) listen() ([]net.Listener, error) {
 	return out, nil
 }
 
-// shutdown stops hydration (state stays, to resume at next start) and
-// closes every export.
+// shutdown closes every export; call it after the runner has stopped,
+// which ends the hydration jobs (the restores' states stay, to resume at
+// the next start).
 func (s *serving) shutdown() {
-	s.mu.Lock()
-	var insts []*instant
-	for _, in := range s.restores {
-		insts = append(insts, in)
-	}
-	s.mu.Unlock()
-	for _, in := range insts {
-		s.stop(in)
-	}
+	s.instant.Shutdown()
 	for _, n := range s.Names() {
 		s.remove(n)
 	}

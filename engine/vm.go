@@ -14,6 +14,7 @@ import (
 	"csbs/access"
 	"csbs/blockstore"
 	"csbs/catalog"
+	"csbs/internal/fsinfo"
 	"csbs/qemu"
 	"csbs/source"
 )
@@ -155,12 +156,11 @@ func (e *Engine) vmDir() (string, error) {
 func (e *Engine) committed(id string) (bool, error) {
 	found := false
 	err := e.Catalog.View(func(tx *catalog.Txn) error {
-		bs, err := tx.AllBackups()
-		for _, b := range bs {
-			if b.ID == id {
-				found = true
-			}
+		_, err := tx.BackupByID(id)
+		if errors.Is(err, catalog.ErrNotFound) {
+			return nil
 		}
+		found = err == nil
 		return err
 	})
 	return found, err
@@ -342,9 +342,9 @@ func (e *Engine) socketOpener(c access.Caller) qemu.Opener {
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 			unix.Close(pfd)
-			return "", nil, fmt.Errorf("%s is %s, not a socket", path, source.KindOf(st.Mode))
+			return "", nil, fmt.Errorf("%s is %s, not a socket", path, fsinfo.Kind(st.Mode))
 		}
-		real, err := source.FDPath(pfd)
+		real, err := fsinfo.FDPath(pfd)
 		if err == nil {
 			err = e.rules().CheckPath(c, access.Source, path, real)
 		}

@@ -2,23 +2,38 @@
 //
 //	/<project>/<server>/<backup>/<disk>.img
 //
-// Only Enhanced backups appear. Directories are listed from a Tree on
-// every lookup (with a 1 s kernel cache), so new backups appear and deleted
-// ones disappear without remounting. Disk images are immutable, so their
-// pages stay in the kernel's cache across opens (FOPEN_KEEP_CACHE); reads
-// go to a volume reader with its own read-ahead and block cache, and every
-// block is verified: a damaged block is EIO, never wrong bytes. A backup
-// counts as in use (not deletable) while one of its images is open.
+// It is the generic node layer: what the tree holds comes from a Tree
+// (package mounts implements one over the catalog). A directory lists
+// its entries from the Tree once and keeps them (WithCache) until the
+// owner calls Invalidate for it, so that `ls -R` of thousands of
+// backups asks the Tree once per directory, and a lookup in a listed
+// directory asks nothing; a lookup in a directory not listed yet asks
+// the Tree for that one entry when the Tree can (Lookuper); an entry may
+// bring its own directory's listing (Entry.Children). Invalidate also
+// tells the kernel to forget the entries (NotifyEntry) and the listing
+// (NotifyContent), which lets the kernel keep entries and attributes for
+// 30 s and listings until then (FOPEN_CACHE_DIR): a repeated walk costs
+// one request per directory. Without a cache, every readdir asks the
+// Tree and the kernel keeps entries for a second.
+//
+// Disk images are immutable, so their pages stay in the kernel's cache
+// across opens (FOPEN_KEEP_CACHE); reads go to a volume reader with its
+// own read-ahead and block cache, and every block is verified: a
+// damaged block is EIO, never wrong bytes. A backup counts as in use
+// (not deletable) while one of its images is open.
 package fusefs
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,20 +49,38 @@ type Entry struct {
 	Name  string
 	Size  int64
 	Mtime time.Time
+	// Children, for a directory, are its own entries when the Tree had
+	// them at hand while listing its parent (a backup's disks come with
+	// the server's listing); nil: unknown. A cached mount keeps them as
+	// that directory's listing, which saves a List per directory in a
+	// walk.
+	Children []Entry
 }
 
-// Volume is an open disk image.
-type Volume interface {
+// Image is an open disk image: Size bytes, read with ReadAt, which must
+// be safe for concurrent use. Read errors reach the reader as toErrno
+// maps them (a damaged block is EIO).
+type Image interface {
 	io.ReaderAt
 	Size() int64
 }
 
 // Tree is what the file system shows. Paths are names: project, server,
-// backup, disk (without ".img"). The daemon implements it on the catalog,
-// already narrowed to what the mount may show.
+// backup, disk (without ".img"). Package mounts implements it on the
+// catalog, already narrowed to what the mount may show. Its methods may
+// run concurrently; a missing path is an error wrapping
+// catalog.ErrNotFound.
 type Tree interface {
+	// List returns the entries of the directory at path, by name.
 	List(ctx context.Context, path []string) ([]Entry, error)
-	Open(ctx context.Context, path []string) (Volume, func(), error)
+	// Open opens the disk image at path (four names); the func releases
+	// it.
+	Open(ctx context.Context, path []string) (Image, func(), error)
+}
+
+// Lookuper is a Tree that finds one entry without listing its directory.
+type Lookuper interface {
+	Lookup(ctx context.Context, path []string) (Entry, error)
 }
 
 // levels of the tree below the root.
@@ -64,14 +97,35 @@ const imgSuffix = ".img"
 type Mount struct {
 	Dir    string
 	server *fuse.Server
+	root   *dirNode
+}
+
+// Options tune a mount.
+type Options struct {
+	// Name shows in /proc/mounts as csbs:<Name>.
+	Name string
+	// Cache keeps directory listings until Invalidate drops them; the
+	// owner must call Invalidate for every change of the tree. Without
+	// it every readdir asks the Tree.
+	Cache bool
+}
+
+// kernelTTL is how long the kernel keeps entries and attributes: long
+// when Invalidate tells it of changes, a second otherwise (what a new or
+// deleted backup may take to show).
+func kernelTTL(cache bool) time.Duration {
+	if cache {
+		return 30 * time.Second
+	}
+	return time.Second
 }
 
 // MountTree mounts tree read-only at dir.
-func MountTree(dir string, tree Tree, name string) (*Mount, error) {
-	sec := time.Second
-	root := &dirNode{tree: tree}
+func MountTree(dir string, tree Tree, o Options) (*Mount, error) {
+	ttl, neg := kernelTTL(o.Cache), time.Second
+	root := &dirNode{tree: tree, cache: o.Cache}
 	opts := &fs.Options{
-		EntryTimeout: &sec, AttrTimeout: &sec, NegativeTimeout: &sec,
+		EntryTimeout: &ttl, AttrTimeout: &ttl, NegativeTimeout: &neg,
 		MountOptions: fuse.MountOptions{
 			FsName:       "csbs",
 			Name:         "csbs",
@@ -80,14 +134,56 @@ func MountTree(dir string, tree Tree, name string) (*Mount, error) {
 			DirectMount:  true,
 		},
 	}
-	if name != "" {
-		opts.MountOptions.FsName = "csbs:" + name
+	if o.Name != "" {
+		opts.MountOptions.FsName = "csbs:" + o.Name
 	}
 	srv, err := fs.Mount(dir, root, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &Mount{Dir: dir, server: srv}, nil
+	return &Mount{Dir: dir, server: srv, root: root}, nil
+}
+
+// Invalidate says that the entries names of the directory at dir
+// appeared, went or changed (size, time). Cached listings of dir and of
+// everything below those entries are dropped, and the kernel forgets
+// the entries, so that the next access asks the Tree. It must not be
+// called from a Tree method (the kernel may be waiting on that call).
+func (m *Mount) Invalidate(dir []string, names ...string) {
+	node := &m.root.Inode
+	for _, name := range dir {
+		if node = node.GetChild(name); node == nil {
+			return // the kernel never looked it up: nothing cached
+		}
+	}
+	dropDir(node)
+	for _, name := range names {
+		if len(dir) == levelDisk {
+			name += imgSuffix
+		}
+		if child := node.GetChild(name); child != nil {
+			dropBelow(child)
+		}
+		// ENOENT: the kernel has no such entry cached; nothing to do.
+		_ = node.NotifyEntry(name)
+	}
+}
+
+// dropDir drops the listing of a directory, ours and the kernel's
+// (NotifyContent also drops its attributes, such as the time).
+func dropDir(n *fs.Inode) {
+	if d, ok := n.Operations().(*dirNode); ok {
+		d.drop()
+		_ = n.NotifyContent(0, 0)
+	}
+}
+
+// dropBelow drops the listings of a directory and its subtree.
+func dropBelow(n *fs.Inode) {
+	dropDir(n)
+	for _, c := range n.Children() {
+		dropBelow(c)
+	}
 }
 
 // Unmount unmounts, waiting for the kernel to let go.
@@ -140,17 +236,32 @@ func inodeNumber(path []string) uint64 {
 type dirNode struct {
 	fs.Inode
 	tree  Tree
+	cache bool
 	path  []string
+
+	mu    sync.Mutex
 	mtime time.Time
+	// gen counts the drops of this directory's listing: a listing fetched
+	// before a drop is not kept, and children filled from it go stale.
+	gen     uint64
+	entries map[string]Entry // cached listing; nil: not listed
+	sorted  []Entry
+	// from and fromGen: the listing came with the parent's listing at
+	// that generation, and holds only while the parent's has not been
+	// dropped since.
+	from    *dirNode
+	fromGen uint64
 }
 
 var (
-	_ fs.NodeLookuper  = (*dirNode)(nil)
-	_ fs.NodeReaddirer = (*dirNode)(nil)
-	_ fs.NodeGetattrer = (*dirNode)(nil)
+	_ fs.NodeLookuper       = (*dirNode)(nil)
+	_ fs.NodeOpendirHandler = (*dirNode)(nil)
+	_ fs.NodeGetattrer      = (*dirNode)(nil)
 )
 
 func (d *dirNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	out.Mode = syscall.S_IFDIR | 0o555
 	setTime(&out.Attr, d.mtime)
 	return 0
@@ -163,20 +274,142 @@ func setTime(a *fuse.Attr, t time.Time) {
 	a.SetTimes(&t, &t, &t)
 }
 
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	es, err := d.tree.List(ctx, d.path)
-	if err != nil {
-		return nil, toErrno(err)
-	}
-	out := make([]fuse.DirEntry, 0, len(es))
+func (d *dirNode) drop() {
+	d.mu.Lock()
+	d.gen++
+	d.entries, d.sorted, d.from = nil, nil, nil
+	d.mu.Unlock()
+}
+
+func (d *dirNode) generation() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gen
+}
+
+// set keeps es as the listing, unless it was dropped since generation
+// gen; from, when set, is the parent whose listing at fromGen brought it.
+func (d *dirNode) set(es []Entry, gen uint64, from *dirNode, fromGen uint64) {
+	m := make(map[string]Entry, len(es))
 	for _, e := range es {
-		de := fuse.DirEntry{Name: e.Name, Mode: syscall.S_IFDIR, Ino: inodeNumber(append(append([]string{}, d.path...), e.Name))}
+		m[e.Name] = e
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gen == gen {
+		d.entries, d.sorted, d.from, d.fromGen = m, es, from, fromGen
+	}
+}
+
+// cached returns the kept listing, and false when there is none (or it
+// came with a parent listing that has been dropped since).
+func (d *dirNode) cached() (map[string]Entry, []Entry, uint64, bool) {
+	d.mu.Lock()
+	m, es, gen, from, fromGen := d.entries, d.sorted, d.gen, d.from, d.fromGen
+	d.mu.Unlock()
+	if m == nil || (from != nil && from.generation() != fromGen) {
+		return nil, nil, gen, false
+	}
+	return m, es, gen, true
+}
+
+// list returns the directory's entries, from the cache when it has them.
+func (d *dirNode) list(ctx context.Context) ([]Entry, uint64, error) {
+	gen := uint64(0)
+	if d.cache {
+		_, es, g, ok := d.cached()
+		if ok {
+			return es, g, nil
+		}
+		gen = g
+	}
+	es, err := d.tree.List(ctx, d.path)
+	if err != nil || !d.cache {
+		return es, gen, err
+	}
+	d.set(es, gen, nil, 0)
+	return es, gen, nil
+}
+
+// find returns one entry: from the cached listing, else from the Tree's
+// Lookup, else from a listing. listed says that it came from a listing
+// of generation gen (so its Children may be kept).
+func (d *dirNode) find(ctx context.Context, name string) (e Entry, gen uint64, listed bool, err error) {
+	if d.cache {
+		m, _, g, ok := d.cached()
+		if ok {
+			e, found := m[name]
+			if !found {
+				return Entry{}, 0, false, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
+			}
+			return e, g, true, nil
+		}
+	}
+	if l, ok := d.tree.(Lookuper); ok {
+		e, err := l.Lookup(ctx, append(slices.Clip(d.path), name))
+		return e, 0, false, err
+	}
+	es, g, err := d.list(ctx)
+	if err != nil {
+		return Entry{}, 0, false, err
+	}
+	for _, e := range es {
+		if e.Name == name {
+			return e, g, true, nil
+		}
+	}
+	return Entry{}, 0, false, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
+}
+
+// OpendirHandle lists the directory for one open. In a cached mount
+// the kernel keeps the listing (FOPEN_CACHE_DIR) until Invalidate drops
+// it (NotifyContent), so a repeated walk costs one request per
+// directory instead of three.
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	es, _, err := d.list(ctx)
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	h := &dirHandle{entries: make([]fuse.DirEntry, 0, len(es))}
+	for _, e := range es {
+		de := fuse.DirEntry{Name: e.Name, Mode: syscall.S_IFDIR, Ino: inodeNumber(append(slices.Clip(d.path), e.Name))}
 		if len(d.path) == levelDisk {
 			de.Name, de.Mode = e.Name+imgSuffix, syscall.S_IFREG
 		}
-		out = append(out, de)
+		h.entries = append(h.entries, de)
 	}
-	return fs.NewListDirStream(out), 0
+	var fuseFlags uint32
+	if d.cache {
+		fuseFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	}
+	return h, fuseFlags, 0
+}
+
+// dirHandle is an open directory: the listing taken at open, read in
+// order; an entry's offset is its position + 1.
+type dirHandle struct {
+	entries []fuse.DirEntry
+	pos     int
+}
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+)
+
+func (h *dirHandle) Readdirent(context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if h.pos >= len(h.entries) {
+		return nil, 0
+	}
+	de := h.entries[h.pos]
+	h.pos++
+	de.Off = uint64(h.pos)
+	return &de, 0
+}
+
+func (h *dirHandle) Seekdir(_ context.Context, off uint64) syscall.Errno {
+	h.pos = int(min(off, uint64(len(h.entries))))
+	return 0
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -187,34 +420,64 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			return nil, syscall.ENOENT
 		}
 	}
-	es, err := d.tree.List(ctx, d.path)
+	e, gen, listed, err := d.find(ctx, want)
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	for _, e := range es {
-		if e.Name != want {
-			continue
+	path := append(slices.Clip(d.path), e.Name)
+	ino := inodeNumber(path)
+	// The kernel may have forgotten the entry while the node lives on
+	// (same inode number): refresh it rather than make a twin, which the
+	// bridge would drop in favour of the old one.
+	existing := d.GetChild(name)
+	if len(d.path) == levelDisk {
+		f, ok := existingOps[*fileNode](existing)
+		if !ok {
+			f = &fileNode{tree: d.tree, path: path}
 		}
-		path := append(append([]string{}, d.path...), e.Name)
-		ino := inodeNumber(path)
-		if len(d.path) == levelDisk {
-			f := &fileNode{tree: d.tree, path: path, size: e.Size, mtime: e.Mtime}
-			f.fill(&out.Attr)
-			return d.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), 0
+		f.set(e)
+		f.fill(&out.Attr)
+		if ok {
+			return existing, 0
 		}
-		child := &dirNode{tree: d.tree, path: path, mtime: e.Mtime}
-		out.Mode = syscall.S_IFDIR | 0o555
-		setTime(&out.Attr, e.Mtime)
-		return d.NewInode(ctx, child, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+		return d.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), 0
 	}
-	return nil, syscall.ENOENT
+	out.Mode = syscall.S_IFDIR | 0o555
+	setTime(&out.Attr, e.Mtime)
+	child, ok := existingOps[*dirNode](existing)
+	if !ok {
+		child = &dirNode{tree: d.tree, cache: d.cache, path: path}
+	}
+	child.mu.Lock()
+	child.mtime = e.Mtime
+	childGen := child.gen
+	child.mu.Unlock()
+	if d.cache && listed && e.Children != nil {
+		child.set(e.Children, childGen, d, gen)
+	}
+	if ok {
+		return existing, 0
+	}
+	return d.NewInode(ctx, child, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+}
+
+// existingOps returns the node behind an inode if it has type T.
+func existingOps[T fs.InodeEmbedder](n *fs.Inode) (T, bool) {
+	var zero T
+	if n == nil {
+		return zero, false
+	}
+	t, ok := n.Operations().(T)
+	return t, ok
 }
 
 // fileNode is a disk image.
 type fileNode struct {
 	fs.Inode
-	tree  Tree
-	path  []string
+	tree Tree
+	path []string
+
+	mu    sync.Mutex
 	size  int64
 	mtime time.Time
 }
@@ -224,7 +487,15 @@ var (
 	_ fs.NodeOpener    = (*fileNode)(nil)
 )
 
+func (f *fileNode) set(e Entry) {
+	f.mu.Lock()
+	f.size, f.mtime = e.Size, e.Mtime
+	f.mu.Unlock()
+}
+
 func (f *fileNode) fill(a *fuse.Attr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	a.Mode = syscall.S_IFREG | 0o444
 	a.Size = uint64(f.size)
 	a.Blocks = (uint64(f.size) + 511) / 512
@@ -241,16 +512,16 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	vol, release, err := f.tree.Open(ctx, f.path)
+	img, release, err := f.tree.Open(ctx, f.path)
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return &handle{vol: vol, release: release}, fuse.FOPEN_KEEP_CACHE, 0
+	return &handle{img: img, release: release}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // handle is an open disk image.
 type handle struct {
-	vol     Volume
+	img     Image
 	release func()
 }
 
@@ -260,7 +531,7 @@ var (
 )
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := h.vol.ReadAt(dest, off)
+	n, err := h.img.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, toErrno(err)
 	}

@@ -92,6 +92,19 @@ func RemoveBitmap(path string) error {
 	return errors.Join(errs...)
 }
 
+// CheckBitmap returns an error naming the first of the files OpenBitmap
+// made at path that is missing. A restore reopened after a restart needs
+// them all: OpenBitmap would otherwise start an empty bitmap, and
+// hydration would copy the backup over blocks the guest wrote.
+func CheckBitmap(path string) error {
+	for _, p := range []string{path, path + ".j0", path + ".j1"} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("hydration state %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
 // NewBitmap reads or initialises a bitmap on open files: bits, and the two
 // journal files. An empty bits file is a new bitmap.
 func NewBitmap(bits File, journal [2]File, nblocks int64, bs int, size int64) (*Bitmap, error) {

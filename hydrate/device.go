@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"csbs/blockstore"
-	"csbs/nbd"
+	"csbs/internal/extent"
+	"csbs/restore"
 )
 
 // Volume is the backup being restored; *blockstore.Volume implements it.
@@ -23,18 +23,13 @@ import (
 // which tend to come back); BlockTo decodes into the caller's buffer
 // without caching (the hydrator, which reads every block once).
 type Volume interface {
-	Size() int64
-	BlockSize() int
-	BlockHash(i int64) (blockstore.Hash, error)
+	restore.Volume
 	Block(ctx context.Context, i int64) ([]byte, error)
-	BlockTo(ctx context.Context, i int64, buf []byte) ([]byte, error)
 }
-
-var _ Volume = (*blockstore.Volume)(nil)
 
 // Device is the instant-restore disk.
 type Device struct {
-	vol    Volume
+	vol    Volume // the backup being restored
 	target File
 	bm     *Bitmap
 	bs     int64
@@ -60,15 +55,6 @@ type Device struct {
 	zero    []byte    // a zero block
 	bufs    sync.Pool // block buffers for targetZero and fills
 }
-
-var (
-	_ nbd.WritableDevice = (*Device)(nil)
-	_ nbd.Zeroer         = (*Device)(nil)
-	_ nbd.Extenter       = (*Device)(nil)
-	_ nbd.Trimmer        = (*Device)(nil)
-	_ nbd.Cacher         = (*Device)(nil)
-	_ nbd.CachedReader   = (*Device)(nil)
-)
 
 // maxJournal bounds the active journal file: a guest that writes much and
 // never flushes gets a sync point when the journal reaches it.
@@ -624,8 +610,8 @@ func (d *Device) Flush() error { return d.syncPoint() }
 
 // Extents reports allocation: blocks not yet in the target that are zero
 // in the backup are holes; everything else is data.
-func (d *Device) Extents(off, n int64) ([]nbd.Extent, error) {
-	return nbd.MapExtents(off, n, d.bs, func(i int64) (bool, error) {
+func (d *Device) Extents(off, n int64) ([]extent.Extent, error) {
+	return extent.FromBlocks(off, n, d.bs, func(i int64) (bool, error) {
 		if d.bm.Has(i) {
 			return false, nil
 		}

@@ -12,11 +12,11 @@
 // Its client drives only the kernel's /dev/nbdX, which these machines do
 // not have. So this package has its own:
 //
-//   - Server: fixed-newstyle negotiation (EXPORT_NAME, LIST, INFO, GO,
+//   - ExportServer: fixed-newstyle negotiation (EXPORT_NAME, LIST, INFO, GO,
 //     STRUCTURED_REPLY, LIST/SET_META_CONTEXT with base:allocation, ABORT)
 //     and a transmission loop that reads requests in order and answers up
 //     to 32 at once, out of order by cookie. Errors become NBD error
-//     replies in one place (Server.errno): damaged backup data is EIO,
+//     replies in one place (ExportServer.errno): damaged backup data is EIO,
 //     never bytes. Reads and block status use structured replies when
 //     negotiated. Option data over 64 KiB, writes over 32 MiB and bad
 //     magics end the connection; everything else gets an error reply and

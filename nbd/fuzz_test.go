@@ -23,7 +23,7 @@ func FuzzServer(f *testing.F) {
 	f.Add(append(be.AppendUint32(nil, clientFixed), option(optSetMetaCtx, []byte{0, 0, 0, 3, 'm', 'e', 'm', 0, 0, 0, 1, 0, 0, 0, 15})...))
 	f.Fuzz(func(t *testing.T, input []byte) {
 		mem := &memDevice{b: make([]byte, 64<<10)}
-		srv := &Server{Exports: staticExports{"mem": {Name: "mem", Device: mem}, "ro": {Name: "ro", Device: mem, ReadOnly: true}}, Log: slog.New(slog.DiscardHandler), AllowList: true}
+		srv := &ExportServer{Exports: staticExports{"mem": {Name: "mem", Device: mem}, "ro": {Name: "ro", Device: mem, ReadOnly: true}}, Log: slog.New(slog.DiscardHandler), AllowList: true}
 		client, server := net.Pipe()
 		done := make(chan struct{})
 		go func() {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"csbs/blockstore"
+	"csbs/internal/extent"
 )
 
 // Device is what an export serves: Size bytes readable with ReadAt, which
@@ -71,17 +72,10 @@ type Budget interface {
 	Release(n int64)
 }
 
-// Extent is a run of the device with the same allocation state.
-type Extent struct {
-	Length int64
-	Hole   bool // not allocated
-	Zero   bool // reads as zeroes
-}
-
 // Extenter reports allocation (the base:allocation meta context), which
 // lets nbdcopy and qemu-img skip holes.
 type Extenter interface {
-	Extents(off, n int64) ([]Extent, error)
+	Extents(off, n int64) ([]extent.Extent, error)
 }
 
 // Export is one named device.
@@ -104,9 +98,10 @@ type Exports interface {
 // ErrReadOnly is returned for writes to a read-only export.
 var ErrReadOnly = errors.New("export is read-only")
 
-// Server serves NBD (fixed newstyle negotiation) on any listener. See the
-// package documentation for what comes from go-nbd and what is ours.
-type Server struct {
+// ExportServer serves NBD exports (fixed newstyle negotiation) on any
+// listener. See the package documentation for what comes from go-nbd and
+// what is ours.
+type ExportServer struct {
 	Exports Exports
 	Log     *slog.Logger
 	// AllowList permits NBD_OPT_LIST (export names are not secret on a
@@ -130,7 +125,7 @@ type Server struct {
 }
 
 // Serve accepts connections until ctx ends or l fails.
-func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+func (s *ExportServer) Serve(ctx context.Context, l net.Listener) error {
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -160,7 +155,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 }
 
-func (s *Server) track(c net.Conn, export string) {
+func (s *ExportServer) track(c net.Conn, export string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns == nil {
@@ -175,7 +170,7 @@ func (s *Server) track(c net.Conn, export string) {
 	}
 }
 
-func (s *Server) untrack(c net.Conn) {
+func (s *ExportServer) untrack(c net.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e := s.conns[c]; e != "" {
@@ -185,7 +180,7 @@ func (s *Server) untrack(c net.Conn) {
 	c.Close()
 }
 
-func (s *Server) closeAll() {
+func (s *ExportServer) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
@@ -194,7 +189,7 @@ func (s *Server) closeAll() {
 }
 
 // Disconnect closes every connection to an export (on detach).
-func (s *Server) Disconnect(export string) {
+func (s *ExportServer) Disconnect(export string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c, e := range s.conns {
@@ -211,7 +206,7 @@ type Stats struct {
 }
 
 // Stats returns the counters.
-func (s *Server) Stats() Stats {
+func (s *ExportServer) Stats() Stats {
 	return Stats{
 		Reads: s.reads.Load(), ReadBytes: s.readBytes.Load(), ReadErrors: s.readErrors.Load(),
 		WrittenBytes: s.writtenBytes.Load(), WriteErrors: s.writeErrors.Load(),
@@ -219,7 +214,7 @@ func (s *Server) Stats() Stats {
 }
 
 // Connections returns the number of open connections per export.
-func (s *Server) Connections() map[string]int {
+func (s *ExportServer) Connections() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]int{}
@@ -237,7 +232,7 @@ type conn struct {
 	w *bufio.Writer
 }
 
-func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
+func (s *ExportServer) serveConn(ctx context.Context, nc net.Conn) {
 	c := &conn{Conn: nc, r: bufio.NewReaderSize(nc, 128<<10), w: bufio.NewWriterSize(nc, 128<<10)}
 	// A client gets 30 s to negotiate: a silent peer does not pin a goroutine.
 	nc.SetDeadline(time.Now().Add(30 * time.Second))
@@ -270,7 +265,7 @@ type session struct {
 	baseAlloc  bool
 }
 
-func (s *Server) negotiate(c *conn) (*Export, session, error) {
+func (s *ExportServer) negotiate(c *conn) (*Export, session, error) {
 	var st session
 	be := binary.BigEndian
 	hdr := make([]byte, 18)
@@ -378,7 +373,7 @@ func (s *Server) negotiate(c *conn) (*Export, session, error) {
 	}
 }
 
-func (s *Server) optReply(c *conn, opt, typ uint32, data []byte) {
+func (s *ExportServer) optReply(c *conn, opt, typ uint32, data []byte) {
 	b := make([]byte, 20+len(data))
 	be := binary.BigEndian
 	be.PutUint64(b, magicRepOpt)
@@ -401,7 +396,7 @@ func parseName(data []byte) (string, []byte, bool) {
 	return string(data[4 : 4+n]), data[4+n:], true
 }
 
-func (s *Server) infoGo(c *conn, opt uint32, data []byte, st session) (*Export, error) {
+func (s *ExportServer) infoGo(c *conn, opt uint32, data []byte, st session) (*Export, error) {
 	be := binary.BigEndian
 	name, rest, ok := parseName(data)
 	if !ok || len(rest) < 2 {
@@ -453,7 +448,7 @@ func (s *Server) infoGo(c *conn, opt uint32, data []byte, st session) (*Export, 
 	return exp, c.w.Flush()
 }
 
-func (s *Server) metaContext(c *conn, opt uint32, data []byte, st *session) {
+func (s *ExportServer) metaContext(c *conn, opt uint32, data []byte, st *session) {
 	be := binary.BigEndian
 	name, rest, ok := parseName(data)
 	if !ok || len(rest) < 4 {
@@ -526,13 +521,13 @@ type request struct {
 	off    uint64
 	length uint32
 	data   []byte // write payload, from the pool
-	budget int64  // bytes taken from Server.Memory for it
+	budget int64  // bytes taken from ExportServer.Memory for it
 }
 
 // replyTimeout is how long a reply may wait for the client to read it.
 const replyTimeout = 2 * time.Minute
 
-func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session) {
+func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st session) {
 	ctx, cancel := context.WithCancel(ctx)
 	var (
 		wg      sync.WaitGroup
@@ -646,7 +641,7 @@ func (s *Server) transmit(ctx context.Context, c *conn, exp *Export, st session)
 
 // readCached answers r from the device's caches if it can without
 // waiting for anything, and reports whether it did.
-func (s *Server) readCached(rw *replyWriter, dev CachedReader, exp *Export, st session, r *request) bool {
+func (s *ExportServer) readCached(rw *replyWriter, dev CachedReader, exp *Export, st session, r *request) bool {
 	size := uint64(exp.Device.Size())
 	if r.length == 0 || r.length > maxCachedRead || r.off > size || uint64(r.length) > size-r.off {
 		return false
@@ -678,7 +673,7 @@ const maxQueued = 1 << 20
 const maxCachedRead = 256 << 10
 
 // take reserves n bytes of the memory budget for r.
-func (s *Server) take(ctx context.Context, r *request, n int64) error {
+func (s *ExportServer) take(ctx context.Context, r *request, n int64) error {
 	if s.Memory == nil || n == 0 {
 		return nil
 	}
@@ -690,7 +685,7 @@ func (s *Server) take(ctx context.Context, r *request, n int64) error {
 }
 
 // done returns r's buffers and budget once its reply is written.
-func (s *Server) done(r *request, bufs ...[]byte) {
+func (s *ExportServer) done(r *request, bufs ...[]byte) {
 	for _, b := range bufs {
 		if b != nil {
 			s.bufs.put(b)
@@ -703,7 +698,7 @@ func (s *Server) done(r *request, bufs ...[]byte) {
 }
 
 // serve executes one request and replies.
-func (s *Server) serve(ctx context.Context, rw *replyWriter, exp *Export, st session, r *request) {
+func (s *ExportServer) serve(ctx context.Context, rw *replyWriter, exp *Export, st session, r *request) {
 	var buf []byte
 	if r.typ == cmdRead && r.length <= maxPayload {
 		if err := s.take(ctx, r, int64(r.length)); err != nil {
@@ -723,7 +718,7 @@ func (s *Server) serve(ctx context.Context, rw *replyWriter, exp *Export, st ses
 // execute runs one request and returns the NBD error (0 for success),
 // the read data or block status payload, and a message for errors. buf
 // is the buffer for a read's data.
-func (s *Server) execute(ctx context.Context, exp *Export, st session, r *request, buf []byte) (uint32, []byte, string) {
+func (s *ExportServer) execute(ctx context.Context, exp *Export, st session, r *request, buf []byte) (uint32, []byte, string) {
 	size := uint64(exp.Device.Size())
 	inRange := r.off <= size && uint64(r.length) <= size-r.off
 	switch r.typ {
@@ -826,8 +821,8 @@ func writeZeroes(w WritableDevice, off, n int64) error {
 	return nil
 }
 
-func (s *Server) blockStatus(exp *Export, r *request) (uint32, []byte, string) {
-	var exts []Extent
+func (s *ExportServer) blockStatus(exp *Export, r *request) (uint32, []byte, string) {
+	var exts []extent.Extent
 	if e, ok := exp.Device.(Extenter); ok {
 		var err error
 		if exts, err = e.Extents(int64(r.off), int64(r.length)); err != nil {
@@ -835,7 +830,7 @@ func (s *Server) blockStatus(exp *Export, r *request) (uint32, []byte, string) {
 		}
 	}
 	if len(exts) == 0 {
-		exts = []Extent{{Length: int64(r.length)}}
+		exts = []extent.Extent{{Length: int64(r.length)}}
 	}
 	be := binary.BigEndian
 	out := make([]byte, 4, 4+8*len(exts))
@@ -865,7 +860,7 @@ func (s *Server) blockStatus(exp *Export, r *request) (uint32, []byte, string) {
 
 // errno maps an error to its NBD error code: the one place where that
 // happens. Damaged backup data is EIO, never data.
-func (s *Server) errno(exp *Export, op string, r *request, err error) (uint32, []byte, string) {
+func (s *ExportServer) errno(exp *Export, op string, r *request, err error) (uint32, []byte, string) {
 	code := errIO
 	switch {
 	case blockstore.IsDataError(err):
@@ -885,13 +880,13 @@ func (s *Server) errno(exp *Export, op string, r *request, err error) (uint32, [
 
 // reply sends one reply: a structured one for reads and block status
 // when negotiated, a simple one otherwise. after runs once it is written.
-func (s *Server) reply(rw *replyWriter, st session, r *request, errno uint32, data []byte, msg string, after func()) {
+func (s *ExportServer) reply(rw *replyWriter, st session, r *request, errno uint32, data []byte, msg string, after func()) {
 	s.queueReply(rw, st, r, errno, data, msg, after)
 	rw.kick()
 }
 
 // queueReply queues a reply without writing it (see reply).
-func (s *Server) queueReply(rw *replyWriter, st session, r *request, errno uint32, data []byte, msg string, after func()) {
+func (s *ExportServer) queueReply(rw *replyWriter, st session, r *request, errno uint32, data []byte, msg string, after func()) {
 	be := binary.BigEndian
 	structured := st.structured && (r.typ == cmdRead || r.typ == cmdBlockStatus)
 	switch {

@@ -150,7 +150,7 @@ func serve(t *testing.T) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	// A small memory budget: requests wait for each other's buffers.
 	budget := blockstore.NewBudget(4 << 20)
-	srv := &Server{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget}
+	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {

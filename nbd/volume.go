@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"csbs/blockstore"
+	"csbs/internal/extent"
 )
 
 // VolumeDevice serves a backup volume read-only, with allocation from
@@ -25,35 +26,9 @@ func (v VolumeDevice) Cache(ctx context.Context, off, n int64) error {
 }
 
 // Extents reports runs of zero (hole) and data blocks in [off, off+n).
-func (v VolumeDevice) Extents(off, n int64) ([]Extent, error) {
-	return MapExtents(off, n, int64(v.BlockSize()), func(i int64) (bool, error) {
+func (v VolumeDevice) Extents(off, n int64) ([]extent.Extent, error) {
+	return extent.FromBlocks(off, n, int64(v.BlockSize()), func(i int64) (bool, error) {
 		h, err := v.BlockHash(i)
 		return h.IsZero(), err
 	})
-}
-
-// MapExtents builds extents over [off, off+n) from a per-block "is zero"
-// test, coalescing runs. It stops after 1024 extents (a client asks again
-// for the rest).
-func MapExtents(off, n, bs int64, isZero func(i int64) (bool, error)) ([]Extent, error) {
-	var out []Extent
-	end := off + n
-	for pos := off; pos < end; {
-		i := pos / bs
-		z, err := isZero(i)
-		if err != nil {
-			return nil, err
-		}
-		l := min((i+1)*bs, end) - pos
-		if k := len(out) - 1; k >= 0 && out[k].Zero == z {
-			out[k].Length += l
-		} else {
-			if len(out) == 1024 {
-				break
-			}
-			out = append(out, Extent{Length: l, Hole: z, Zero: z})
-		}
-		pos += l
-	}
-	return out, nil
 }

@@ -34,11 +34,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"csbs/blockstore"
+	"csbs/internal/fsinfo"
 )
 
-// Volume is the backed-up disk to restore; *blockstore.Volume implements
-// it. BlockTo must return a full, verified block (decoded into buf unless
-// the store's cache holds it) and may be called concurrently.
+// Volume is a backed-up disk read block by block, as normal restores and
+// instant restores (package hydrate) read it; *blockstore.Volume
+// implements it. BlockTo must return a full, verified block (decoded into
+// buf unless the store's cache holds it) and may be called concurrently.
 type Volume interface {
 	Size() int64
 	BlockSize() int
@@ -184,7 +186,7 @@ func openDir(path string, check func(real string) error) (*os.File, string, erro
 	}
 	dir := os.NewFile(uintptr(fd), parent)
 	if check != nil {
-		real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+		real, err := fsinfo.FDPath(fd)
 		if err == nil {
 			err = check(filepath.Join(real, base))
 		}
@@ -213,21 +215,7 @@ func statAt(dir *os.File, base string) (st unix.Stat_t, exists bool, err error) 
 	case unix.S_IFLNK:
 		return st, true, fmt.Errorf("%w: it is a symbolic link; name the file or device itself", ErrNotATarget)
 	}
-	return st, true, fmt.Errorf("%w: it is %s", ErrNotATarget, kindOf(st.Mode))
-}
-
-func kindOf(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFCHR:
-		return "a character device"
-	case unix.S_IFIFO:
-		return "a FIFO (named pipe)"
-	case unix.S_IFSOCK:
-		return "a socket"
-	case unix.S_IFDIR:
-		return "a directory"
-	}
-	return "neither a file nor a block device"
+	return st, true, fmt.Errorf("%w: it is %s", ErrNotATarget, fsinfo.Kind(st.Mode))
 }
 
 // openAt opens base in dir for writing without following a symlink or

@@ -249,9 +249,10 @@ func TestMaintenanceOnSchedule(t *testing.T) {
 		c.Scrub = config.Periodic{Every: config.Duration(6 * time.Hour)}
 	})
 	c := d.Admin
-	// Both maintenance loops and the policy scheduler sleep on the clock
-	// before time moves, so no deadline is computed from a later time.
-	waitWaiters(t, clock, 3)
+	// Both maintenance loops, the policy scheduler and the replication
+	// scheduler sleep on the clock before time moves, so no deadline is
+	// computed from a later time.
+	waitWaiters(t, clock, sleepers)
 	st := call[api.Status](t, c, "GET", "/v1/status", nil)
 	if st.NextGC == nil || !st.NextGC.Equal(time.Date(2026, 6, 1, 21, 0, 0, 0, time.UTC)) ||
 		st.NextScrub == nil || !st.NextScrub.Equal(time.Date(2026, 6, 1, 7, 0, 0, 0, time.UTC)) {
@@ -288,7 +289,7 @@ func TestMaintenanceOnSchedule(t *testing.T) {
 				next = st.at
 			}
 			clock.Set(next)
-			waitWaiters(t, clock, 3)
+			waitWaiters(t, clock, sleepers)
 		}
 		deadline := time.Now().Add(30 * time.Second)
 		for {
@@ -312,6 +313,10 @@ func TestMaintenanceOnSchedule(t *testing.T) {
 		}
 	}
 }
+
+// sleepers is how many loops of the daemon sleep on its clock: gc,
+// scrub, the policy scheduler and the replication scheduler.
+const sleepers = 4
 
 // waitWaiters waits (in real time) until at least n timers wait on clock.
 func waitWaiters(t *testing.T, clock *scheduler.FakeClock, n int) {

@@ -72,14 +72,11 @@ func NewRunner(cat *catalog.Catalog, exec Executor, clock Clock, log *slog.Logge
 // failed. Call it once before Run.
 func (r *Runner) Recover() error {
 	return r.cat.Release(func(tx *catalog.Txn) error {
-		jobs, err := tx.Jobs("")
+		jobs, err := tx.ActiveJobs("")
 		if err != nil {
 			return err
 		}
 		for _, j := range jobs {
-			if j.Finished() {
-				continue
-			}
 			j.Error = fmt.Sprintf("interrupted: the daemon stopped while the job was %s; nothing of it became visible", j.State)
 			if j.Kind == catalog.JobHydrate {
 				j.Error = "interrupted: the daemon stopped during hydration; the restore resumes from its bitmap in a new job (csbs restore show " + j.RestoreID + ")"
@@ -239,12 +236,6 @@ func (r *Runner) startLocked(j catalog.Job) {
 func (r *Runner) finish(j catalog.Job, l *live, err error, canceled error) {
 	r.mu.Lock()
 	j.Done, j.Total = l.done, l.total
-	delete(r.running, j.ID)
-	if r.servers[j.ServerID] == j.ID {
-		delete(r.servers, j.ServerID)
-	}
-	done := r.finished[j.ID]
-	delete(r.finished, j.ID)
 	r.mu.Unlock()
 
 	j.Ended = r.clock.Now().UTC()
@@ -265,6 +256,16 @@ func (r *Runner) finish(j catalog.Job, l *live, err error, canceled error) {
 	if perr := r.put(j); perr != nil {
 		r.log.Error("persist job end", "job", j.ID, "err", perr)
 	}
+	// Only now: a job still in running and finished is one whose end is
+	// not recorded yet, and Wait waits for it.
+	r.mu.Lock()
+	delete(r.running, j.ID)
+	if r.servers[j.ServerID] == j.ID {
+		delete(r.servers, j.ServerID)
+	}
+	done := r.finished[j.ID]
+	delete(r.finished, j.ID)
+	r.mu.Unlock()
 	level := slog.LevelInfo
 	if j.State == catalog.JobFailed {
 		level = slog.LevelWarn
@@ -287,27 +288,30 @@ func (r *Runner) Job(project, id string) (catalog.Job, error) {
 	if err != nil {
 		return j, err
 	}
-	return r.merge(j), nil
+	return r.Live(j), nil
 }
 
-// Jobs lists a project's jobs with live progress merged.
-func (r *Runner) Jobs(project string) ([]catalog.Job, error) {
+// Jobs lists a project's jobs newest first, a page at a time, with live
+// progress merged.
+func (r *Runner) Jobs(project string, pg catalog.Page) ([]catalog.Job, string, error) {
 	var js []catalog.Job
+	var next string
 	err := r.cat.View(func(tx *catalog.Txn) error {
 		var err error
-		js, err = tx.Jobs(project)
+		js, next, err = tx.JobPage(project, pg)
 		return err
 	})
 	for i := range js {
-		js[i] = r.merge(js[i])
+		js[i] = r.Live(js[i])
 	}
-	return js, err
+	return js, next, err
 }
 
-func (r *Runner) merge(j catalog.Job) catalog.Job {
+// Live returns j with the progress of its run merged in, if it runs.
+func (r *Runner) Live(j catalog.Job) catalog.Job {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if l, ok := r.running[j.ID]; ok {
+	if l, ok := r.running[j.ID]; ok && !j.Finished() {
 		j.Done, j.Total = l.done, l.total
 	}
 	return j
@@ -344,15 +348,17 @@ func (r *Runner) Cancel(project, id string) (catalog.Job, error) {
 		if q.ID == id {
 			r.queue = append(r.queue[:i], r.queue[i+1:]...)
 			delete(r.servers, q.ServerID)
+			r.mu.Unlock()
+			q.State, q.Error, q.Ended = catalog.JobCanceled, "canceled before it started", r.clock.Now().UTC()
+			err := r.put(q)
+			r.mu.Lock()
 			done := r.finished[id]
 			delete(r.finished, id)
 			r.mu.Unlock()
-			q.State, q.Error, q.Ended = catalog.JobCanceled, "canceled before it started", r.clock.Now().UTC()
-			if err := r.put(q); err != nil {
-				return q, err
+			if done != nil {
+				close(done)
 			}
-			close(done)
-			return q, nil
+			return q, err
 		}
 	}
 	r.mu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"csbs/catalog"
-	"csbs/config"
 )
 
 func mustLoc(t *testing.T, name string) *time.Location {
@@ -162,50 +161,5 @@ func TestNextRunsYearInvariants(t *testing.T) {
 				t.Fatalf("%s: %d runs on %s, want 3", zone, n, day)
 			}
 		}
-	}
-}
-
-func TestNextMaintenance(t *testing.T) {
-	utc := func(s string) time.Time {
-		v, err := time.Parse(time.RFC3339, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	cases := []struct {
-		name string
-		p    config.Periodic
-		now  string
-		want string // RFC 3339; empty: never
-	}{
-		{"off", config.Periodic{}, "2026-11-25T10:00:00Z", ""},
-		{"interval", config.Periodic{Every: config.Duration(6 * time.Hour)}, "2026-11-25T10:00:00Z", "2026-11-25T16:00:00Z"},
-		{"later today", config.Periodic{Schedule: "03:00"}, "2026-11-25T01:00:00Z", "2026-11-25T03:00:00Z"},
-		{"passed today", config.Periodic{Schedule: "03:00"}, "2026-11-25T04:00:00Z", "2026-11-26T03:00:00Z"},
-		{"exactly now runs tomorrow", config.Periodic{Schedule: "03:00"}, "2026-11-25T03:00:00Z", "2026-11-26T03:00:00Z"},
-		{"month end", config.Periodic{Schedule: "00:30"}, "2026-11-30T23:00:00Z", "2026-12-01T00:30:00Z"},
-		{"time zone", config.Periodic{Schedule: "03:00", Timezone: "Asia/Shanghai"}, "2026-11-25T10:00:00Z", "2026-11-25T19:00:00Z"},
-		// Europe/Berlin skips 02:00-03:00 on 2026-03-29: 02:30 runs at the
-		// first valid minute, 03:00 CEST.
-		{"DST skip", config.Periodic{Schedule: "02:30", Timezone: "Europe/Berlin"}, "2026-03-28T23:00:00Z", "2026-03-29T01:00:00Z"},
-		// 2026-10-25 repeats 02:00-03:00 in Berlin: it runs once, at the
-		// first 02:30 (CEST), and next on the following day.
-		{"DST repeat", config.Periodic{Schedule: "02:30", Timezone: "Europe/Berlin"}, "2026-10-24T23:00:00Z", "2026-10-25T00:30:00Z"},
-		{"not again at the second 02:30", config.Periodic{Schedule: "02:30", Timezone: "Europe/Berlin"}, "2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got, ok := NextMaintenance(tc.p, utc(tc.now))
-			if tc.want == "" {
-				if ok {
-					t.Fatalf("Next = %s, want never", got)
-				}
-				return
-			}
-			if !ok || !got.Equal(utc(tc.want)) {
-				t.Fatalf("Next(%s) = %s %v, want %s", tc.now, got.UTC().Format(time.RFC3339), ok, tc.want)
-			}
-		})
 	}
 }

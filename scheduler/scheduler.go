@@ -38,6 +38,10 @@ type Scheduler struct {
 	poke    chan struct{}
 	started time.Time
 	mu      sync.Mutex // serialises retention and deletes
+
+	// Jobs is how long finished jobs stay in the catalog; set it before
+	// Run (zero: forever).
+	Jobs JobRetention
 }
 
 // New returns a scheduler; call Run to start it.
@@ -53,24 +57,48 @@ func (s *Scheduler) Poke() {
 	}
 }
 
-// Run schedules until ctx ends.
+// Run schedules until ctx ends. It also prunes job history, at start
+// and hourly.
 func (s *Scheduler) Run(ctx context.Context) {
 	s.started = s.clock.Now()
-	for {
+	nextPrune := s.started
+	Loop(ctx, s.clock, s.poke, s.log, "scheduler", func() (time.Time, error) {
+		if now := s.clock.Now(); !now.Before(nextPrune) {
+			if n, err := PruneJobs(s.cat, s.Jobs, now); err != nil {
+				s.log.Error("prune job history", "err", err)
+			} else if n > 0 {
+				s.log.Info("pruned job history", "jobs", n)
+			}
+			nextPrune = now.Add(pruneEvery)
+		}
 		next, err := s.tick()
+		if err == nil && (next.IsZero() || nextPrune.Before(next)) {
+			next = nextPrune
+		}
+		return next, err
+	})
+}
+
+// Loop calls tick, then sleeps until the time it returns (an hour when it
+// returns the zero time, a minute after an error, which it logs), until
+// poke wakes it early or ctx ends. The policy and replication schedulers
+// run on it.
+func Loop(ctx context.Context, clock Clock, poke <-chan struct{}, log *slog.Logger, name string, tick func() (time.Time, error)) {
+	for {
+		next, err := tick()
 		if err != nil {
-			s.log.Error("scheduler", "err", err)
-			next = s.clock.Now().Add(time.Minute)
+			log.Error(name, "err", err)
+			next = clock.Now().Add(time.Minute)
 		}
 		wait := time.Hour
 		if !next.IsZero() {
-			wait = max(next.Sub(s.clock.Now()), 0)
+			wait = max(next.Sub(clock.Now()), 0)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.poke:
-		case <-s.clock.After(wait):
+		case <-poke:
+		case <-clock.After(wait):
 		}
 	}
 }

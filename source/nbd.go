@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"csbs/blockstore"
+	"csbs/internal/fsinfo"
 	"csbs/nbd"
 )
 
@@ -72,10 +73,10 @@ func OpenNBDBitmap(ctx context.Context, uri, bitmap string, guard Guard) (*NBD, 
 			return nil, fmt.Errorf("open source %s: %w", uri, err)
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			return nil, fmt.Errorf("open source %s: %s is %s, not a socket", uri, t.Address, KindOf(st.Mode))
+			return nil, fmt.Errorf("open source %s: %s is %s, not a socket", uri, t.Address, fsinfo.Kind(st.Mode))
 		}
 		if guard != nil {
-			real, err := FDPath(pfd)
+			real, err := fsinfo.FDPath(pfd)
 			if err != nil {
 				return nil, fmt.Errorf("open source %s: %w", uri, err)
 			}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"csbs/blockstore"
+	"csbs/internal/fsinfo"
 )
 
 // Disk is an open disk source.
@@ -98,7 +99,7 @@ func OpenFile(path string, guard Guard) (*File, error) {
 		return nil, fmt.Errorf("open source %s: %w", path, err)
 	}
 	if guard != nil {
-		real, err := FDPath(pfd)
+		real, err := fsinfo.FDPath(pfd)
 		if err != nil {
 			return nil, fmt.Errorf("open source %s: %w", path, err)
 		}
@@ -142,38 +143,7 @@ func diskType(mode uint32) error {
 	case unix.S_IFREG, unix.S_IFBLK:
 		return nil
 	}
-	return fmt.Errorf("%w: it is %s", ErrNotADisk, KindOf(mode))
-}
-
-// KindOf names a file type for messages.
-func KindOf(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		return "a regular file"
-	case unix.S_IFBLK:
-		return "a block device"
-	case unix.S_IFCHR:
-		return "a character device"
-	case unix.S_IFIFO:
-		return "a FIFO (named pipe)"
-	case unix.S_IFSOCK:
-		return "a socket"
-	case unix.S_IFDIR:
-		return "a directory"
-	case unix.S_IFLNK:
-		return "a symbolic link"
-	}
-	return "an unknown file type"
-}
-
-// FDPath returns the path the kernel reports for an open file
-// descriptor (a path with no symlinks left).
-func FDPath(fd int) (string, error) {
-	p, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
-	if err != nil {
-		return "", fmt.Errorf("real path of an open file: %w", err)
-	}
-	return p, nil
+	return fmt.Errorf("%w: it is %s", ErrNotADisk, fsinfo.Kind(mode))
 }
 
 // Size returns the disk size in bytes.

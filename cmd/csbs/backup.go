@@ -18,11 +18,13 @@ func backupCommand() *cli.Command {
 		Usage: "create, list, show and delete backups",
 		Subcommands: []*cli.Command{
 			backupCreateCommand(),
-			listing[api.BackupView]{
-				Usage: "list backups, newest first",
+			withRemote(listing[api.BackupView]{
+				Paged: true,
+				Usage: "list backups, newest first (--remote R: the remote's, and whether each is replicated here)",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "server", Usage: "only backups of `SERVER`"},
 					&cli.StringFlag{Name: "type", Usage: "only `TYPE` common or enhanced"},
+					remoteFlag("list the backups of `REMOTE` (id or name there) and their replication state here"),
 				},
 				Path:    apiPath("/v1/backups"),
 				Query:   queryOf("server", "type"),
@@ -39,15 +41,20 @@ func backupCommand() *cli.Command {
 					if b.Protected {
 						st += ",protected"
 					}
+					if b.Replica != nil {
+						st += ",replica"
+					}
 					return []any{b.ID, b.Name, b.ServerName, b.Type, st, b.Trigger, timeH(b.Created), bytesH(b.Size), bytesH(added)}
 				},
 				Empty: "no backups (make one: csbs backup create SERVER --wait)",
-			}.command(),
-			verb[api.BackupView]{
-				Name: "show", Usage: "show a backup, its type and why", Args: "BACKUP", JSON: true,
+			}.command(), remoteBackupsCommand()),
+			withRemote(verb[api.BackupView]{
+				Name: "show", Usage: "show a backup, its type and why (--remote R: a backup of the remote, and its replication state here)", Args: "BACKUP", JSON: true,
+				Flags: []cli.Flag{remoteFlag("BACKUP is a backup of `REMOTE` (its id or name there)")},
 				Path:  apiPath("/v1/backups/", 0),
 				Print: printBackup,
-			}.command(),
+			}.command(), remoteBackupCommand()),
+			backupReplicateCommand(),
 			verb[api.DeletedBackup]{
 				Name: "rm", Usage: "delete a backup (space returns with csbs gc)", Args: "BACKUP", JSON: true,
 				Flags:  []cli.Flag{&cli.BoolFlag{Name: "force", Usage: "also delete a protected backup"}},
@@ -171,6 +178,10 @@ func printBackup(w io.Writer, b api.BackupView) error {
 	fmt.Fprintf(w, "type:      %s\n", b.Type)
 	fmt.Fprintf(w, "why:       %s\n", b.TypeReason)
 	fmt.Fprintf(w, "trigger:   %s\ncreated:   %s\nsize:      %s\nprotected: %v\nin use:    %v\n", b.Trigger, timeH(b.Created), bytesH(b.Size), b.Protected, b.InUse)
+	fmt.Fprintf(w, "region:    %s\n", b.Region)
+	if o := b.Replica; o != nil {
+		fmt.Fprintf(w, "replica:   of backup %s on remote %s (project %s there), replicated %s; replication: ok\n", o.SourceBackupID, o.RemoteName, o.SourceProject, timeH(o.Replicated))
+	}
 	if b.Consistency != "" {
 		fmt.Fprintf(w, "consistency: %s\n", b.Consistency)
 	}

@@ -59,6 +59,8 @@ type verb[T any] struct {
 	Print func(w io.Writer, v T) error
 	// Quiet is what --quiet prints (nothing when nil).
 	Quiet func(v T) string
+	// paged: a listing that pages (--limit, --after; see listPage).
+	paged bool
 }
 
 // command builds the *cli.Command.
@@ -100,7 +102,12 @@ func (v verb[T]) command() *cli.Command {
 					return err
 				}
 			}
-			out, err := call[T](c, cl, method, v.Path(c), q, body)
+			var out T
+			if v.paged {
+				err = listPage(c, cl, v.Path(c), q, &out)
+			} else {
+				out, err = call[T](c, cl, method, v.Path(c), q, body)
+			}
 			if err != nil {
 				return err
 			}
@@ -178,6 +185,8 @@ type listing[T any] struct {
 	// Empty is printed instead of a table with no rows: say that there is
 	// nothing and how to make something.
 	Empty string
+	// Paged adds --limit and --after (the API pages the listing).
+	Paged bool
 }
 
 func (l listing[T]) command() *cli.Command {
@@ -185,10 +194,14 @@ func (l listing[T]) command() *cli.Command {
 	if name == "" {
 		name = "ls"
 	}
+	flags := l.Flags
+	if l.Paged {
+		flags = pageFlags(flags...)
+	}
 	return verb[[]T]{
-		Name: name, Usage: l.Usage, Examples: l.Examples, Args: l.Args, Flags: l.Flags, JSON: true,
+		Name: name, Usage: l.Usage, Examples: l.Examples, Args: l.Args, Flags: flags, JSON: true,
 		Method: l.Method, Path: l.Path, Query: l.Query,
-		Print: tableOf(l.Columns, l.Row, l.Empty),
+		Print: tableOf(l.Columns, l.Row, l.Empty), paged: l.Paged,
 	}.command()
 }
 

@@ -21,7 +21,8 @@ import (
 // it opens, every visible backup reads back byte-identical, no half backup
 // is visible, no acknowledged guest write is lost, and GC later reclaims
 // everything orphaned. CSBS_CRASH_KILLS sets the kills per scenario
-// (make test: 5; make test-crash and CI: 20); CSBS_CRASH_SEED replays a run.
+// (default 5; CI, .ci/run: 10; make test-crash: 20); CSBS_CRASH_SEED
+// replays a run. blockstore's ingest kill test reads the same variable.
 
 func crashKills(t *testing.T) (int, *rand.Rand) {
 	kills := 5

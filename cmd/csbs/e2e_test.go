@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"csbs/config"
+	"csbs/internal/testdaemon"
 	"csbs/internal/testdisk"
 )
 
@@ -64,7 +66,14 @@ func startAppliance(t *testing.T, extraConfig string) *appliance {
 	}
 	a := &appliance{t: t, dir: dir, logs: &bytes.Buffer{}, env: []string{"CSBS_CONFIG=" + cfg}}
 	a.start()
-	t.Cleanup(a.stop)
+	t.Cleanup(func() {
+		a.stop()
+		// Whatever the test did (kills included), the catalog's indexes
+		// agree with its objects.
+		if c, err := config.Load(cfg); err == nil {
+			testdaemon.CheckCatalog(t, c)
+		}
+	})
 	return a
 }
 

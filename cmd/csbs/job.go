@@ -15,6 +15,7 @@ func jobCommand() *cli.Command {
 		Usage: "follow jobs (backups, restores, instant-restore hydration, retention, gc, scrub)",
 		Subcommands: []*cli.Command{
 			listing[catalog.Job]{
+				Paged: true,
 				Usage: "list jobs, newest first",
 				Path:  apiPath("/v1/jobs"),
 				// printJobs is also run-now's answer.
@@ -86,6 +87,14 @@ func printJob(w io.Writer, j catalog.Job) error {
 		j.ID, j.Kind, j.State, bytesH(j.Done), bytesH(j.Total), pct(j.Done, j.Total), timeH(j.Created), timeH(j.Started), timeH(j.Ended))
 	if io := j.StoreIO; io != nil {
 		fmt.Fprintf(w, "store io: %d PUTs (%s), %d GETs (%s)\n", io.Puts, bytesH(io.PutBytes), io.Gets, bytesH(io.GetBytes))
+	}
+	if r := j.Replicate; r != nil {
+		what := "backup " + r.SourceBackupName
+		if r.ReplicationID != "" {
+			what = "replication " + r.ReplicationID
+		}
+		fmt.Fprintf(w, "from:     remote %s, %s\nblocks:   %d with data, %d fetched, %d already here; %s on the wire\n",
+			r.RemoteName, what, r.DataBlocks, r.BlocksFetched, r.BlocksSkipped, bytesH(r.WireBytes))
 	}
 	if j.BackupID != "" {
 		fmt.Fprintf(w, "backup:   %s %s\n", j.BackupID, j.BackupName)

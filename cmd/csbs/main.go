@@ -69,6 +69,8 @@ func newApp() *cli.App {
 			policyCommand(),
 			backupCommand(),
 			restoreCommand(),
+			remoteCommand(),
+			replicationCommand(),
 			exportCommand(),
 			mountCommand(),
 			umountCommand(),
@@ -135,7 +137,7 @@ func apiToken(c *cli.Context, cfg config.Config) (string, error) {
 	if t := c.String("token"); t != "" {
 		return t, nil
 	}
-	if f := c.String("token-file"); f != "" {
+	if f := globalString(c, "token-file"); f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return "", fmt.Errorf("token file: %w", err)
@@ -168,4 +170,21 @@ func apiToken(c *cli.Context, cfg config.Config) (string, error) {
 		return "", fmt.Errorf("no csbs daemon found: no data dir %s (%s), so no admin token to use; run csbs where `csbs serve` keeps its data, or point at it with --data-dir DIR or --config FILE (CSBS_CONFIG), or give a project token with CSBS_TOKEN or --token-file", cfg.DataDir, from)
 	}
 	return "", fmt.Errorf("no admin token in the data dir %s (%s): has `csbs serve` started there? Give a token with CSBS_TOKEN or --token-file otherwise", cfg.DataDir, from)
+}
+
+// globalString is the global flag name as given before or after the
+// command (or by its environment variable), not a command's own flag of
+// the same name: `csbs remote add --token-file F` names the remote's
+// token, not the one this CLI uses.
+func globalString(c *cli.Context, name string) string {
+	var app *cli.Context
+	for _, x := range c.Lineage() {
+		if x.Command != nil {
+			app = x // the outermost with a command is the app's
+		}
+	}
+	if app == nil {
+		return c.String(name)
+	}
+	return app.String(name)
 }

@@ -109,6 +109,7 @@ func policyCommand() *cli.Command {
 				Quiet: func(p api.PolicyView) string { return p.ID },
 			}.command(),
 			listing[api.PolicyView]{
+				Paged:   true,
 				Usage:   "list policies",
 				Path:    apiPath("/v1/policies"),
 				Columns: []string{"ID", "NAME", "STATUS", "SCHEDULE", "RETENTION", "SERVERS", "NEXT RUN"},
@@ -254,17 +255,23 @@ func zoned(t time.Time, tz string) string {
 func printPolicy(w io.Writer, p api.PolicyView) error {
 	fmt.Fprintf(w, "id:        %s\nname:      %s\nstatus:    %s\nschedule:  %s\nretention: %s\nservers:   %s\n",
 		p.ID, p.Name, status(p.Policy), schedule(p.Policy), retention(p.Policy), orDash(strings.Join(p.Servers, ", ")))
-	if len(p.NextRuns) == 0 {
-		_, err := fmt.Fprintln(w, "next runs: none (policy disabled)")
+	return printNextRuns(w, p.NextRuns, p.Timezone, "POLICY TIME", "none (policy disabled)")
+}
+
+// printNextRuns lists a schedule's next runs in its time zone and the
+// reader's, or says why there are none.
+func printNextRuns(w io.Writer, runs []time.Time, tz, column, none string) error {
+	if len(runs) == 0 {
+		_, err := fmt.Fprintln(w, "next runs: "+none)
 		return err
 	}
-	loc, err := time.LoadLocation(p.Timezone)
+	loc, err := time.LoadLocation(tz)
 	if err != nil {
 		loc = time.UTC
 	}
 	fmt.Fprintln(w, "next runs:")
-	t := newTable(w, "  #", "POLICY TIME ("+p.Timezone+")", "YOUR TIME ("+time.Local.String()+")")
-	for i, r := range p.NextRuns {
+	t := newTable(w, "  #", column+" ("+tz+")", "YOUR TIME ("+time.Local.String()+")")
+	for i, r := range runs {
 		t.row(fmt.Sprintf("  %d", i+1), r.In(loc).Format("2006-01-02 15:04 MST Mon"), r.Local().Format("2006-01-02 15:04 MST Mon"))
 	}
 	return t.flush()

@@ -23,6 +23,7 @@ func projectCommand() *cli.Command {
 				Quiet: func(p api.ProjectView) string { return p.ID },
 			}.command(),
 			listing[api.ProjectView]{
+				Paged:   true,
 				Usage:   "list projects",
 				Path:    apiPath("/v1/projects"),
 				Columns: []string{"ID", "NAME", "INSTANT RESTORE", "CREATED"},

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func TestReadmeExamples(t *testing.T) {
 		}
 		t.Skip("skipping: the README's FUSE and browse steps need root")
 	}
-	needTools(t, "bash", "nbdinfo", "qemu-img", "mkfs.ext4", "cmp", "losetup")
+	needTools(t, "bash", "nbdinfo", "qemu-img", "mkfs.ext4", "cmp", "losetup", "openssl")
 	blocks := codeBlocks(readme(t), "sh runnable")
 	if len(blocks) < 8 {
 		t.Fatalf("found %d runnable blocks in README.md", len(blocks))
@@ -73,7 +74,7 @@ func TestReadmeExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := []string{"PATH=" + os.Getenv("PATH") + ":/usr/sbin:/sbin", "HOME=" + dir, "TMPDIR=" + os.TempDir()}
-	var logs bytes.Buffer
+	var logs syncBuffer // written by the daemon's output copier while the test reads it
 	daemon := exec.Command("./csbs", "serve")
 	daemon.Dir, daemon.Env, daemon.Stdout, daemon.Stderr = dir, env, &logs, &logs
 	if err := daemon.Start(); err != nil {
@@ -126,4 +127,22 @@ func TestReadmeExamples(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("daemon exit after the README session: %v\n%s", err, logs.String())
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and readers at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -63,6 +63,7 @@ func restoreCommand() *cli.Command {
 			restoreAction("finish", "end a complete instant restore: detach its exports (the targets are plain disks)", "finished restore %s: its exports are gone, the targets are plain disks"),
 			restoreAction("cancel", "stop a restore (an instant restore's exports are removed; targets stay partial)", "canceled restore %s (its targets hold a partial disk)"),
 			listing[catalog.Restore]{
+				Paged:   true,
 				Usage:   "list restores",
 				Path:    apiPath("/v1/restores"),
 				Columns: []string{"ID", "BACKUP", "KIND", "STATE", "PROGRESS", "TARGETS", "CREATED"},

@@ -85,6 +85,7 @@ func serverCommand() *cli.Command {
 				}, "no disks found"),
 			}.command(),
 			listing[api.ServerView]{
+				Paged:   true,
 				Usage:   "list servers",
 				Path:    apiPath("/v1/servers"),
 				Columns: []string{"ID", "NAME", "AZ", "DISKS", "SIZE", "POLICY"},

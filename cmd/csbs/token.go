@@ -19,14 +19,15 @@ func tokenCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "a `NAME` for the token", Value: "token"},
 					&cli.BoolFlag{Name: "admin", Usage: "create an admin token"},
+					&cli.BoolFlag{Name: "replication", Usage: "a replication token: another appliance pulls the project's backups with it (csbs remote add there); it can do nothing else"},
 					quietFlag("print only the secret"),
 				},
 				Method: "POST", Path: apiPath("/v1/tokens"),
 				Body: func(c *cli.Context) (any, error) {
-					return api.CreateTokenRequest{Name: c.String("name"), Admin: c.Bool("admin")}, nil
+					return api.CreateTokenRequest{Name: c.String("name"), Admin: c.Bool("admin"), Replication: c.Bool("replication")}, nil
 				},
 				Done: func(_ *cli.Context, t api.TokenView) string {
-					return fmt.Sprintf("created token %s (%s) for project %s", t.ID, t.Name, orDash(t.Project))
+					return fmt.Sprintf("created %s token %s (%s) for project %s", tokenKind(t), t.ID, t.Name, orDash(t.Project))
 				},
 				Print: func(w io.Writer, t api.TokenView) error {
 					_, err := fmt.Fprintf(w, "secret (shown once, store it now; give it to csbs as CSBS_TOKEN or with --token-file, not --token):\n%s\n", t.Secret)
@@ -37,9 +38,9 @@ func tokenCommand() *cli.Command {
 			listing[api.TokenView]{
 				Usage:   "list tokens",
 				Path:    apiPath("/v1/tokens"),
-				Columns: []string{"ID", "NAME", "PROJECT", "CREATED", "REVOKED"},
+				Columns: []string{"ID", "NAME", "PROJECT", "KIND", "CREATED", "REVOKED"},
 				Row: func(t api.TokenView) []any {
-					return []any{t.ID, t.Name, t.Project, timeH(t.Created), t.Revoked}
+					return []any{t.ID, t.Name, t.Project, tokenKind(t), timeH(t.Created), t.Revoked}
 				},
 				Empty: "no tokens in this project (csbs token create --project P --name N makes one)",
 			}.command(),
@@ -52,4 +53,15 @@ func tokenCommand() *cli.Command {
 			}.command(),
 		},
 	}
+}
+
+// tokenKind is admin, project or replication.
+func tokenKind(t api.TokenView) string {
+	switch {
+	case t.Project == "(admin)":
+		return "admin"
+	case t.Replication:
+		return "replication"
+	}
+	return "project"
 }

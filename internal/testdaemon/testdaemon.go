@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"csbs/api"
+	"csbs/blockstore"
+	"csbs/catalog"
 	"csbs/config"
 	"csbs/daemon"
 	"csbs/scheduler"
@@ -99,6 +101,24 @@ func (d *Daemon) Stop(t testing.TB) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Error("daemon did not stop")
+		return
+	}
+	CheckCatalog(t, d.Config)
+}
+
+// CheckCatalog opens the store of a stopped daemon and fails the test if
+// the catalog's indexes or counters disagree with its objects, so that
+// every test that runs a daemon checks that invariant at its end.
+func CheckCatalog(t testing.TB, cfg config.Config) {
+	t.Helper()
+	s, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{BlockSize: int(cfg.Store.BlockSize)})
+	if err != nil {
+		t.Errorf("open the store to check the catalog: %v", err)
+		return
+	}
+	defer s.Close()
+	if err := catalog.New(s.KV(), catalog.Options{}).Check(); err != nil {
+		t.Error(err)
 	}
 }
 

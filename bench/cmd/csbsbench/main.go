@@ -158,8 +158,13 @@ func main() {
 	flag.StringVar(&b.csbs, "csbs", "csbs", "csbs binary")
 	flag.IntVar(&b.reps, "reps", 3, "runs per figure (median reported)")
 	flag.StringVar(&b.codec, "codec", "zstd", "csbs store compression (s2, zstd)")
+	only := flag.String("only", "ceilings,store,nbd", "groups to run, comma-separated: ceilings, store, nbd, replication")
 	s3 := flag.Bool("s3", false, "measure the s3 backend on a local Ceph RADOS Gateway instead (make bench-s3)")
 	flag.Parse()
+	groups := map[string]bool{}
+	for _, g := range strings.Split(*only, ",") {
+		groups[strings.TrimSpace(g)] = true
+	}
 	fi, err := os.Stat(b.image)
 	if err != nil {
 		log.Fatal(err)
@@ -184,9 +189,18 @@ func main() {
 			b.s3Figures(gw, rep)
 			continue
 		}
-		b.ceilings()
-		b.store(changed)
-		b.nbdFigures()
+		if groups["ceilings"] {
+			b.ceilings()
+		}
+		if groups["store"] {
+			b.store(changed)
+		}
+		if groups["nbd"] {
+			b.nbdFigures()
+		}
+		if groups["replication"] {
+			b.replication(changed)
+		}
 	}
 	b.print(os.Stdout)
 	if *out != "" {

@@ -24,6 +24,7 @@ import (
 	"csbs/access"
 	"csbs/catalog"
 	"csbs/engine"
+	"csbs/replication"
 	"csbs/scheduler"
 )
 
@@ -36,8 +37,9 @@ const (
 // MaxRequestBytes bounds a request body.
 const MaxRequestBytes = 1 << 20
 
-// Server serves the API.
-type Server struct {
+// Service is the API: the HTTP handlers over the appliance's parts.
+// (catalog.Server is a cloud server; nbd.ExportServer serves NBD.)
+type Service struct {
 	Catalog   *catalog.Catalog
 	Runner    *scheduler.Runner
 	Scheduler *scheduler.Scheduler
@@ -54,6 +56,8 @@ type Server struct {
 	Status func(ctx context.Context, admin bool, st *Status)
 	// StoreStats answers GET /v1/store/stats.
 	StoreStats func(ctx context.Context, project string, admin bool) (StoreStats, error)
+	// Replication pulls backups from remotes (the destination side).
+	Replication *replication.Service
 }
 
 // Error is an API error with a stable code.
@@ -87,6 +91,8 @@ func errorStatus(err error) *Error {
 		return &Error{http.StatusConflict, "conflict", strings.TrimPrefix(err.Error(), "conflict: ")}
 	case errors.Is(err, errBadBody):
 		return &Error{http.StatusBadRequest, "bad_request", err.Error()}
+	case errors.Is(err, replication.ErrRemote):
+		return &Error{http.StatusBadGateway, "remote", err.Error()}
 	case errors.Is(err, syscall.ENOSPC):
 		return &Error{http.StatusInsufficientStorage, "insufficient_storage", err.Error()}
 	}
@@ -110,17 +116,18 @@ func (p principal) caller() access.Caller {
 type handlerFunc func(ctx context.Context, p principal, r *http.Request) (any, error)
 
 // Handler returns the API's HTTP handler.
-func (s *Server) Handler() http.Handler {
+func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern string, h handlerFunc) { mux.Handle(pattern, s.wrap(h)) }
 	s.routes(route)
+	s.replicationRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{http.StatusNotFound, "not_found", fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
 	return mux
 }
 
-func (s *Server) routes(route func(string, handlerFunc)) {
+func (s *Service) routes(route func(string, handlerFunc)) {
 	route("GET /v1/status", s.status)
 	route("GET /v1/projects", s.listProjects)
 	route("POST /v1/projects", s.createProject)
@@ -168,9 +175,14 @@ func (s *Server) routes(route func(string, handlerFunc)) {
 	route("GET /v1/jobs/{id}", s.showJob)
 	route("POST /v1/jobs/{id}/wait", s.waitJob)
 	route("POST /v1/jobs/{id}/cancel", s.cancelJob)
+	s.replicationDestRoutes(route)
 }
 
-func (s *Server) wrap(h handlerFunc) http.Handler {
+func (s *Service) wrap(h handlerFunc) http.Handler { return s.wrapAs(false, h) }
+
+// wrapAs serves h to the tokens of its kind: replication tokens only on
+// the replication endpoints, every other token everywhere else.
+func (s *Service) wrapAs(replicationOnly bool, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 		if region := r.Header.Get(HeaderRegion); region != "" && region != s.Region {
@@ -178,6 +190,13 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 			return
 		}
 		p, err := s.authenticate(r)
+		switch {
+		case err != nil:
+		case p.token.Replication && !replicationOnly:
+			err = errReplicationTokenOnly
+		case !p.token.Replication && replicationOnly:
+			err = errNeedsReplicationToken
+		}
 		if err != nil {
 			writeError(w, errorStatus(err))
 			return
@@ -191,6 +210,9 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 			writeError(w, e)
 			return
 		}
+		if p, ok := out.(paged); ok {
+			out = writePaged(w, p)
+		}
 		w.Header().Set("Content-Type", "application/json")
 		if out == nil {
 			w.WriteHeader(http.StatusNoContent)
@@ -200,7 +222,7 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 	})
 }
 
-func (s *Server) authenticate(r *http.Request) (principal, error) {
+func (s *Service) authenticate(r *http.Request) (principal, error) {
 	secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || secret == "" {
 		return principal{}, errUnauthorized
@@ -269,4 +291,4 @@ func decodeOptional(r *http.Request, v any) error {
 	return decode(r, v)
 }
 
-func (s *Server) now() time.Time { return s.Clock.Now().UTC() }
+func (s *Service) now() time.Time { return s.Clock.Now().UTC() }

@@ -500,6 +500,11 @@ func (e *Engine) RestoreTargets(ctx context.Context, r catalog.Restore, progress
 		if err != nil {
 			return err
 		}
+		// The disks are written at once, so every target is judged
+		// before any is written: a full one refuses the whole restore.
+		if err := restore.InspectWrite(t.Target, d.Size, r.Force, e.TargetGuard(c)); err != nil {
+			return fmt.Errorf("restore to %s: %w", t.Target, err)
+		}
 		if vols[i], err = e.Store.OpenVolume(id); err != nil {
 			return fmt.Errorf("backup %s disk %s: %w", b.Name, d.Name, err)
 		}

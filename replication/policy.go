@@ -33,15 +33,11 @@ func (s *Service) runPolicy(ctx context.Context, tr *tracker) error {
 	}); err != nil {
 		return err
 	}
-	c, err := s.client(r, rj.Rate)
+	c, err := s.connect(ctx, tr, r, rj.Rate)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	tr.setClient(c)
-	if _, err := s.identity(ctx, r.Name, c); err != nil {
-		return err
-	}
 	var all []remote.BackupInfo
 	if err := s.retry(ctx, func() error {
 		var err error

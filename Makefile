@@ -2,7 +2,7 @@ GO ?= go
 BIN := ./csbs
 PKGS := ./...
 
-.PHONY: build run test test-short test-crash bench bench-replication bench-s3 bench-vm bench-catalog fuzz vet clean install install-files
+.PHONY: build run test test-short test-crash bench bench-replication bench-s3 bench-scale bench-vm bench-catalog fuzz vet clean install install-files
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -39,6 +39,15 @@ test-crash:
 bench: build
 	bash bench/run.sh
 
+# How csbs scales with cores: a GOMAXPROCS sweep (1, 2, 4 … nproc) of
+# backup, restore, hydration and NBD reads beside pread of the raw image,
+# on an image generated from /usr and random data. Needs nothing but Go:
+# runs on a bare many-core machine. Writes bench/results-scale.md.
+# SCALEFLAGS passes options (e.g. -size 4096 -reps 5 -procs 1,8,16).
+SCALEFLAGS ?=
+bench-scale: build
+	$(GO) build -o bench/out/csbsscale ./bench/cmd/csbsscale
+	bench/out/csbsscale -csbs $(BIN) -out bench/results-scale.md $(SCALEFLAGS)
 # Replication between two appliances on loopback (TLS) beside restic copy
 # between two local repositories; writes bench/results-replication.md.
 bench-replication: build

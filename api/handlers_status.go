@@ -50,6 +50,16 @@ type StoreStatus struct {
 	FreeBytes     int64   `json:"free_bytes,omitempty"`
 	MinFreeBytes  int64   `json:"min_free_bytes,omitempty"`
 	CacheHitRatio float64 `json:"cache_hit_ratio,omitempty"`
+	// The read path as sized at start (store.cache_size, store.workers,
+	// store.inflight_memory) and what it holds now.
+	CacheBytes         int64 `json:"cache_bytes,omitempty"`
+	CacheLimitBytes    int64 `json:"cache_limit_bytes,omitempty"`
+	CacheAuto          bool  `json:"cache_auto,omitempty"` // cache_size = "auto": sized from the machine's memory
+	Workers            int   `json:"workers,omitempty"`
+	InflightBytes      int64 `json:"inflight_bytes,omitempty"`
+	InflightLimitBytes int64 `json:"inflight_limit_bytes,omitempty"`
+	InflightPeakBytes  int64 `json:"inflight_peak_bytes,omitempty"`
+	ReadCacheBytes     int64 `json:"read_cache_bytes,omitempty"` // attached exports' cache files
 	// Backend is where block bytes live: local or s3; the object store's
 	// figures are the admin's. Credentials are never part of the status.
 	Backend     string             `json:"backend,omitempty"`

@@ -131,7 +131,7 @@ func BenchmarkLoadBlock(b *testing.B) {
 			b.SetBytes(int64(s.BlockSize()))
 			i := 0
 			for b.Loop() {
-				if _, err := s.loadBlock(context.Background(), hashes[i%len(hashes)]); err != nil {
+				if _, err := s.loadBlock(context.Background(), hashes[i%len(hashes)], nil); err != nil {
 					b.Fatal(err)
 				}
 				i++

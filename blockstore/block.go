@@ -66,18 +66,81 @@ func (s *Store) lookupTxn(txn *badger.Txn, h Hash) (location, error) {
 // store is a *MissingBlockError (map and index are filled in by the
 // caller that knows them).
 func (s *Store) ReadBlock(ctx context.Context, h Hash) ([]byte, error) {
+	b, _, err := s.readBlock(ctx, h)
+	return b, err
+}
+
+// readBlock is ReadBlock that also reports whether this call loaded the
+// block from its pack (rather than finding it cached, or waiting for
+// another reader's load).
+func (s *Store) readBlock(ctx context.Context, h Hash) ([]byte, bool, error) {
 	release, err := s.enter()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	release()
 	if h.IsZero() {
-		return s.zero, nil
+		return s.zero, false, nil
 	}
 	if b, ok := s.cache.get(h); ok {
-		return b, nil
+		return b, false, nil
 	}
-	return s.cache.fill(ctx, h, func() ([]byte, error) { return s.loadBlock(ctx, h) })
+	return s.cache.fill(ctx, h, func() ([]byte, error) { return s.loadBlock(ctx, h, nil) })
+}
+
+// lookupMany finds where each block of hs lives, in one read
+// transaction: a request of several blocks pays Badger's per-transaction
+// cost (a global lock and its watermark bookkeeping) once. errs[k] is
+// errNotIndexed for a hash the index lacks.
+func (s *Store) lookupMany(hs []Hash) ([]location, []error) {
+	locs, errs := make([]location, len(hs)), make([]error, len(hs))
+	release, err := s.enter()
+	if err != nil {
+		for k := range errs {
+			errs[k] = err
+		}
+		return locs, errs
+	}
+	defer release()
+	err = s.db.View(func(txn *badger.Txn) error {
+		for k, h := range hs {
+			locs[k], errs[k] = s.lookupTxn(txn, h)
+		}
+		return nil
+	})
+	if err != nil {
+		for k := range errs {
+			errs[k] = err
+		}
+	}
+	return locs, errs
+}
+
+// readBlockAt is readBlock for a block already looked up (loc, or the
+// lookup's error). A stale location cannot give wrong bytes: packs never
+// change and every read is verified; a pack gone meanwhile (GC moved the
+// block) or a failed lookup takes the full path, which looks up again.
+func (s *Store) readBlockAt(ctx context.Context, h Hash, loc location, lerr error) ([]byte, bool, error) {
+	if h.IsZero() {
+		return s.zero, false, nil
+	}
+	if b, ok := s.cache.get(h); ok {
+		return b, false, nil
+	}
+	return s.cache.fill(ctx, h, func() ([]byte, error) {
+		if lerr == nil {
+			release, err := s.enter()
+			if err != nil {
+				return nil, err
+			}
+			b, err := s.readAt(ctx, h, loc, nil)
+			release()
+			if !errors.Is(err, ErrPackNotFound) {
+				return b, err
+			}
+		}
+		return s.loadBlock(ctx, h, nil)
+	})
 }
 
 // cachedBlock returns block h if the cache holds it (the zero block
@@ -89,11 +152,13 @@ func (s *Store) cachedBlock(h Hash) ([]byte, bool) {
 	return s.cache.get(h)
 }
 
-// loadBlock reads, decodes and verifies a block, bypassing the cache.
-// GC may move a block to another pack between the lookup and the read;
-// the old pack is deleted only after the index points at the new one, so
-// a read that finds its pack gone looks the block up again.
-func (s *Store) loadBlock(ctx context.Context, h Hash) ([]byte, error) {
+// loadBlock reads, decodes and verifies a block, bypassing the cache,
+// into dst (a new block-sized buffer when dst is nil; else cap(dst) must
+// be at least the block size). GC may move a block to another pack
+// between the lookup and the read; the old pack is deleted only after the
+// index points at the new one, so a read that finds its pack gone looks
+// the block up again.
+func (s *Store) loadBlock(ctx context.Context, h Hash, dst []byte) ([]byte, error) {
 	var lastErr error
 	for range 3 {
 		loc, err := s.lookup(h)
@@ -103,7 +168,7 @@ func (s *Store) loadBlock(ctx context.Context, h Hash) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read block %s: %w", h, err)
 		}
-		b, err := s.readAt(ctx, h, loc)
+		b, err := s.readAt(ctx, h, loc, dst)
 		if errors.Is(err, ErrPackNotFound) {
 			lastErr = err
 			continue
@@ -113,8 +178,9 @@ func (s *Store) loadBlock(ctx context.Context, h Hash) ([]byte, error) {
 	return nil, &MissingBlockError{Hash: h, Block: -1, Reason: lastErr.Error()}
 }
 
-// readAt reads and verifies the value of block h at loc.
-func (s *Store) readAt(ctx context.Context, h Hash, loc location) ([]byte, error) {
+// readAt reads and verifies the value of block h at loc into dst (see
+// loadBlock).
+func (s *Store) readAt(ctx context.Context, h Hash, loc location, dst []byte) ([]byte, error) {
 	release, err := s.enter()
 	if err != nil {
 		return nil, err
@@ -135,9 +201,12 @@ func (s *Store) readAt(ctx context.Context, h Hash, loc location) ([]byte, error
 		}
 		return nil, fmt.Errorf("read block %s (%s): %w", h, loc, err)
 	}
-	// The block gets its own buffer (the cache keeps it); the value's
-	// buffer goes back to the pool.
-	return s.decodeVerify(h, v, make([]byte, 0, s.blockSize))
+	// The block gets its own buffer (the cache keeps it) unless the
+	// caller brought one; the value's buffer goes back to the pool.
+	if dst == nil {
+		dst = make([]byte, 0, s.blockSize)
+	}
+	return s.decodeVerify(h, v, dst[:0])
 }
 
 // decodeVerify decodes a stored value and checks that it hashes to h.
@@ -158,6 +227,6 @@ func (s *Store) decodeVerify(h Hash, v, dst []byte) ([]byte, error) {
 // VerifyBlock re-reads block h from its pack (not the cache) and checks
 // its hash.
 func (s *Store) VerifyBlock(h Hash) error {
-	_, err := s.loadBlock(context.Background(), h)
+	_, err := s.loadBlock(context.Background(), h, nil)
 	return err
 }

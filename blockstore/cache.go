@@ -74,25 +74,26 @@ func (c *blockCache) get(h Hash) ([]byte, bool) {
 	return e.Value.(*cacheEntry).b, true
 }
 
-// fill loads h once however many goroutines ask for it at the same time.
-// Errors are not cached: a transient failure may succeed on retry, and a
-// corrupt block fails again anyway.
-func (c *blockCache) fill(ctx context.Context, h Hash, load func() ([]byte, error)) ([]byte, error) {
+// fill loads h once however many goroutines ask for it at the same time,
+// and reports whether this call was the one that loaded it. Errors are
+// not cached: a transient failure may succeed on retry, and a corrupt
+// block fails again anyway.
+func (c *blockCache) fill(ctx context.Context, h Hash, load func() ([]byte, error)) ([]byte, bool, error) {
 	sh := c.shard(h)
 	sh.mu.Lock()
 	if e, ok := sh.entries[h]; ok {
 		sh.lru.MoveToFront(e)
 		sh.mu.Unlock()
 		c.hits.Add(1)
-		return e.Value.(*cacheEntry).b, nil
+		return e.Value.(*cacheEntry).b, false, nil
 	}
 	if p, ok := sh.inflight[h]; ok {
 		sh.mu.Unlock()
 		select {
 		case <-p.done:
-			return p.b, p.err
+			return p.b, false, p.err
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 	}
 	p := &pendingLoad{done: make(chan struct{})}
@@ -109,7 +110,7 @@ func (c *blockCache) fill(ctx context.Context, h Hash, load func() ([]byte, erro
 	}
 	sh.mu.Unlock()
 	close(p.done)
-	return p.b, p.err
+	return p.b, true, p.err
 }
 
 func (sh *cacheShard) insertLocked(h Hash, b []byte) {
@@ -161,3 +162,19 @@ func (c *blockCache) stats() CacheStats {
 
 // CacheStats returns the block cache's hit and miss counts and size.
 func (s *Store) CacheStats() CacheStats { return s.cache.stats() }
+
+// trim empties the cache (its memory goes back to the Go heap).
+func (c *blockCache) trim() {
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		sh.lru.Init()
+		clear(sh.entries)
+		sh.size = 0
+		sh.mu.Unlock()
+	}
+}
+
+// TrimCache empties the block cache: an idle daemon gives the memory
+// back (the next reads fill it again).
+func (s *Store) TrimCache() { s.cache.trim() }

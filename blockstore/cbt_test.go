@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"sync/atomic"
 	"testing"
 )
 
@@ -11,12 +12,12 @@ import (
 // extents a QEMU dirty bitmap would report.
 type changedSource struct {
 	memSource
-	changed [][2]int64 // sorted, disjoint [start, end)
-	reads   *int64
+	changed [][2]int64    // sorted, disjoint [start, end)
+	reads   *atomic.Int64 // ingest reads from several workers at once
 }
 
 func (c changedSource) ReadAt(p []byte, off int64) (int, error) {
-	*c.reads += int64(len(p))
+	c.reads.Add(int64(len(p)))
 	return c.memSource.ReadAt(p, off)
 }
 
@@ -65,7 +66,7 @@ func TestChangedBlockTracking(t *testing.T) {
 			if tc.grow > 0 {
 				data = append(data, randomDisk(72, tc.grow)...)
 			}
-			var reads int64
+			var reads atomic.Int64
 			p, err := s.Ingest(ctx, changedSource{memSource{data}, ext, &reads}, IngestOptions{Parent: &parent})
 			if err != nil {
 				t.Fatal(err)
@@ -77,8 +78,8 @@ func TestChangedBlockTracking(t *testing.T) {
 			// Only the changed blocks and what lies beyond the parent's
 			// end (its partial last block included) are read.
 			want := int64(len(tc.changed))*4096 + int64(len(data)) - int64(len(base)) + 4096
-			if reads > want {
-				t.Fatalf("read %d bytes, want at most %d", reads, want)
+			if reads.Load() > want {
+				t.Fatalf("read %d bytes, want at most %d", reads.Load(), want)
 			}
 			if p.Info.Stats.ParentBlocks == 0 {
 				t.Fatalf("no block taken from the parent: %+v", p.Info.Stats)
@@ -102,7 +103,7 @@ func TestCBTParentBlockMissing(t *testing.T) {
 	if _, err := s.Scrub(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	var reads int64
+	var reads atomic.Int64
 	p, err := s.Ingest(ctx, changedSource{memSource{base}, nil, &reads}, IngestOptions{Parent: &parent})
 	if err != nil {
 		t.Fatal(err)
@@ -110,8 +111,8 @@ func TestCBTParentBlockMissing(t *testing.T) {
 	if err := s.Commit(ctx, []*PendingMap{p}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if p.Info.Stats.ParentMissing != 1 || reads != 4096 {
-		t.Fatalf("missing parent block: stats %+v, read %d bytes", p.Info.Stats, reads)
+	if p.Info.Stats.ParentMissing != 1 || reads.Load() != 4096 {
+		t.Fatalf("missing parent block: stats %+v, read %d bytes", p.Info.Stats, reads.Load())
 	}
 	mustEqual(t, s, p.Info.ID, base, "CBT backup with a repaired block")
 	mustEqual(t, s, parent.ID, base, "the parent, repaired by it")

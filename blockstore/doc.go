@@ -52,6 +52,24 @@
 //     deleted at once, packs without a live block are deleted, packs that
 //     are mostly garbage are repacked.
 //
+// # Reading
+//
+// A Volume reads a map as a disk image. Block i's hash comes from the
+// volume's own memo of recent segments (no lock), the block from, in
+// order: the block cache (decoded, verified blocks shared by every
+// volume, sharded so that a hit takes no global lock), the volume's
+// read cache file when it has one (ReadCache: attached NBD exports keep
+// blocks read twice there, checked by a CRC32C per 4 KiB on every read),
+// or its pack: one index lookup, one pread, decode, BLAKE3. The blocks of
+// one request that must be loaded are looked up in one Badger
+// transaction and loaded by up to Workers goroutines; sequential streams
+// (eight per volume, told apart by offset) get read-ahead. Readers that
+// stream a whole disk once (restores, hydration) use BlockTo: their own
+// buffer, no cache insertion. Options.Workers (GOMAXPROCS by default)
+// sizes the zstd decoders and encoders and every pool of workers;
+// Budget (Options.InflightBytes) bounds the bytes in flight across
+// read-ahead, NBD buffers, restores and hydration.
+//
 // # Caveats
 //
 // Badger runs with SyncWrites=false for speed; durability comes from the

@@ -91,7 +91,9 @@ type ingestItem struct {
 	seq    int64
 	first  int64  // index of the first block
 	n      int    // number of blocks
-	buf    []byte // n*blockSize bytes; blocks not in data are not read
+	start  int64  // disk offset of the first block
+	end    int64  // disk offset after the last block (the disk's end at most)
+	buf    []byte // n*blockSize bytes, filled by a worker; blocks not in data are not read
 	data   []bool // block j overlaps a data extent
 	parent []Hash // non-nil: block j is unchanged, with this hash in the parent (zero: a zero block)
 	fromP  []bool // block j comes from the parent
@@ -106,8 +108,9 @@ const itemBytes = 1 << 20
 // into a map file under a new map id that nothing refers to yet. It
 // returns a PendingMap to Commit.
 //
-// Pipeline: one reader (sparse-aware) → Workers goroutines that zero-check,
-// hash, look up and compress → one collector that appends new blocks to
+// Pipeline: one planner (sparse-aware: which blocks hold data, which come
+// from the parent) → Workers goroutines that read, zero-check, hash,
+// look up and compress → one collector that appends new blocks to
 // the ingest's own pack in disk order and writes map segments. A pack is
 // indexed once it is sealed and synced, so a lookup never finds a block
 // whose bytes could still be lost.
@@ -347,27 +350,7 @@ func (ig *ingest) read(ctx context.Context, nblocks int64, perItem int, tokens c
 			}
 			it.parent[j], it.fromP[j], it.data[j] = h, true, false
 		}
-		// Read runs of data blocks with one ReadAt each.
-		for j := 0; j < n; {
-			if !it.data[j] {
-				j++
-				continue
-			}
-			k := j
-			for k < n && it.data[k] {
-				k++
-			}
-			if it.buf == nil {
-				it.buf = make([]byte, int64(n)*ig.bs)
-			}
-			off := itemStart + int64(j)*ig.bs
-			end := min(itemStart+int64(k)*ig.bs, itemEnd)
-			if _, err := ig.src.ReadAt(it.buf[off-itemStart:end-itemStart], off); err != nil && !(errors.Is(err, io.EOF) && end == ig.size) {
-				return fmt.Errorf("read source at offset %d: %w", off, err)
-			}
-			ig.readBytes.Add(end - off)
-			j = k
-		}
+		it.start, it.end = itemStart, itemEnd
 		select {
 		case work <- it:
 		case <-ctx.Done():
@@ -377,12 +360,45 @@ func (ig *ingest) read(ctx context.Context, nblocks int64, perItem int, tokens c
 	return nil
 }
 
-// process hashes, checks and compresses the blocks of one item.
+// fill reads the item's runs of data blocks from the source, one ReadAt
+// per run. Workers call it, so that reads of several items are in flight
+// at once: a source that is fast only with parallel reads (an NVMe disk,
+// an NBD server, the page cache on many cores) does not bound the
+// backup at one reader's speed.
+func (ig *ingest) fill(it *ingestItem) error {
+	for j := 0; j < it.n; {
+		if !it.data[j] {
+			j++
+			continue
+		}
+		k := j
+		for k < it.n && it.data[k] {
+			k++
+		}
+		if it.buf == nil {
+			it.buf = make([]byte, int64(it.n)*ig.bs)
+		}
+		off := it.start + int64(j)*ig.bs
+		end := min(it.start+int64(k)*ig.bs, it.end)
+		if _, err := ig.src.ReadAt(it.buf[off-it.start:end-it.start], off); err != nil && !(errors.Is(err, io.EOF) && end == ig.size) {
+			return fmt.Errorf("read source at offset %d: %w", off, err)
+		}
+		ig.readBytes.Add(end - off)
+		j = k
+	}
+	return nil
+}
+
+// process reads, hashes, checks and compresses the blocks of one item.
 func (ig *ingest) process(ctx context.Context, it *ingestItem, scratch []byte) []byte {
 	it.hashes = make([]Hash, it.n)
 	it.newVal = make([][]byte, it.n)
 	if ctx.Err() != nil {
 		it.err = ctx.Err()
+		return scratch
+	}
+	if err := ig.fill(it); err != nil {
+		it.err = err
 		return scratch
 	}
 	for j := 0; j < it.n; j++ {

@@ -198,7 +198,7 @@ func (s *Store) verifyPacks(ctx context.Context, snap *snapshot, rep *ScrubRepor
 				return err
 			}
 			rep.Blocks++
-			if _, err := s.readAt(ctx, h, loc); err != nil {
+			if _, err := s.readAt(ctx, h, loc, nil); err != nil {
 				if !IsDataError(err) && !errors.Is(err, ErrPackNotFound) {
 					return err
 				}

@@ -65,9 +65,14 @@ type Options struct {
 	// CacheBytes bounds the cache of decompressed blocks shared by all
 	// volume readers.
 	CacheBytes int64
-	// Workers is the number of hash/compress workers at ingest and of
-	// fetch workers in restore; default GOMAXPROCS.
+	// Workers is the number of hash/compress workers at ingest, of
+	// decode/verify workers per read, and of copy workers in restores
+	// and hydration; default GOMAXPROCS.
 	Workers int
+	// InflightBytes is the budget for block data in flight (read-ahead,
+	// NBD buffers, restore and hydration buffers): see Budget; default
+	// 8 MiB per worker, at least 64 MiB.
+	InflightBytes int64
 	// ReadOnly opens the database without writing.
 	ReadOnly bool
 	// Logger receives Badger's warnings and errors; default discards.
@@ -96,6 +101,9 @@ func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
 		o.Workers = runtime.GOMAXPROCS(0)
 	}
+	if o.InflightBytes <= 0 {
+		o.InflightBytes = max(64<<20, int64(o.Workers)*8<<20)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -120,6 +128,7 @@ type Store struct {
 	blockSize int
 	zero      []byte // one all-zero block, never written to
 	cache     *blockCache
+	budget    *Budget
 	segCache  *segmentCache
 	codecs    *codecSet
 	gate      *gcGate
@@ -205,6 +214,7 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 		blockSize: bs,
 		zero:      make([]byte, bs),
 		cache:     newBlockCache(opts.CacheBytes),
+		budget:    NewBudget(opts.InflightBytes),
 		segCache:  newSegmentCache(256),
 		codecs:    codecs,
 		gate:      newGCGate(),

@@ -48,12 +48,20 @@ type Config struct {
 
 // Store configures the block store.
 type Store struct {
-	BlockSize   Size   `toml:"block_size"`  // only used when the store is created
-	Compression string `toml:"compression"` // s2 | zstd | none
-	CacheSize   Size   `toml:"cache_size"`  // decompressed block cache
-	MinFree     Size   `toml:"min_free"`    // free space backups never eat into
-	Backend     string `toml:"backend"`     // where block bytes live: local | s3 (s3.go)
-	S3          S3     `toml:"s3"`          // [store.s3], for backend = "s3"
+	BlockSize   Size     `toml:"block_size"`  // only used when the store is created
+	Compression string   `toml:"compression"` // s2 | zstd | none
+	CacheSize   AutoSize `toml:"cache_size"`  // decoded, verified block cache; auto: from the machine's memory (CacheBytes)
+	// Workers decode, verify and compress blocks and copy them in
+	// restores and hydration; 0: one per CPU the process may use
+	// (GOMAXPROCS).
+	Workers int `toml:"workers"`
+	// InflightMemory is the one budget for block data in flight (NBD
+	// buffers, read-ahead, restore and hydration buffers); auto: see
+	// InflightBytes.
+	InflightMemory AutoSize `toml:"inflight_memory"`
+	MinFree        Size     `toml:"min_free"` // free space backups never eat into
+	Backend        string   `toml:"backend"`  // where block bytes live: local | s3 (s3.go)
+	S3             S3       `toml:"s3"`       // [store.s3], for backend = "s3"
 }
 
 // API configures the daemon's API listeners.
@@ -72,6 +80,10 @@ type NBD struct {
 	// AllowRemote permits a tcp_listen address other than loopback: NBD
 	// has no authentication here beyond the export names' secret part.
 	AllowRemote bool `toml:"allow_remote"`
+	// AttachCacheSize bounds the copy-on-read cache file of each attached
+	// export (blocks read twice are kept decoded in <data_dir>/cache); 0
+	// turns it off.
+	AttachCacheSize Size `toml:"attach_cache_size"`
 }
 
 // FUSE configures the daemon's own mount of all backups.
@@ -226,7 +238,8 @@ func Default() Config {
 		Region:            "local-1",
 		AvailabilityZones: []string{"local-1a"},
 		DataDir:           "./var",
-		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", CacheSize: 64 << 20, MinFree: 384 << 20, Backend: BackendLocal, S3: defaultS3()},
+		Store:             Store{BlockSize: 64 << 10, Compression: "zstd", MinFree: 384 << 20, Backend: BackendLocal, S3: defaultS3()},
+		NBD:               NBD{AttachCacheSize: 4 << 30},
 		Scheduler:         Scheduler{MaxConcurrentJobs: 2, Window: Duration(time.Hour)},
 		Jobs:              Jobs{Keep: Duration(30 * 24 * time.Hour), KeepFailed: Duration(90 * 24 * time.Hour), KeepLast: 100},
 		Restore:           Restore{DefaultRate: 200 << 20},
@@ -378,11 +391,20 @@ func (c *Config) Validate() error {
 	if c.Store.MinFree < 320<<20 {
 		return bad("store.min_free", "store.min_free %s: at least 320MiB (Badger's mapped files need it)", sizeH(c.Store.MinFree))
 	}
-	if c.Store.CacheSize < 1<<20 {
-		return bad("store.cache_size", "store.cache_size %s: at least 1MiB", sizeH(c.Store.CacheSize))
+	if c.Store.CacheSize != Auto && c.Store.CacheSize < 1<<20 {
+		return bad("store.cache_size", "store.cache_size %s: at least 1MiB (or \"auto\")", sizeH(Size(c.Store.CacheSize)))
 	}
 	if mem := memoryBytes(); mem > 0 && int64(c.Store.CacheSize) > mem/2 {
-		return bad("store.cache_size", "store.cache_size %s: more than half of this machine's memory (%s); the block cache lives in memory", sizeH(c.Store.CacheSize), sizeH(Size(mem)))
+		return bad("store.cache_size", "store.cache_size %s: more than half of this machine's memory (%s); the block cache lives in memory", sizeH(Size(c.Store.CacheSize)), sizeH(Size(mem)))
+	}
+	if c.Store.Workers < 0 || c.Store.Workers > 4096 {
+		return bad("store.workers", "store.workers %d: want 0 (one per CPU) to 4096", c.Store.Workers)
+	}
+	if c.Store.InflightMemory != Auto && c.Store.InflightMemory < 16<<20 {
+		return bad("store.inflight_memory", "store.inflight_memory %s: at least 16MiB (or \"auto\")", sizeH(Size(c.Store.InflightMemory)))
+	}
+	if n := c.NBD.AttachCacheSize; n != 0 && n < 16<<20 {
+		return bad("nbd.attach_cache_size", "nbd.attach_cache_size %s: 0 (off) or at least 16MiB", sizeH(n))
 	}
 	if err := c.Store.validateBackend(); err != nil {
 		return err
@@ -562,6 +584,49 @@ func memoryBytes() int64 {
 		return 0
 	}
 	return int64(si.Totalram) * int64(si.Unit)
+}
+
+// AutoSize is a Size that may be "auto" (Auto): the daemon sizes it
+// from the machine.
+type AutoSize int64
+
+// Auto is the value of an AutoSize written "auto".
+const Auto AutoSize = 0
+
+// UnmarshalText parses "auto" or a size with units.
+func (s *AutoSize) UnmarshalText(b []byte) error {
+	if strings.TrimSpace(string(b)) == "auto" {
+		*s = Auto
+		return nil
+	}
+	v, err := ParseSize(string(b))
+	if err == nil && v == 0 {
+		return fmt.Errorf("size %q: want a size above 0 or \"auto\"", b)
+	}
+	*s = AutoSize(v)
+	return err
+}
+
+// CacheBytes is the block cache's size: cache_size, or for "auto" one
+// 256th of the machine's memory, from 64 MiB to 1 GiB (96 MiB on a
+// 24 GiB machine, 1 GiB from 256 GiB up). Blocks read again and again
+// are served from elsewhere too (attached exports' read cache files,
+// the kernel's page cache for FUSE and hydrated targets), so the cache
+// mostly holds read-ahead and blocks several readers share.
+func (s Store) CacheBytes(physMem int64) int64 {
+	if s.CacheSize != Auto {
+		return int64(s.CacheSize)
+	}
+	return min(max(physMem/256, 64<<20), 1<<30)
+}
+
+// InflightBytes is the budget for data in flight: inflight_memory, or
+// for "auto" 8 MiB per worker, at least 64 MiB.
+func (s Store) InflightBytes(workers int) int64 {
+	if s.InflightMemory != Auto {
+		return int64(s.InflightMemory)
+	}
+	return max(64<<20, int64(workers)*8<<20)
 }
 
 // Rate is bytes per second, written like "200MiB/s" ("0" = unlimited).

@@ -74,6 +74,11 @@ func TestStrictErrors(t *testing.T) {
 		{"block size units", "[store]\nblock_size = \"3KiB\"\n", "store.block_size 3072"},
 		{"bad compression", "[store]\ncompression = \"lz4\"\n", `store.compression "lz4"`},
 		{"bad size", "[store]\ncache_size = \"lots\"\n", `size "lots"`},
+		{"zero cache", "[store]\ncache_size = \"0\"\n", `want a size above 0 or "auto"`},
+		{"tiny cache", "[store]\ncache_size = \"100KiB\"\n", "store.cache_size 100 KiB: at least 1MiB"},
+		{"negative workers", "[store]\nworkers = -1\n", "store.workers -1"},
+		{"tiny inflight", "[store]\ninflight_memory = \"1MiB\"\n", "store.inflight_memory 1.0 MiB: at least 16MiB"},
+		{"tiny attach cache", "[nbd]\nattach_cache_size = \"1MiB\"\n", "nbd.attach_cache_size 1.0 MiB"},
 		{"no AZ", "availability_zones = []\n", "at least one AZ"},
 		{"dup AZ", "availability_zones = [\"a\", \"a\"]\n", `"a" listed twice`},
 		{"bad region", "region = \"a/b\"\n", `region "a/b"`},
@@ -165,7 +170,7 @@ func TestValuesWithUnits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Store.BlockSize != 128<<10 || c.Store.CacheSize != 1<<30 || c.Restore.DefaultRate != 50<<20 || time.Duration(c.Scheduler.Window) != 2*time.Hour {
+	if c.Store.BlockSize != 128<<10 || c.Store.CacheSize != AutoSize(1<<30) || c.Restore.DefaultRate != 50<<20 || time.Duration(c.Scheduler.Window) != 2*time.Hour {
 		t.Fatalf("parsed %+v", c)
 	}
 }
@@ -335,5 +340,31 @@ func TestS3CredentialsFileRelativeToConfig(t *testing.T) {
 	}
 	if c.Store.S3.CredentialsFile != dir+"/s3.credentials" {
 		t.Fatalf("credentials file %q, want it next to the config", c.Store.S3.CredentialsFile)
+	}
+}
+
+// The automatic sizes, from the machine: a table of machines.
+func TestAutoSizes(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		store           Store
+		mem             int64
+		workers         int
+		cache, inflight int64
+	}{
+		{"small VM", Store{}, 2 << 30, 2, 64 << 20, 64 << 20},
+		{"this bench VM", Store{}, 24 << 30, 2, 96 << 20, 64 << 20},
+		{"64-core appliance", Store{}, 256 << 30, 64, 1 << 30, 512 << 20},
+		{"huge", Store{}, 2 << 40, 128, 1 << 30, 1 << 30},
+		{"explicit", Store{CacheSize: 300 << 20, InflightMemory: 32 << 20}, 256 << 30, 64, 300 << 20, 32 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.store.CacheBytes(tc.mem); got != tc.cache {
+				t.Errorf("cache %d, want %d", got, tc.cache)
+			}
+			if got := tc.store.InflightBytes(tc.workers); got != tc.inflight {
+				t.Errorf("inflight %d, want %d", got, tc.inflight)
+			}
+		})
 	}
 }

@@ -63,6 +63,7 @@ type Daemon struct {
 	metrics *metrics.Metrics
 	maint   *maintenance.Timer
 	started time.Time
+	size    sizing // workers, cache and budget as sized at start
 }
 
 // AdminTokenFile is the admin token's file name inside the data dir.
@@ -99,9 +100,11 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if s3p != nil {
 		packSize = int(cfg.Store.S3.PackSize)
 	}
+	size := sizeFor(cfg.Store)
 	store, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{
-		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: int64(cfg.Store.CacheSize), Logger: opts.Log,
+		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: size.CacheBytes, Logger: opts.Log,
 		MinFree: int64(cfg.Store.MinFree), Packs: packs, PackSize: packSize,
+		Workers: size.Workers, InflightBytes: size.InflightBytes,
 	})
 	if err != nil {
 		if packs != nil {
@@ -116,7 +119,9 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		store.Close()
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p}
+	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p, size: size}
+	memLimit := limitMemory(size)
+	d.log.Info("read path sized", "workers", size.Workers, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes, "go_memory_limit", memLimit)
 	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if n, err := d.cat.EnsureIndexes(); err != nil {
 		store.Close()
@@ -329,6 +334,8 @@ func (d *Daemon) Serve(ctx context.Context, ready chan<- struct{}) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobGC, schedule(d.cfg.GC)) }()
 	go func() { defer wg.Done(); d.maint.Run(runCtx, catalog.JobScrub, schedule(d.cfg.Scrub)) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); d.trimWhenIdle(runCtx) }()
 	for _, l := range nbdListeners {
 		wg.Add(1)
 		go func() {
@@ -491,6 +498,12 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	if n := cs.Hits + cs.Misses; n > 0 {
 		st.Store.CacheHitRatio = float64(cs.Hits) / float64(n)
 	}
+	st.Store.CacheBytes, st.Store.CacheLimitBytes = cs.Bytes, cs.Limit
+	st.Store.CacheAuto = d.cfg.Store.CacheSize == config.Auto
+	st.Store.Workers = d.size.Workers
+	bs := d.store.Budget().Stats()
+	st.Store.InflightBytes, st.Store.InflightLimitBytes, st.Store.InflightPeakBytes = bs.Used, bs.Total, bs.Peak
+	st.Store.ReadCacheBytes = d.serving.readCacheBytes()
 	if t, ok := d.maint.Next(catalog.JobGC); ok {
 		st.NextGC = &t
 	}

@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	"csbs/api"
+	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/hydrate"
 	"csbs/instant"
@@ -47,6 +48,7 @@ type served struct {
 	project string
 	closer  io.Closer
 	release func()
+	vol     *blockstore.Volume // attached backups: for the read cache's figures
 }
 
 var (
@@ -57,11 +59,20 @@ var (
 	_ nbd.WritableDevice = (*hydrate.Device)(nil)
 	_ nbd.Zeroer         = (*hydrate.Device)(nil)
 	_ nbd.Extenter       = (*hydrate.Device)(nil)
+	_ nbd.Trimmer        = (*hydrate.Device)(nil)
+	_ nbd.Cacher         = (*hydrate.Device)(nil)
+	_ nbd.CachedReader   = (*hydrate.Device)(nil)
 )
 
 func newServing(d *Daemon) *serving {
 	s := &serving{d: d, exports: map[string]*served{}}
-	s.srv = &nbd.ExportServer{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64}
+	s.srv = &nbd.ExportServer{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64, Memory: d.store.Budget()}
+	// Read cache files are unlinked when made; one left by a crash between
+	// creating and unlinking it is removed here.
+	stale, _ := filepath.Glob(filepath.Join(s.cacheDir(), "*.rcache"))
+	for _, f := range stale {
+		os.Remove(f)
+	}
 	s.instant = instant.New(instant.Options{
 		Catalog: instant.CatalogOf(d.cat), Store: d.store, Exports: s, Jobs: d.runner,
 		Dir:         filepath.Join(d.cfg.DataDir, "restores"),
@@ -74,11 +85,29 @@ func newServing(d *Daemon) *serving {
 			return d.engine.TargetGuard(c), nil
 		},
 		Acquire:    d.engine.Acquire,
+		Workers:    d.store.Workers(),
+		Budget:     d.store.Budget(),
 		OnHydrated: func(n int64) { d.metrics.HydrationBytes.Add(float64(n)) },
 		Now:        d.clock.Now,
 		Log:        d.log,
 	})
 	return s
+}
+
+// cacheDir holds the attached exports' read cache files.
+func (s *serving) cacheDir() string { return filepath.Join(s.d.cfg.DataDir, "cache") }
+
+// readCacheBytes is what the attached exports' read cache files hold.
+func (s *serving) readCacheBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, e := range s.exports {
+		if e.vol != nil {
+			n += e.vol.ReadCacheStats().Bytes
+		}
+	}
+	return n
 }
 
 // nbdNameKeyFile holds the key that derives export names' secret part.
@@ -219,10 +248,17 @@ func (s *serving) attach(b catalog.Backup, disk, name string) error {
 		release()
 		return fmt.Errorf("backup %s disk %s: %w", b.Name, disk, err)
 	}
+	if n := int64(s.d.cfg.NBD.AttachCacheSize); n > 0 {
+		// Without it the export still works, reading every block from
+		// the store.
+		if err := vol.EnableReadCache(s.cacheDir(), n); err != nil {
+			s.d.log.Warn("attached export without a read cache file", "export", name, "err", err)
+		}
+	}
 	s.add(&served{
 		exp:     &nbd.Export{Name: name, Description: fmt.Sprintf("%s %s %s (read-only)", b.ServerName, b.Name, disk), Device: nbd.VolumeDevice{Volume: vol}, ReadOnly: true, PreferredBlock: uint32(s.d.store.BlockSize())},
 		info:    api.ExportInfo{Name: name, Kind: "attach", BackupID: b.ID, BackupName: b.Name, Disk: d.Name, ReadOnly: true, Size: d.Size},
-		project: b.Project, closer: vol, release: release,
+		project: b.Project, closer: vol, release: release, vol: vol,
 	})
 	return nil
 }

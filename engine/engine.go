@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"csbs/internal/kv"
@@ -478,7 +479,7 @@ func (e *Engine) RestoreTargets(ctx context.Context, r catalog.Restore, progress
 	if err != nil {
 		return err
 	}
-	var total, before int64
+	var total int64
 	vols := make([]*blockstore.Volume, len(r.Targets))
 	defer func() {
 		for _, v := range vols {
@@ -499,25 +500,54 @@ func (e *Engine) RestoreTargets(ctx context.Context, r catalog.Restore, progress
 		if err != nil {
 			return err
 		}
+		// The disks are written at once, so every target is judged
+		// before any is written: a full one refuses the whole restore.
+		if err := restore.InspectWrite(t.Target, d.Size, r.Force, e.TargetGuard(c)); err != nil {
+			return fmt.Errorf("restore to %s: %w", t.Target, err)
+		}
 		if vols[i], err = e.Store.OpenVolume(id); err != nil {
 			return fmt.Errorf("backup %s disk %s: %w", b.Name, d.Name, err)
 		}
 		total += d.Size
 	}
+	// Every disk at once: their workers share the CPUs and the store's
+	// memory budget.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make([]atomic.Int64, len(r.Targets))
+	var progressMu sync.Mutex
+	var wg sync.WaitGroup
 	for i, t := range r.Targets {
-		_, err := restore.ToTarget(ctx, vols[i], t.Target, restore.Options{
-			Force: r.Force,
-			Check: e.TargetGuard(c),
-			Progress: func(done, _ int64) {
-				if progress != nil {
-					progress(before+done, total)
-				}
-			},
-		})
-		if err != nil {
-			return fmt.Errorf("backup %s disk %s: %w", b.Name, t.Disk, err)
-		}
-		before += vols[i].Size()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := restore.ToTarget(ctx, vols[i], t.Target, restore.Options{
+				Force:   r.Force,
+				Check:   e.TargetGuard(c),
+				Workers: e.Store.Workers(),
+				Budget:  e.Store.Budget(),
+				Progress: func(d, _ int64) {
+					done[i].Store(d)
+					if progress == nil {
+						return
+					}
+					var sum int64
+					for k := range done {
+						sum += done[k].Load()
+					}
+					progressMu.Lock()
+					progress(sum, total)
+					progressMu.Unlock()
+				},
+			})
+			if err != nil {
+				cancel(fmt.Errorf("backup %s disk %s: %w", b.Name, t.Disk, err))
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/internal/kv"
+	"csbs/restore"
 )
 
 const blockSize = 4096
@@ -454,12 +455,15 @@ func TestRestoreTargets(t *testing.T) {
 			r.Targets[1].Target = filepath.Join(v.src, "x.img")
 		}, access.ErrDenied, "access.projects.p1.target_dirs"},
 		{"relative target", func(r *catalog.Restore, b *catalog.Backup) { r.Targets[1].Target = "x.img" }, catalog.ErrInvalid, "absolute path"},
-		// Emptiness is found when a target is opened, so a full target is
-		// refused before anything is written only when it comes first.
+		// The disks are written at once: a full target refuses the
+		// restore before any disk is written, wherever it is listed.
 		{"target not empty", func(r *catalog.Restore, b *catalog.Backup) {
 			r.Targets[0], r.Targets[1] = r.Targets[1], r.Targets[0]
 			r.Targets[0].Target = filepath.Join(v.dst, "second.img")
-		}, nil, "not empty"},
+		}, restore.ErrTargetNotEmpty, "not empty"},
+		{"target not empty, listed last", func(r *catalog.Restore, b *catalog.Backup) {
+			r.Targets[1].Target = filepath.Join(v.dst, "second.img")
+		}, restore.ErrTargetNotEmpty, "not empty"},
 		{"backup being deleted", func(r *catalog.Restore, b *catalog.Backup) { b.Status = catalog.StatusDeleting }, catalog.ErrConflict, "is deleting"},
 	}
 	for _, tc := range cases {

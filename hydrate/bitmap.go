@@ -266,3 +266,12 @@ func popcount(bs []byte) int {
 	}
 	return n
 }
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}

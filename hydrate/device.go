@@ -2,19 +2,34 @@ package hydrate
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 
 	"csbs/internal/extent"
 	"csbs/restore"
 )
 
+// Volume is the backup being restored; *blockstore.Volume implements it.
+// Block returns a verified block through the store's cache (guest reads,
+// which tend to come back); BlockTo decodes into the caller's buffer
+// without caching (the hydrator, which reads every block once).
+type Volume interface {
+	restore.Volume
+	Block(ctx context.Context, i int64) ([]byte, error)
+}
+
 // Device is the instant-restore disk.
 type Device struct {
-	vol    restore.Volume // the backup being restored
+	vol    Volume // the backup being restored
 	target File
 	bm     *Bitmap
 	bs     int64
@@ -30,8 +45,15 @@ type Device struct {
 	gate sync.RWMutex
 	// syncMu serialises sync points.
 	syncMu sync.Mutex
-	zero   []byte    // a zero block
-	bufs   sync.Pool // block buffers for targetZero
+	// hydMu guards hydrated: blocks whose backup bytes were written to the
+	// target (by the hydrator or a copy-on-read) since the last sync
+	// point, whose bits the next sync point makes durable.
+	hydMu    sync.Mutex
+	hydrated []int64
+	// workers bounds the parallel copy-on-reads of one guest read.
+	workers int
+	zero    []byte    // a zero block
+	bufs    sync.Pool // block buffers for targetZero and fills
 }
 
 // maxJournal bounds the active journal file: a guest that writes much and
@@ -44,7 +66,7 @@ const maxJournal = 16 << 20
 // and the bitmap does not vouch for is checked sector by sector, keeping
 // what a guest write put there and restoring the backup's bytes
 // elsewhere (see doc.go).
-func NewDevice(vol restore.Volume, target File, bm *Bitmap, fresh bool) (*Device, error) {
+func NewDevice(vol Volume, target File, bm *Bitmap, fresh bool) (*Device, error) {
 	bs := int64(vol.BlockSize())
 	if bm.Blocks() != (vol.Size()+bs-1)/bs {
 		return nil, fmt.Errorf("bitmap has %d blocks, volume %d", bm.Blocks(), (vol.Size()+bs-1)/bs)
@@ -52,7 +74,7 @@ func NewDevice(vol restore.Volume, target File, bm *Bitmap, fresh bool) (*Device
 	if bs%sectorSize != 0 || bm.bs != bs {
 		return nil, fmt.Errorf("block size %d: want a multiple of %d equal to the bitmap's (%d)", bs, sectorSize, bm.bs)
 	}
-	d := &Device{vol: vol, target: target, bm: bm, bs: bs, size: vol.Size(), fresh: fresh, zero: make([]byte, bs)}
+	d := &Device{vol: vol, target: target, bm: bm, bs: bs, size: vol.Size(), fresh: fresh, zero: make([]byte, bs), workers: runtime.GOMAXPROCS(0)}
 	d.bufs.New = func() any { b := make([]byte, bs); return &b }
 	if err := d.recover(); err != nil {
 		return nil, err
@@ -140,39 +162,191 @@ func (d *Device) lock(i int64) *sync.Mutex { return &d.locks[i%int64(len(d.locks
 // blockLen is the length of block i (the last may be short).
 func (d *Device) blockLen(i int64) int64 { return min(d.bs, d.size-i*d.bs) }
 
-// ReadAt reads from the target where it holds the block, else from the
-// backup (verified).
+// ReadAt reads from the target where it holds the block. A block the
+// target does not hold yet is read from the backup (verified) and written
+// to the target on the way (copy-on-read): the guest's next read of it
+// is a pread, and the hydrator skips it. Blocks that are zero in the
+// backup of a fresh target are served as zeroes and left to the
+// hydrator. The blocks of one read are fetched in parallel.
 func (d *Device) ReadAt(p []byte, off int64) (int, error) {
+	return d.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext is ReadAt with a context (the NBD server cancels the
+// reads of a connection that went away).
+func (d *Device) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if off >= d.size {
 		return 0, io.EOF
 	}
 	want := min(int64(len(p)), d.size-off)
+	var missing []int64
 	for n := int64(0); n < want; {
 		pos := off + n
 		i := pos / d.bs
-		in := pos - i*d.bs
-		k := min(d.bs-in, want-n)
+		k := min(d.bs-(pos-i*d.bs), want-n)
 		if d.bm.Has(i) {
 			// Read the run of held blocks in one call.
 			for k < want-n && d.bm.Has((pos+k)/d.bs) {
 				k = min(k+d.bs, want-n)
 			}
-			if _, err := d.target.ReadAt(p[n:n+k], pos); err != nil && err != io.EOF {
-				return int(n), fmt.Errorf("read target at %d: %w", pos, err)
-			}
-		} else {
-			b, err := d.vol.Block(context.Background(), i)
-			if err != nil {
+			if err := d.readTarget(p[n:n+k], pos); err != nil {
 				return int(n), err
 			}
-			copy(p[n:n+k], b[in:])
+		} else {
+			missing = append(missing, i)
 		}
 		n += k
+	}
+	if err := d.copyOnRead(ctx, missing, p[:want], off); err != nil {
+		return 0, err
 	}
 	if want < int64(len(p)) {
 		return int(want), io.EOF
 	}
 	return int(want), nil
+}
+
+func (d *Device) readTarget(p []byte, pos int64) error {
+	if _, err := d.target.ReadAt(p, pos); err != nil && err != io.EOF {
+		return fmt.Errorf("read target at %d: %w", pos, err)
+	}
+	return nil
+}
+
+// copyOnRead serves the blocks of a read (p at off) that the target did
+// not hold, each with up to d.workers at once.
+func (d *Device) copyOnRead(ctx context.Context, blocks []int64, p []byte, off int64) error {
+	if len(blocks) == 0 {
+		return nil
+	}
+	one := func(i int64) error {
+		from, to := max(off, i*d.bs), min(off+int64(len(p)), (i+1)*d.bs)
+		return d.readBlockFill(ctx, i, p[from-off:to-off], from-i*d.bs)
+	}
+	if len(blocks) == 1 {
+		return one(blocks[0])
+	}
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		errMu sync.Mutex
+		first error
+	)
+	for range min(len(blocks), d.workers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := next.Add(1) - 1
+				if k >= int64(len(blocks)) {
+					return
+				}
+				if err := one(blocks[k]); err != nil {
+					errMu.Lock()
+					first = cmp.Or(first, err)
+					errMu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// readBlockFill fills dst with block i's bytes from in on. A block the
+// target does not hold is copied to it first (under the block's lock),
+// unless it is a zero block of a fresh target.
+func (d *Device) readBlockFill(ctx context.Context, i int64, dst []byte, in int64) error {
+	if !d.bm.Has(i) {
+		h, err := d.vol.BlockHash(i)
+		if err != nil {
+			return err
+		}
+		if h.IsZero() && d.fresh {
+			clear(dst)
+			return nil
+		}
+		// Load outside the lock: the backup does not change, and a guest
+		// write to the block need not wait for a decode.
+		b, err := d.vol.Block(ctx, i)
+		if err != nil {
+			return err
+		}
+		mu := d.lock(i)
+		mu.Lock()
+		if !d.bm.Has(i) {
+			if _, err := d.target.WriteAt(b[:d.blockLen(i)], i*d.bs); err != nil {
+				mu.Unlock()
+				return fmt.Errorf("write target at %d: %w", i*d.bs, err)
+			}
+			d.bm.setHave(i)
+			d.noteHydrated(i)
+			copy(dst, b[in:])
+			mu.Unlock()
+			return nil
+		}
+		mu.Unlock()
+		// The guest (or the hydrator) got there first: the target has it.
+	}
+	return d.readTarget(dst, i*d.bs+in)
+}
+
+// noteHydrated records that block i's backup bytes are in the target;
+// its bit becomes durable at the next sync point.
+func (d *Device) noteHydrated(i int64) {
+	d.hydMu.Lock()
+	d.hydrated = append(d.hydrated, i)
+	d.hydMu.Unlock()
+}
+
+// hasHydrated reports whether blocks wait for a sync point to get their
+// bits.
+func (d *Device) hasHydrated() bool {
+	d.hydMu.Lock()
+	defer d.hydMu.Unlock()
+	return len(d.hydrated) > 0
+}
+
+// ReadCached reads p at off from the target if it holds every block of
+// the range (no backup block to fetch), and reports whether it did.
+func (d *Device) ReadCached(p []byte, off int64) bool {
+	end := off + int64(len(p))
+	if off < 0 || len(p) == 0 || end > d.size {
+		return false
+	}
+	for i := off / d.bs; i <= (end-1)/d.bs; i++ {
+		if !d.bm.Has(i) {
+			return false
+		}
+	}
+	return d.readTarget(p, off) == nil
+}
+
+// Cache copies the blocks of [off, off+n) that the target lacks into it
+// now (NBD_CMD_CACHE: the guest will read them).
+func (d *Device) Cache(ctx context.Context, off, n int64) error {
+	if off < 0 || n <= 0 || off >= d.size {
+		return nil
+	}
+	n = min(n, d.size-off)
+	var missing []int64
+	for i := off / d.bs; i <= (off+n-1)/d.bs; i++ {
+		if !d.bm.Has(i) {
+			missing = append(missing, i)
+		}
+	}
+	bp := d.bufs.Get().(*[]byte)
+	defer d.bufs.Put(bp)
+	// Reading the blocks copies them; the bytes themselves are not needed.
+	for _, i := range missing {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := d.readBlockFill(ctx, i, (*bp)[:0], 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // WriteAt writes guest data to the target. A block written only in part
@@ -200,7 +374,7 @@ func (d *Device) WriteAt(p []byte, off int64) (int, error) {
 		n += k
 	}
 	if d.bm.j.activeSize() > maxJournal {
-		if err := d.syncPoint(nil); err != nil {
+		if err := d.syncPoint(); err != nil {
 			return 0, err
 		}
 	}
@@ -292,6 +466,9 @@ func (d *Device) backupBlock(i int64) ([]byte, error) {
 
 // targetZero reports whether block i of the target reads all zeroes.
 func (d *Device) targetZero(i int64) (bool, error) {
+	if inHole(d.target, i*d.bs, d.blockLen(i)) {
+		return true, nil // a hole reads zeroes: no need to read it
+	}
 	bp := d.bufs.Get().(*[]byte)
 	defer d.bufs.Put(bp)
 	b := (*bp)[:d.blockLen(i)]
@@ -301,29 +478,24 @@ func (d *Device) targetZero(i int64) (bool, error) {
 	return bytes.Equal(b, d.zero[:len(b)]), nil
 }
 
-// fill copies block i from the backup into the target; the caller holds
-// the block's lock. It reports whether it wrote.
-func (d *Device) fill(i int64) (bool, error) {
-	b, err := d.backupBlock(i)
-	if err != nil || b == nil {
-		return false, err
-	}
-	if _, err := d.target.WriteAt(b[:d.blockLen(i)], i*d.bs); err != nil {
-		return false, fmt.Errorf("write target at %d: %w", i*d.bs, err)
-	}
-	return true, nil
-}
-
 // syncPoint makes the target durable and, with it, the bits of every
-// block a guest wrote before it and of the hydrated blocks given: swap
-// journal files (waiting for writes in flight), fdatasync the target,
-// write and sync the bits, then empty the settled journal file.
-func (d *Device) syncPoint(hydrated []int64) error {
+// block a guest wrote before it and of the blocks hydrated (by the
+// hydrator or a copy-on-read) before it: swap journal files (waiting for
+// writes in flight) and take the hydrated list, fdatasync the target,
+// write and sync the bits, then empty the settled journal file. Both
+// lists are taken before the fdatasync, and a block enters either only
+// after its data was written, so every bit persisted vouches for synced
+// data.
+func (d *Device) syncPoint() error {
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
 	d.gate.Lock()
 	gen, blocks := d.bm.j.swap()
 	d.gate.Unlock()
+	d.hydMu.Lock()
+	hydrated := d.hydrated
+	d.hydrated = nil
+	d.hydMu.Unlock()
 	err := d.target.Sync()
 	if err != nil {
 		err = fmt.Errorf("sync target: %w", err)
@@ -332,9 +504,92 @@ func (d *Device) syncPoint(hydrated []int64) error {
 	}
 	if err != nil {
 		d.bm.j.failed(blocks)
+		d.hydMu.Lock()
+		d.hydrated = append(d.hydrated, hydrated...)
+		d.hydMu.Unlock()
 		return err
 	}
 	return d.bm.j.settled(gen)
+}
+
+// Trim discards the whole blocks inside [off, off+n); the parts of
+// blocks at its edges are left alone (TRIM is advisory). A discarded
+// block reads as zeroes, is never copied from the backup (hydration
+// skips it), and gives its space back: a hole is punched in a file
+// target. Durability is that of a guest write of zeroes: a block whose
+// bit is not durable gets journal records of its zeroed sectors first.
+func (d *Device) Trim(off, n int64) error {
+	if off < 0 || n <= 0 || off+n > d.size {
+		return fmt.Errorf("trim [%d, %d) outside the %d-byte disk", off, off+n, d.size)
+	}
+	first, end := (off+d.bs-1)/d.bs, (off+n)/d.bs
+	if off+n == d.size {
+		end = d.bm.Blocks() // the short last block
+	}
+	for i := first; i < end; i++ {
+		mu := d.lock(i)
+		mu.Lock()
+		err := d.discardBlock(i)
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if d.bm.j.activeSize() > maxJournal {
+		return d.syncPoint()
+	}
+	return nil
+}
+
+// discardBlock zeroes block i; the caller holds its lock.
+func (d *Device) discardBlock(i int64) error {
+	n := d.blockLen(i)
+	if !d.bm.Durable(i) {
+		var recs []record
+		for lo := int64(0); lo < n; lo += sectorSize {
+			hi := min(lo+sectorSize, n)
+			recs = append(recs, record{sector: (i*d.bs + lo) / sectorSize, sum: sumSector(d.zero[:hi-lo])})
+		}
+		d.gate.RLock()
+		defer d.gate.RUnlock()
+		if err := d.bm.j.add(i, recs); err != nil {
+			return err
+		}
+	}
+	if !punchHole(d.target, i*d.bs, n) {
+		if _, err := d.target.WriteAt(d.zero[:n], i*d.bs); err != nil {
+			return fmt.Errorf("write target at %d: %w", i*d.bs, err)
+		}
+	}
+	d.bm.setHave(i)
+	return nil
+}
+
+// inHole reports whether [off, off+n) of f lies in a hole (SEEK_DATA
+// finds no data before its end), which reads as zeroes. False when f has
+// no descriptor or the file system cannot tell: the caller reads.
+func inHole(f File, off, n int64) bool {
+	fd, ok := f.(interface{ Fd() uintptr })
+	if !ok {
+		return false
+	}
+	next, err := unix.Seek(int(fd.Fd()), off, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return true // no data from off to the end of the file
+	}
+	return err == nil && next >= off+n
+}
+
+// punchHole deallocates [off, off+n) of f if f is a file descriptor
+// that supports it (a file on most Linux file systems, a block device
+// that can zero); afterwards the range reads as zeroes. It reports
+// whether it did.
+func punchHole(f File, off, n int64) bool {
+	fd, ok := f.(interface{ Fd() uintptr })
+	if !ok {
+		return false
+	}
+	return unix.Fallocate(int(fd.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil
 }
 
 // WriteZeroes writes zeroes to [off, off+n).
@@ -351,7 +606,7 @@ func (d *Device) WriteZeroes(off, n int64) error {
 }
 
 // Flush makes every acknowledged write durable (NBD FLUSH, and FUA).
-func (d *Device) Flush() error { return d.syncPoint(nil) }
+func (d *Device) Flush() error { return d.syncPoint() }
 
 // Extents reports allocation: blocks not yet in the target that are zero
 // in the backup are holes; everything else is data.

@@ -3,13 +3,36 @@
 //
 // Layers, each small: Bitmap (which blocks the target holds, persistent,
 // with a write-ahead journal of guest writes), Device (reads from the
-// target where the bitmap says so and from the backup elsewhere; writes
-// go to the target, filling a partly written block from the backup
-// first), and Hydrator (copies the remaining blocks in the background,
-// rate-limited and pausable). When every block is in the target, the
-// target is a plain disk image: the backup plus the guest's writes. The
-// target and the state files are reached through File (*os.File in the
-// daemon), so that tests can run everything on files that lose power.
+// target where the bitmap says so and from the backup elsewhere, copying
+// what it read from the backup to the target on the way; writes go to
+// the target, filling a partly written block from the backup first), and
+// Hydrator (copies the remaining blocks in the background with several
+// workers, rate-limited and pausable).
+//
+// Copy-on-read. A guest read of a block the target does not hold yet
+// decodes and verifies the block anyway; writing it to the target as
+// well costs a pwrite into the page cache, and then the guest's next
+// read of it is a pread and the hydrator skips it. A copy-on-read is a
+// hydration step like the hydrator's: under the block's lock, only if
+// the block is still missing, its bit set in memory at once and made
+// durable by the next sync point (rule 1 below). Zero blocks of a fresh
+// target are not copied on read; they read as zeroes either way.
+//
+// The hydrator runs GOMAXPROCS workers (Options.Workers) on extents of
+// 16 blocks in disk order, decoding each block into the worker's own
+// buffer outside the block's lock and writing it under the lock if the
+// block is still missing. A syncer beside them makes a sync point after
+// every 64 MiB written or every second, so write-back overlaps decoding.
+// The rate limit is taken for every block before it is written, from a
+// Limiter that the hydrators of one restore share (its disks hydrate at
+// once). TRIM zeroes the whole blocks of its range like a guest write of
+// zeroes (journal records first for blocks without a durable bit) and
+// punches a hole in a file target; such blocks are never hydrated.
+//
+// When every block is in the target, the target is a plain disk image:
+// the backup plus the guest's writes. The target and the state files are
+// reached through File (*os.File in the daemon), so that tests can run
+// everything on files that lose power.
 //
 // Concurrency: block-level locks (striped) make the hydrator and guest
 // writes to the same block take turns, so a hydrated copy never lands on
@@ -46,11 +69,14 @@
 //     the backup's bytes.
 //  3. A sync point (every Flush, the hydrator's periodic flush, a journal
 //     over 16 MiB) swaps the two journal files under a gate that waits for
-//     writes between their record and their data, fdatasyncs the target,
-//     writes and syncs the bits of every block recorded in the swapped-out
-//     file (and of the blocks hydrated since the last point), and only
-//     then empties that file. New writes record in the other file
-//     meanwhile. A sync point that fails keeps its blocks for the next.
+//     writes between their record and their data, and takes the list of
+//     blocks hydrated (by the hydrator or a copy-on-read) since the last
+//     point, whose data was written before they entered it; then it
+//     fdatasyncs the target, writes and syncs the bits of every block
+//     recorded in the swapped-out file and of the hydrated ones, and only
+//     then empties that file. New writes record in the other file, and
+//     new hydrations enter a new list, meanwhile. A sync point that fails
+//     keeps its blocks for the next.
 //  4. Recovery (NewDevice, before the export serves) reads both journal
 //     files. For each recorded block whose bit is not durable it reads the
 //     block from the target and keeps every sector whose hash matches a

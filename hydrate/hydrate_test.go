@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -218,6 +219,170 @@ func TestBitmapRejectsForeignFiles(t *testing.T) {
 	}
 	if popcount(good[bitmapHeader:]) != 10 {
 		t.Fatal("popcount")
+	}
+}
+
+// TestCopyOnReadDuringHydration: a slow hydrator, four guests each
+// writing unaligned ranges of its own part of the disk and reading
+// random unaligned ranges of it (blocks not hydrated yet are copied to
+// the target on the way), all at once: every read sees the backup plus
+// that guest's writes, reads copy blocks so the hydrator copies fewer,
+// and the final target is the backup with every write applied.
+func TestCopyOnReadDuringHydration(t *testing.T) {
+	size := 4<<20 + 777
+	base := disk(7, size)
+	vol := backup(t, base)
+	dir := t.TempDir()
+	d := openDevice(t, vol, dir)
+	expect := bytes.Clone(base)
+	h := NewHydrator(d, 1<<20) // about 4 s for the disk: the guests get there first
+	done := make(chan error, 1)
+	go func() { done <- h.Run(context.Background()) }()
+	const guests = 4
+	part := int64(size) / guests
+	var wg sync.WaitGroup
+	for g := range guests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lo, hi := int64(g)*part, int64(g+1)*part
+			if g == guests-1 {
+				hi = int64(size)
+			}
+			r := rand.New(rand.NewPCG(uint64(g), 77))
+			buf := make([]byte, 50000)
+			for range 40 {
+				// Reads first: most blocks are not hydrated yet.
+				for range 3 {
+					n := 1 + r.Int64N(min(int64(len(buf)), hi-lo))
+					off := lo + r.Int64N(hi-lo-n+1)
+					if _, err := d.ReadAt(buf[:n], off); err != nil {
+						t.Error(err)
+						return
+					}
+					if !bytes.Equal(buf[:n], expect[off:off+n]) {
+						t.Errorf("guest %d: read %d at %d differs", g, n, off)
+						return
+					}
+				}
+				n := 1 + r.Int64N(min(20000, hi-lo))
+				off := lo + r.Int64N(hi-lo-n+1)
+				for i := range buf[:n] {
+					buf[i] = byte(r.Uint32())
+				}
+				// Each guest owns its bytes of expect; blocks shared at
+				// the borders are serialised by the device.
+				copy(expect[off:], buf[:n])
+				if _, err := d.WriteAt(buf[:n], off); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	h.SetRate(0)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var data int64
+	for i := int64(0); i*4096 < int64(size); i++ {
+		if hash, _ := vol.BlockHash(i); !hash.IsZero() {
+			data += min(4096, int64(size)-i*4096)
+		}
+	}
+	if copied := h.copied.Load(); copied >= data {
+		t.Errorf("the hydrator copied %d bytes of %d: guest reads copied nothing", copied, data)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "target.img"))
+	if !bytes.Equal(got, expect) {
+		t.Fatal("target after hydration is not the backup plus the guests' writes")
+	}
+}
+
+// TestTrim: TRIM zeroes the whole blocks inside its range (the edges of
+// the range stay), hydration skips them, and a file target gets the
+// space back.
+func TestTrim(t *testing.T) {
+	size := 1 << 20
+	base := bytes.Repeat([]byte("backup data "), size/12+1)[:size] // no zero blocks
+	vol := backup(t, base)
+	dir := t.TempDir()
+	d := openDevice(t, vol, dir)
+	expect := bytes.Clone(base)
+	// Blocks 2..9 whole, plus parts of blocks 1 and 10 (kept).
+	if err := d.Trim(4096+100, 9*4096); err != nil {
+		t.Fatal(err)
+	}
+	clear(expect[2*4096 : 10*4096])
+	// The last, and a write after a trim.
+	if err := d.Trim(int64(size)-8192, 8192); err != nil {
+		t.Fatal(err)
+	}
+	clear(expect[size-8192:])
+	if _, err := d.WriteAt([]byte("after"), 3*4096+10); err != nil {
+		t.Fatal(err)
+	}
+	copy(expect[3*4096+10:], "after")
+	got := make([]byte, size)
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, expect) {
+		t.Fatalf("guest view after trim: %v", err)
+	}
+	h := NewHydrator(d, 0)
+	if err := h.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "target.img")
+	got, _ = os.ReadFile(target)
+	if !bytes.Equal(got, expect) {
+		t.Fatal("target after hydration differs")
+	}
+	if h.copied.Load() > int64(size-10*4096) {
+		t.Errorf("hydrator copied %d bytes: it copied trimmed blocks", h.copied.Load())
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(target, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 > int64(size)-8*4096 {
+		t.Errorf("target allocates %d bytes: no hole was punched", st.Blocks*512)
+	}
+}
+
+// TestRateLimitExact: a hydrator with several workers and a limit of
+// 1 MiB/s reserves every byte before it writes it, from a bucket that
+// starts empty: on a clock that does not move, the last reservation
+// waits bytes copied / rate, as one writer at that rate would. (No time
+// is measured: the limiter's clock is replaced.)
+func TestRateLimitExact(t *testing.T) {
+	size := 6 << 20
+	base := disk(9, size)
+	vol := backup(t, base)
+	d := openDevice(t, vol, t.TempDir())
+	defer d.Close()
+	const bps = 1 << 20
+	t0 := time.Unix(1e9, 0)
+	var mu sync.Mutex
+	var longest time.Duration
+	lim := newLimiter(bps, func() time.Time { return t0 }, func(_ context.Context, d time.Duration) error {
+		mu.Lock()
+		longest = max(longest, d)
+		mu.Unlock()
+		return nil
+	})
+	h := NewHydratorWith(d, Options{Limiter: lim, Workers: 8})
+	if err := h.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := time.Duration(float64(h.copied.Load()) / bps * float64(time.Second))
+	if h.copied.Load() < int64(size)/2 || longest < want-time.Millisecond || longest > want+time.Millisecond {
+		t.Fatalf("copied %d bytes; the last reservation waits %v, want %v", h.copied.Load(), longest, want)
 	}
 }
 

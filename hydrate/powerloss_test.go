@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"csbs/blockstore"
-	"csbs/restore"
 )
 
 // diskSector is the unit a power loss tears writes at.
@@ -189,7 +188,7 @@ func (i memInfo) Sys() any           { return nil }
 
 // openMem opens a device on a disk's files (a new restore when images is
 // nil, else the files a power loss left).
-func openMem(t *testing.T, d *memDisk, vol restore.Volume, images map[string][]byte) (*Device, error) {
+func openMem(t *testing.T, d *memDisk, vol Volume, images map[string][]byte) (*Device, error) {
 	t.Helper()
 	bs := int64(vol.BlockSize())
 	target := d.file("target", images["target"])
@@ -268,18 +267,10 @@ func runPowerCut(t *testing.T, vol *blockstore.Volume, base []byte, seed uint64,
 	hyd := NewHydrator(dev, 0)
 	size := int64(len(base))
 	nextBlock := int64(0)
-	var batch []int64
 	for range 120 {
-		switch x := r.IntN(100); {
-		case x < 50: // a guest write, unaligned
-			n := 1 + r.Int64N(40000)
-			off := r.Int64N(size - n + 1)
-			p := randomBytes(r, n)
-			if _, err := dev.WriteAt(p, off); err != nil {
-				t.Fatal(err)
-			}
-			acked := !d.isCut()
-			// Record the full content of every sector the write touched.
+		// record notes the content of every sector of [off, off+n) as a
+		// version the guest wrote.
+		record := func(off, n int64, acked bool) {
 			cur := make([]byte, diskSector)
 			for s := off / diskSector; s*diskSector < off+n; s++ {
 				if _, err := dev.ReadAt(cur[:min(diskSector, size-s*diskSector)], s*diskSector); err != nil && err != io.EOF {
@@ -289,6 +280,36 @@ func runPowerCut(t *testing.T, vol *blockstore.Volume, base []byte, seed uint64,
 				if acked {
 					h.acked[s] = len(h.versions[s])
 				}
+			}
+		}
+		switch x := r.IntN(100); {
+		case x < 42: // a guest write, unaligned
+			n := 1 + r.Int64N(40000)
+			off := r.Int64N(size - n + 1)
+			p := randomBytes(r, n)
+			if _, err := dev.WriteAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+			// Record the full content of every sector the write touched.
+			record(off, n, !d.isCut())
+		case x < 47: // TRIM: whole blocks inside the range become zeroes
+			n := 1 + r.Int64N(5*dev.bs)
+			off := r.Int64N(size - n + 1)
+			if err := dev.Trim(off, n); err != nil {
+				t.Fatal(err)
+			}
+			first, end := (off+dev.bs-1)/dev.bs*dev.bs, (off+n)/dev.bs*dev.bs
+			if off+n == size {
+				end = size
+			}
+			if end > first {
+				record(first, end-first, !d.isCut())
+			}
+		case x < 55: // a guest read: copies the blocks it touches into the target
+			n := 1 + r.Int64N(3*dev.bs)
+			off := r.Int64N(size - n + 1)
+			if _, err := dev.ReadAt(make([]byte, n), off); err != nil {
+				t.Fatal(err)
 			}
 		case x < 60: // FLUSH from the guest
 			if err := dev.Flush(); err != nil {
@@ -304,14 +325,12 @@ func runPowerCut(t *testing.T, vol *blockstore.Volume, base []byte, seed uint64,
 				if _, err := hyd.copyBlock(nextBlock); err != nil {
 					t.Fatal(err)
 				}
-				batch = append(batch, nextBlock)
 				nextBlock++
 			}
 			if r.IntN(3) == 0 {
-				if err := dev.syncPoint(batch); err != nil {
+				if err := dev.syncPoint(); err != nil {
 					t.Fatal(err)
 				}
-				batch = batch[:0]
 			}
 		}
 	}

@@ -107,6 +107,12 @@ type Options struct {
 	// Acquire marks a backup in use (retention and deletion leave it
 	// alone) until the returned func is called; nil: no counting.
 	Acquire func(backupID string) func()
+	// Workers copy blocks in each disk's hydration (all disks of a
+	// restore hydrate at once); <= 0: GOMAXPROCS.
+	Workers int
+	// Budget, if set, lends hydration workers their block buffers (the
+	// store's in-flight budget in the daemon).
+	Budget hydrate.Budget
 	// OnHydrated is told how many bytes hydration copied; nil: nothing.
 	OnHydrated func(n int64)
 	// Now tells the time of state changes; nil: time.Now.
@@ -257,6 +263,9 @@ func (m *Manager) open(r catalog.Restore, b catalog.Backup, create bool) (*sessi
 	if err != nil {
 		return nil, err
 	}
+	// One limit for the whole restore: its disks hydrate at once and
+	// share the rate.
+	lim := hydrate.NewLimiter(r.Rate)
 	s := &session{r: r, done: make(chan struct{}), release: m.o.Acquire(b.ID)}
 	fail := func(err error) (*session, error) {
 		m.stop(s)
@@ -318,7 +327,7 @@ func (m *Manager) open(r catalog.Restore, b catalog.Backup, create bool) (*sessi
 			return fail(err)
 		}
 		s.devs = append(s.devs, dev)
-		h := hydrate.NewHydrator(dev, r.Rate)
+		h := hydrate.NewHydratorWith(dev, hydrate.Options{Limiter: lim, Workers: m.o.Workers, Budget: m.o.Budget})
 		h.OnCopied = func(n int64) {
 			s.copied.Add(n)
 			if m.o.OnHydrated != nil {
@@ -404,12 +413,31 @@ func (m *Manager) Hydrate(ctx context.Context, j catalog.Job, progress func(done
 			}
 		}
 	}()
-	var err error
+	// Every disk at once: the workers of all of them share the CPUs, the
+	// memory budget and the restore's rate limit. The first disk that
+	// fails stops the others: the restore failed.
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		err   error
+	)
+	hctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
 	for _, h := range s.hyds {
-		if err = h.Run(ctx); err != nil {
-			break
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if herr := h.Run(hctx); herr != nil {
+				errMu.Lock()
+				if err == nil && hctx.Err() == nil {
+					err = herr
+				}
+				errMu.Unlock()
+				stopAll()
+			}
+		}()
 	}
+	wg.Wait()
 	close(stopReports)
 	<-reported
 	progress(s.progress())

@@ -15,12 +15,12 @@
 //   - ExportServer: fixed-newstyle negotiation (EXPORT_NAME, LIST, INFO, GO,
 //     STRUCTURED_REPLY, LIST/SET_META_CONTEXT with base:allocation, ABORT)
 //     and a transmission loop that reads requests in order and answers up
-//     to 32 at once, out of order by cookie, with one writer lock. Errors
-//     become NBD error replies in one place (ExportServer.errno): damaged
-//     backup data is EIO, never bytes. Reads and block status use structured
-//     replies when negotiated. Option data over 64 KiB, writes over 32 MiB
-//     and bad magics end the connection; everything else gets an error
-//     reply and the connection goes on.
+//     to 32 at once, out of order by cookie. Errors become NBD error
+//     replies in one place (ExportServer.errno): damaged backup data is EIO,
+//     never bytes. Reads and block status use structured replies when
+//     negotiated. Option data over 64 KiB, writes over 32 MiB and bad
+//     magics end the connection; everything else gets an error reply and
+//     the connection goes on.
 //   - Client: a userspace client with many requests in flight on one
 //     connection (32 by default), used for NBD disk sources and by the
 //     tests. It negotiates structured replies and meta contexts
@@ -30,7 +30,25 @@
 //     structured replies (go-nbd's) it reads with simple replies and
 //     reports no block status.
 //
+// How the server spends its time. A read that the device can answer
+// from its caches without loading anything (CachedReader: the block
+// cache, an attached export's read cache file, an instant restore's
+// hydrated blocks) is answered by the goroutine that reads requests, as
+// qemu-nbd answers with a pread; everything else goes to the
+// connection's workers, which live as long as the connection (no
+// goroutine and stack growth per request). Replies are queued and sent
+// by whichever goroutine finds no send in progress, many per writev, the
+// data straight from its buffer (no copy into a write buffer); the
+// request reader sends what it answered itself before it waits for more
+// requests. Read and write buffers come from size-class pools and are
+// taken from the daemon's memory budget (Server.Memory) before use, so
+// many clients wait for each other instead of growing memory; a client
+// that does not read its replies for two minutes is disconnected.
+// CACHE is advertised only for devices that implement Cacher, TRIM only
+// for writable devices that implement Trimmer.
+//
 // Devices implement small interfaces: Device (ReaderAt + Size),
-// WritableDevice (+ WriterAt + Flush), and optionally Zeroer, Trimmer and
-// Extenter (allocation for block status).
+// WritableDevice (+ WriterAt + Flush), and optionally Zeroer, Trimmer,
+// Cacher, CachedReader, ContextReaderAt and Extenter (allocation for
+// block status).
 package nbd

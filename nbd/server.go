@@ -39,9 +39,37 @@ type Zeroer interface {
 }
 
 // Trimmer discards a range (NBD_CMD_TRIM); afterwards it reads as zeroes
-// or as its old content, as the protocol allows.
+// or as its old content, as the protocol allows. TRIM is advertised only
+// for writable devices that implement it.
 type Trimmer interface {
 	Trim(off, n int64) error
+}
+
+// Cacher loads a range ahead of reads (NBD_CMD_CACHE: the client says it
+// will read it). CACHE is advertised only for devices that implement it.
+type Cacher interface {
+	Cache(ctx context.Context, off, n int64) error
+}
+
+// ContextReaderAt is a Device whose reads can be canceled: the server
+// cancels the reads of a connection that goes away.
+type ContextReaderAt interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// CachedReader is a Device that can answer a read at once when its
+// caches hold every byte (no block to load, nothing to wait for); the
+// server answers such reads without handing them to a worker.
+type CachedReader interface {
+	ReadCached(p []byte, off int64) bool
+}
+
+// Budget bounds the bytes of request and reply data in flight across all
+// connections (the store's budget in the daemon).
+type Budget interface {
+	Acquire(ctx context.Context, n int64) error
+	TryAcquire(n int64) bool
+	Release(n int64)
 }
 
 // Extenter reports allocation (the base:allocation meta context), which
@@ -81,6 +109,11 @@ type ExportServer struct {
 	AllowList bool
 	// MaxConnsPerExport bounds concurrent connections to one export.
 	MaxConnsPerExport int
+	// Memory, if set, bounds the read and write buffers of requests in
+	// flight: a request waits for its bytes before it is served.
+	Memory Budget
+
+	bufs bufPool
 
 	reads, readBytes, readErrors atomic.Int64
 	writtenBytes, writeErrors    atomic.Int64
@@ -464,14 +497,20 @@ func (s *ExportServer) metaContext(c *conn, opt uint32, data []byte, st *session
 }
 
 func transmissionFlags(e *Export, st session) uint16 {
-	f := tflagHasFlags | tflagFlush | tflagFUA | tflagMultiConn | tflagCache
+	f := tflagHasFlags | tflagFlush | tflagFUA | tflagMultiConn
+	if _, ok := e.Device.(Cacher); ok {
+		f |= tflagCache
+	}
 	if st.structured {
 		f |= tflagDF
 	}
 	if e.ReadOnly {
 		return f | tflagReadOnly
 	}
-	return f | tflagTrim | tflagZeroes
+	if _, ok := e.Device.(Trimmer); ok {
+		f |= tflagTrim
+	}
+	return f | tflagZeroes
 }
 
 // request is one transmission-phase request.
@@ -481,19 +520,80 @@ type request struct {
 	cookie uint64
 	off    uint64
 	length uint32
-	data   []byte // write payload
+	data   []byte // write payload, from the pool
+	budget int64  // bytes taken from ExportServer.Memory for it
 }
 
+// replyTimeout is how long a reply may wait for the client to read it.
+const replyTimeout = 2 * time.Minute
+
 func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st session) {
+	ctx, cancel := context.WithCancel(ctx)
 	var (
-		wmu sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, maxInFlight)
-		hdr = make([]byte, 28)
-		be  = binary.BigEndian
+		wg      sync.WaitGroup
+		jobs    = make(chan *request, maxInFlight)
+		slots   = make(chan struct{}, maxInFlight) // requests handed to workers and not finished
+		workers int
+		idle    atomic.Int32
+		hdr     = make([]byte, 28)
+		be      = binary.BigEndian
+		rw      = &replyWriter{conn: c.Conn, timeout: replyTimeout}
+		cached  CachedReader
 	)
-	defer wg.Wait()
+	if cr, ok := exp.Device.(CachedReader); ok {
+		cached = cr
+	}
+	// finish ends the connection's requests: after NBD_CMD_DISC the ones
+	// in flight complete and are answered; when the connection broke they
+	// see their context end. Replies still queued go out if they can,
+	// and their buffers and budget come back in every case.
+	finished := false
+	finish := func(graceful bool) {
+		if finished {
+			return
+		}
+		finished = true
+		if !graceful {
+			cancel()
+		}
+		close(jobs)
+		wg.Wait()
+		rw.kick()
+		rw.abandon()
+		cancel()
+	}
+	defer finish(false)
+	// Workers live as long as the connection: a request does not pay
+	// for a new goroutine and its stack growth.
+	dispatch := func(r *request) {
+		select {
+		case slots <- struct{}{}:
+		default:
+			rw.kick() // about to wait for a worker: answered replies go first
+			slots <- struct{}{}
+		}
+		if idle.Load() == 0 && workers < maxInFlight {
+			workers++
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for r := range jobs {
+					idle.Add(-1)
+					s.serve(ctx, rw, exp, st, r)
+					<-slots
+					idle.Add(1)
+				}
+			}()
+			idle.Add(1)
+		}
+		jobs <- r
+	}
 	for ctx.Err() == nil {
+		// Before the reader blocks for more requests, the replies it
+		// answered itself go out, together.
+		if c.r.Buffered() < len(hdr) {
+			rw.kick()
+		}
 		if _, err := io.ReadFull(c.r, hdr); err != nil {
 			return
 		}
@@ -501,35 +601,124 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 			s.Log.Warn("nbd: bad request magic; closing", "export", exp.Name, "magic", be.Uint32(hdr))
 			return
 		}
-		r := request{flags: be.Uint16(hdr[4:]), typ: be.Uint16(hdr[6:]), cookie: be.Uint64(hdr[8:]), off: be.Uint64(hdr[16:]), length: be.Uint32(hdr[24:])}
-		if r.typ == cmdDisc {
+		r := &request{flags: be.Uint16(hdr[4:]), typ: be.Uint16(hdr[6:]), cookie: be.Uint64(hdr[8:]), off: be.Uint64(hdr[16:]), length: be.Uint32(hdr[24:])}
+		switch r.typ {
+		case cmdDisc:
+			finish(true)
 			return
-		}
-		if r.typ == cmdWrite {
+		case cmdWrite:
 			if r.length > maxPayload {
 				// The payload cannot be skipped safely: refuse and close.
-				s.reply(c, &wmu, st, r, errOverflow, nil, "write larger than 32 MiB")
+				s.reply(rw, st, r, errOverflow, nil, "write larger than 32 MiB", nil)
 				return
 			}
-			r.data = make([]byte, r.length)
-			if _, err := io.ReadFull(c.r, r.data); err != nil {
+			rw.kick() // the budget may wait for replies this goroutine queued
+			if err := s.take(ctx, r, int64(r.length)); err != nil {
 				return
+			}
+			r.data = s.bufs.get(int(r.length))
+			if c.r.Buffered() < int(r.length) {
+				rw.kick()
+			}
+			if _, err := io.ReadFull(c.r, r.data); err != nil {
+				s.done(r, r.data)
+				return
+			}
+		case cmdRead:
+			// A read the caches can answer at once (no block to load) is
+			// answered here, like a pread in qemu-nbd: no hand-off, and
+			// its reply waits for the others read in the same batch.
+			if cached != nil && s.readCached(rw, cached, exp, st, r) {
+				if rw.queuedBytes() >= maxQueued {
+					rw.kick()
+				}
+				continue
 			}
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			errno, data, msg := s.execute(exp, st, r)
-			s.reply(c, &wmu, st, r, errno, data, msg)
-		}()
+		dispatch(r)
 	}
 }
 
+// readCached answers r from the device's caches if it can without
+// waiting for anything, and reports whether it did.
+func (s *ExportServer) readCached(rw *replyWriter, dev CachedReader, exp *Export, st session, r *request) bool {
+	size := uint64(exp.Device.Size())
+	if r.length == 0 || r.length > maxCachedRead || r.off > size || uint64(r.length) > size-r.off {
+		return false
+	}
+	if s.Memory != nil {
+		if !s.Memory.TryAcquire(int64(r.length)) {
+			return false
+		}
+		r.budget = int64(r.length)
+	}
+	buf := s.bufs.get(int(r.length))
+	if !dev.ReadCached(buf, int64(r.off)) {
+		s.done(r, buf)
+		return false
+	}
+	s.reads.Add(1)
+	s.readBytes.Add(int64(len(buf)))
+	s.queueReply(rw, st, r, 0, buf, "", func() { s.done(r, buf) })
+	return true
+}
+
+// maxQueued is how many reply bytes the request reader lets pile up
+// before it sends them, while more requests are buffered.
+const maxQueued = 1 << 20
+
+// maxCachedRead is the largest read the request reader answers itself
+// from the caches; larger ones go to a worker so that reading requests
+// never stalls behind a big copy.
+const maxCachedRead = 256 << 10
+
+// take reserves n bytes of the memory budget for r.
+func (s *ExportServer) take(ctx context.Context, r *request, n int64) error {
+	if s.Memory == nil || n == 0 {
+		return nil
+	}
+	if err := s.Memory.Acquire(ctx, n); err != nil {
+		return err
+	}
+	r.budget += n
+	return nil
+}
+
+// done returns r's buffers and budget once its reply is written.
+func (s *ExportServer) done(r *request, bufs ...[]byte) {
+	for _, b := range bufs {
+		if b != nil {
+			s.bufs.put(b)
+		}
+	}
+	if r.budget > 0 {
+		s.Memory.Release(r.budget)
+		r.budget = 0
+	}
+}
+
+// serve executes one request and replies.
+func (s *ExportServer) serve(ctx context.Context, rw *replyWriter, exp *Export, st session, r *request) {
+	var buf []byte
+	if r.typ == cmdRead && r.length <= maxPayload {
+		if err := s.take(ctx, r, int64(r.length)); err != nil {
+			s.reply(rw, st, r, errShutdown, nil, "connection closing", func() { s.done(r, r.data) })
+			return
+		}
+		buf = s.bufs.get(int(r.length))
+	}
+	errno, data, msg := s.execute(ctx, exp, st, r, buf)
+	if errno != 0 && buf != nil {
+		s.bufs.put(buf)
+		buf = nil
+	}
+	s.reply(rw, st, r, errno, data, msg, func() { s.done(r, buf, r.data) })
+}
+
 // execute runs one request and returns the NBD error (0 for success),
-// the read data or block status payload, and a message for errors.
-func (s *ExportServer) execute(exp *Export, st session, r request) (uint32, []byte, string) {
+// the read data or block status payload, and a message for errors. buf
+// is the buffer for a read's data.
+func (s *ExportServer) execute(ctx context.Context, exp *Export, st session, r *request, buf []byte) (uint32, []byte, string) {
 	size := uint64(exp.Device.Size())
 	inRange := r.off <= size && uint64(r.length) <= size-r.off
 	switch r.typ {
@@ -540,8 +729,13 @@ func (s *ExportServer) execute(exp *Export, st session, r request) (uint32, []by
 		if !inRange {
 			return errInval, nil, "read beyond the end of the export"
 		}
-		buf := make([]byte, r.length)
-		n, err := exp.Device.ReadAt(buf, int64(r.off))
+		var n int
+		var err error
+		if cr, ok := exp.Device.(ContextReaderAt); ok {
+			n, err = cr.ReadAtContext(ctx, buf, int64(r.off))
+		} else {
+			n, err = exp.Device.ReadAt(buf, int64(r.off))
+		}
 		s.reads.Add(1)
 		if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
 			s.readErrors.Add(1)
@@ -564,9 +758,11 @@ func (s *ExportServer) execute(exp *Export, st session, r request) (uint32, []by
 		case cmdWriteZeroes:
 			err = writeZeroes(w, int64(r.off), int64(r.length))
 		case cmdTrim:
-			if t, ok := w.(Trimmer); ok {
-				err = t.Trim(int64(r.off), int64(r.length))
+			t, ok := w.(Trimmer)
+			if !ok {
+				return errInval, nil, "this export does not take TRIM"
 			}
+			err = t.Trim(int64(r.off), int64(r.length))
 		}
 		if err == nil && r.flags&cmdFlagFUA != 0 {
 			err = w.Flush()
@@ -589,6 +785,13 @@ func (s *ExportServer) execute(exp *Export, st session, r request) (uint32, []by
 	case cmdCache:
 		if !inRange {
 			return errInval, nil, "cache beyond the end of the export"
+		}
+		c, ok := exp.Device.(Cacher)
+		if !ok {
+			return errInval, nil, "this export does not take CACHE"
+		}
+		if err := c.Cache(ctx, int64(r.off), int64(r.length)); err != nil {
+			return s.errno(exp, "cache", r, err)
 		}
 		return 0, nil, ""
 	case cmdBlockStatus:
@@ -618,7 +821,7 @@ func writeZeroes(w WritableDevice, off, n int64) error {
 	return nil
 }
 
-func (s *ExportServer) blockStatus(exp *Export, r request) (uint32, []byte, string) {
+func (s *ExportServer) blockStatus(exp *Export, r *request) (uint32, []byte, string) {
 	var exts []extent.Extent
 	if e, ok := exp.Device.(Extenter); ok {
 		var err error
@@ -657,7 +860,7 @@ func (s *ExportServer) blockStatus(exp *Export, r request) (uint32, []byte, stri
 
 // errno maps an error to its NBD error code: the one place where that
 // happens. Damaged backup data is EIO, never data.
-func (s *ExportServer) errno(exp *Export, op string, r request, err error) (uint32, []byte, string) {
+func (s *ExportServer) errno(exp *Export, op string, r *request, err error) (uint32, []byte, string) {
 	code := errIO
 	switch {
 	case blockstore.IsDataError(err):
@@ -668,19 +871,23 @@ func (s *ExportServer) errno(exp *Export, op string, r request, err error) (uint
 		code = errNoSpc
 	case errors.Is(err, syscall.ENOMEM):
 		code = errNoMem
-	case errors.Is(err, blockstore.ErrClosed), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, blockstore.ErrClosed), errors.Is(err, net.ErrClosed), errors.Is(err, context.Canceled):
 		code = errShutdown
 	}
 	s.Log.Warn("nbd "+op+" failed", "export", exp.Name, "offset", r.off, "length", r.length, "err", err)
 	return code, nil, err.Error()
 }
 
-// reply writes one reply: a structured one for reads and block status
-// when negotiated, a simple one otherwise.
-func (s *ExportServer) reply(c *conn, wmu *sync.Mutex, st session, r request, errno uint32, data []byte, msg string) {
+// reply sends one reply: a structured one for reads and block status
+// when negotiated, a simple one otherwise. after runs once it is written.
+func (s *ExportServer) reply(rw *replyWriter, st session, r *request, errno uint32, data []byte, msg string, after func()) {
+	s.queueReply(rw, st, r, errno, data, msg, after)
+	rw.kick()
+}
+
+// queueReply queues a reply without writing it (see reply).
+func (s *ExportServer) queueReply(rw *replyWriter, st session, r *request, errno uint32, data []byte, msg string, after func()) {
 	be := binary.BigEndian
-	wmu.Lock()
-	defer wmu.Unlock()
 	structured := st.structured && (r.typ == cmdRead || r.typ == cmdBlockStatus)
 	switch {
 	case !structured:
@@ -688,10 +895,11 @@ func (s *ExportServer) reply(c *conn, wmu *sync.Mutex, st session, r request, er
 		be.PutUint32(h, magicSimple)
 		be.PutUint32(h[4:], errno)
 		be.PutUint64(h[8:], r.cookie)
-		c.w.Write(h)
 		if errno == 0 && r.typ == cmdRead {
-			c.w.Write(data)
+			rw.add([][]byte{h, data}, after)
+			return
 		}
+		rw.add([][]byte{h}, after)
 	case errno != 0:
 		if len(msg) > 4096 {
 			msg = msg[:4096]
@@ -700,33 +908,25 @@ func (s *ExportServer) reply(c *conn, wmu *sync.Mutex, st session, r request, er
 		be.PutUint32(payload, errno)
 		be.PutUint16(payload[4:], uint16(len(msg)))
 		copy(payload[6:], msg)
-		writeChunk(c.w, replyFlagDone, chunkError, r.cookie, payload)
+		rw.add([][]byte{chunkHeader(replyFlagDone, chunkError, r.cookie, uint32(len(payload))), payload}, after)
 	case r.typ == cmdRead:
-		h := make([]byte, 8)
-		be.PutUint64(h, r.off)
-		writeChunkHeader(c.w, replyFlagDone, chunkOffsetData, r.cookie, uint32(8+len(data)))
-		c.w.Write(h)
-		c.w.Write(data)
+		h := chunkHeader(replyFlagDone, chunkOffsetData, r.cookie, uint32(8+len(data)))
+		h = be.AppendUint64(h, r.off)
+		rw.add([][]byte{h, data}, after)
 	default: // block status
-		writeChunk(c.w, replyFlagDone, chunkBlockStatus, r.cookie, data)
-	}
-	if err := c.w.Flush(); err != nil {
-		c.Close() // the reader notices and ends the connection
+		rw.add([][]byte{chunkHeader(replyFlagDone, chunkBlockStatus, r.cookie, uint32(len(data))), data}, after)
 	}
 }
 
-func writeChunkHeader(w *bufio.Writer, flags, typ uint16, cookie uint64, length uint32) {
-	h := make([]byte, 20)
+// chunkHeader is a structured reply chunk's header, with room for the
+// 8-byte offset of a data chunk.
+func chunkHeader(flags, typ uint16, cookie uint64, length uint32) []byte {
+	h := make([]byte, 20, 28)
 	be := binary.BigEndian
 	be.PutUint32(h, magicStructRep)
 	be.PutUint16(h[4:], flags)
 	be.PutUint16(h[6:], typ)
 	be.PutUint64(h[8:], cookie)
 	be.PutUint32(h[16:], length)
-	w.Write(h)
-}
-
-func writeChunk(w *bufio.Writer, flags, typ uint16, cookie uint64, payload []byte) {
-	writeChunkHeader(w, flags, typ, cookie, uint32(len(payload)))
-	w.Write(payload)
+	return h
 }

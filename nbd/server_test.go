@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -66,6 +68,14 @@ func (m *memDevice) WriteAt(p []byte, off int64) (int, error) {
 }
 func (m *memDevice) Flush() error { m.mu.Lock(); m.flushes++; m.mu.Unlock(); return nil }
 
+// snapshot returns a copy of the contents and the flush count, read
+// under the lock (the server's goroutines wrote them).
+func (m *memDevice) snapshot() ([]byte, int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return bytes.Clone(m.b), m.flushes
+}
+
 // failingDevice fails reads in a range, as a corrupt backup block does.
 type failingDevice struct{ Device }
 
@@ -92,13 +102,17 @@ type fixture struct {
 	sock, img string
 	store     *blockstore.Store
 	mem       *memDevice
+	vol       *blockstore.Volume
+	budget    *blockstore.Budget
 }
 
 func serve(t *testing.T) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	img := testdisk.Ext4(t, dir, 48, 16, 3)
-	st, err := blockstore.Open(filepath.Join(dir, "store"), blockstore.Options{})
+	// A block cache far smaller than the image: reads go past it to the
+	// read cache file and the store.
+	st, err := blockstore.Open(filepath.Join(dir, "store"), blockstore.Options{CacheBytes: 2 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +131,11 @@ func serve(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Re-reads come from a read cache file, as for the daemon's attached
+	// exports.
+	if err := vol.EnableReadCache(dir, 16<<20); err != nil {
+		t.Fatal(err)
+	}
 	mem := &memDevice{b: make([]byte, 8<<20)}
 	exports := staticExports{
 		"backup":  {Name: "backup", Device: VolumeDevice{vol}, ReadOnly: true, PreferredBlock: 65536},
@@ -129,7 +148,9 @@ func serve(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 8}
+	// A small memory budget: requests wait for each other's buffers.
+	budget := blockstore.NewBudget(4 << 20)
+	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
@@ -140,7 +161,20 @@ func serve(t *testing.T) *fixture {
 		vol.Close()
 		st.Close()
 	})
-	return &fixture{sock: sock, img: img, store: st, mem: mem}
+	return &fixture{sock: sock, img: img, store: st, mem: mem, vol: vol, budget: budget}
+}
+
+// budgetReturned waits until every connection gave its buffers' budget
+// back (connections end asynchronously after the client leaves).
+func (f *fixture) budgetReturned(t *testing.T) {
+	t.Helper()
+	for range 1000 {
+		if f.budget.Stats().Used == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("memory budget not returned: %+v", f.budget.Stats())
 }
 
 func (f *fixture) uri(name string) string { return "nbd+unix:///" + name + "?socket=" + f.sock }
@@ -202,8 +236,8 @@ func TestRealClients(t *testing.T) {
 	if err != nil || strings.Contains(string(out), "failed") || strings.Contains(string(out), "Pattern verification") {
 		t.Fatalf("qemu-io on writable export: %v\n%s", err, out)
 	}
-	if f.mem.b[999] != 0 || f.mem.b[1000] != 0xab || f.mem.b[70999] != 0xab || f.mem.b[71000] != 0 || f.mem.flushes == 0 {
-		t.Fatalf("writes landed wrong (flushes %d)", f.mem.flushes)
+	if b, flushes := f.mem.snapshot(); b[999] != 0 || b[1000] != 0xab || b[70999] != 0xab || b[71000] != 0 || flushes == 0 {
+		t.Fatalf("writes landed wrong (flushes %d)", flushes)
 	}
 
 	// A failing read is an EIO reply, and the connection goes on.
@@ -264,7 +298,7 @@ func TestOwnClient(t *testing.T) {
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if f.mem.b[12345] != 7 || f.mem.b[112344] != 7 || f.mem.b[112345] != 0 {
+	if b, _ := f.mem.snapshot(); b[12345] != 7 || b[112344] != 7 || b[112345] != 0 {
 		t.Fatal("write through own client landed wrong")
 	}
 }
@@ -451,4 +485,144 @@ func TestHostileClients(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("clients that leave with replies pending", func(t *testing.T) {
+		// Reads the caches answer at once, then the client goes without
+		// reading the replies: their buffers and budget must come back.
+		c, err := Dial(context.Background(), f.uri("backup"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ReadAt(make([]byte, 256<<10), 0) // now cached
+		c.Close()
+		for range 10 {
+			hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+				c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+				c.Write(goOption("backup"))
+				readUntilAck(t, r)
+				var reqs []byte
+				for k := range 64 {
+					reqs = append(reqs, rawRequest(cmdRead, uint64(k), 0, 256<<10)...)
+				}
+				c.Write(reqs)
+			})
+		}
+		// Answered reads, then a bad request in the same packet: the
+		// server drops the connection with the replies unsent.
+		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
+			c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+			c.Write(goOption("backup"))
+			readUntilAck(t, r)
+			var reqs []byte
+			for k := range 8 {
+				reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*4096, 4096)...)
+			}
+			c.Write(append(reqs, make([]byte, 28)...))
+			io.Copy(io.Discard, r)
+		})
+		f.budgetReturned(t)
+	})
+}
+
+// TestManyConnections: 24 connections to one export at once, half
+// reading their own region sequentially in 256 KiB requests with many in
+// flight (interleaved streams), half reading at random offsets and
+// lengths, plus nbdcopy (structured replies, several connections) and
+// fio: every byte is compared with the image, through the block cache,
+// the read cache file, read-ahead and a 4 MiB memory budget.
+func TestManyConnections(t *testing.T) {
+	f := serve(t)
+	want, err := os.ReadFile(f.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := int64(len(want))
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var errMu sync.Mutex
+	var errs []error
+	fail := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if len(errs) < 10 {
+			errs = append(errs, err)
+		}
+	}
+	check := func(c *Client, off int64, n int) {
+		buf := make([]byte, n)
+		if _, err := c.ReadAt(buf, off); err != nil {
+			fail(fmt.Errorf("read %d at %d: %w", n, off, err))
+			return
+		}
+		if !bytes.Equal(buf, want[off:off+int64(n)]) {
+			fail(fmt.Errorf("read %d at %d: bytes differ from the image", n, off))
+		}
+	}
+	var conns []*Client
+	for k := range 24 {
+		c, err := Dial(ctx, f.uri("backup"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if k%2 == 0 {
+				// Sequential: 8 readers of 256 KiB chunks in flight over
+				// this connection's region, twice (the second pass reads
+				// what the first left in the caches).
+				region := size / 12
+				from := int64(k/2) * region
+				for range 2 {
+					var inner sync.WaitGroup
+					next := make(chan int64)
+					for range 8 {
+						inner.Add(1)
+						go func() {
+							defer inner.Done()
+							for off := range next {
+								check(c, off, int(min(256<<10, from+region-off)))
+							}
+						}()
+					}
+					for off := from; off < from+region; off += 256 << 10 {
+						next <- off
+					}
+					close(next)
+					inner.Wait()
+				}
+				return
+			}
+			r := rand.New(rand.NewPCG(uint64(k), 3))
+			for range 300 {
+				n := 1 + r.IntN(300<<10)
+				check(c, r.Int64N(size-int64(n)), n)
+			}
+		}()
+	}
+	if _, err := exec.LookPath("nbdcopy"); err == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := filepath.Join(t.TempDir(), "copy.img")
+			if b, err := exec.Command("nbdcopy", "--connections=4", f.uri("backup"), out).CombinedOutput(); err != nil {
+				fail(fmt.Errorf("nbdcopy: %v: %s", err, b))
+				return
+			}
+			if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+				fail(errors.New("nbdcopy's copy differs from the image"))
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		t.Error(err)
+	}
+	if st := f.vol.ReadCacheStats(); st.Hits == 0 || st.Bad != 0 {
+		t.Errorf("read cache: %+v", st)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	f.budgetReturned(t)
 }

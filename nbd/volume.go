@@ -1,6 +1,8 @@
 package nbd
 
 import (
+	"context"
+
 	"csbs/blockstore"
 	"csbs/internal/extent"
 )
@@ -10,9 +12,18 @@ import (
 type VolumeDevice struct{ *blockstore.Volume }
 
 var (
-	_ Device   = VolumeDevice{}
-	_ Extenter = VolumeDevice{}
+	_ Device          = VolumeDevice{}
+	_ Extenter        = VolumeDevice{}
+	_ Cacher          = VolumeDevice{}
+	_ ContextReaderAt = VolumeDevice{}
+	_ CachedReader    = VolumeDevice{}
 )
+
+// Cache loads the blocks of [off, off+n) ahead of the client's reads
+// (into the volume's read cache file when it has one).
+func (v VolumeDevice) Cache(ctx context.Context, off, n int64) error {
+	return v.Prefetch(ctx, off, n)
+}
 
 // Extents reports runs of zero (hole) and data blocks in [off, off+n).
 func (v VolumeDevice) Extents(off, n int64) ([]extent.Extent, error) {

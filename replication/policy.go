@@ -33,15 +33,11 @@ func (s *Service) runPolicy(ctx context.Context, tr *tracker) error {
 	}); err != nil {
 		return err
 	}
-	c, err := s.client(r, rj.Rate)
+	c, err := s.connect(ctx, tr, r, rj.Rate)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	tr.setClient(c)
-	if _, err := s.identity(ctx, r.Name, c); err != nil {
-		return err
-	}
 	var all []remote.BackupInfo
 	if err := s.retry(ctx, func() error {
 		var err error
@@ -169,52 +165,24 @@ func (s *Service) tickOne(rep catalog.Replication, now, started time.Time) (time
 	}); err != nil {
 		return time.Time{}, err
 	}
-	put := func() error { return s.cat.Update(func(tx *catalog.Txn) error { return tx.PutSchedState(st) }) }
-	if fp := scheduleFingerprint(rep); st.Fingerprint != fp {
-		st.Last = now
-		if st.Fingerprint == "" && rep.Created.Before(now) {
-			st.Last = rep.Created
-		}
-		st.Fingerprint = fp
-		if err := put(); err != nil {
-			return time.Time{}, err
-		}
+	sc := scheduler.Schedule{
+		Fingerprint: scheduleFingerprint(rep), Created: rep.Created, Enabled: rep.Enabled,
+		Runs: func(from time.Time, n int) ([]time.Time, error) { return NextRuns(rep, from, n) },
 	}
-	if !rep.Enabled {
-		return time.Time{}, nil
+	put := func(st catalog.SchedState) error {
+		return s.cat.Update(func(tx *catalog.Txn) error { return tx.PutSchedState(st) })
 	}
-	runs, err := NextRuns(rep, st.Last, 1000)
-	if err != nil {
+	d, err := sc.Tick(st, now, started, put)
+	if err != nil || d.Slot.IsZero() {
+		return d.Next, err
+	}
+	j, err := s.RunPolicy(rep, d.Note)
+	if errors.Is(err, catalog.ErrConflict) {
+		s.log.Warn("replication run skipped: the previous run is still going", "replication", rep.Name, "err", err)
+	} else if err != nil {
 		return time.Time{}, err
+	} else {
+		s.log.Info("replication run", "replication", rep.Name, "job", j.ID, "note", d.Note)
 	}
-	var due []time.Time
-	for _, r := range runs {
-		if r.After(now) {
-			break
-		}
-		due = append(due, r)
-	}
-	if len(due) > 0 {
-		st.Last = due[len(due)-1]
-		if err := put(); err != nil {
-			return time.Time{}, err
-		}
-		note := ""
-		if len(due) > 1 || st.Last.Before(started) {
-			note = fmt.Sprintf("catch-up run: %d scheduled run(s) were missed while the daemon was down (latest due %s)", len(due), st.Last.Format(time.RFC3339))
-		}
-		j, err := s.RunPolicy(rep, note)
-		if errors.Is(err, catalog.ErrConflict) {
-			s.log.Warn("replication run skipped: the previous run is still going", "replication", rep.Name, "err", err)
-		} else if err != nil {
-			return time.Time{}, err
-		} else {
-			s.log.Info("replication run", "replication", rep.Name, "job", j.ID, "note", note)
-		}
-	}
-	next, err := NextRuns(rep, st.Last, 1)
-	if err != nil || len(next) == 0 {
-		return time.Time{}, err
-	}
-	return next[0], nil
+	return d.Next, nil
 }

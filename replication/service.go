@@ -232,6 +232,22 @@ func writeSecret(path, secret string) error {
 }
 
 // client opens a client for a recorded remote.
+// connect opens a client to r limited to rate, makes it the one tr
+// counts, and checks that r answers as it did when it was added; the
+// caller closes the client.
+func (s *Service) connect(ctx context.Context, tr *tracker, r catalog.Remote, rate int64) (*remote.Client, error) {
+	c, err := s.client(r, rate)
+	if err != nil {
+		return nil, err
+	}
+	tr.setClient(c)
+	if _, err := s.identity(ctx, r.Name, c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 func (s *Service) client(r catalog.Remote, rate int64) (*remote.Client, error) {
 	b, err := os.ReadFile(s.tokenPath(r.ID))
 	if err != nil {

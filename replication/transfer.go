@@ -59,15 +59,11 @@ func (s *Service) runOne(ctx context.Context, tr *tracker) error {
 	}); err != nil {
 		return err
 	}
-	c, err := s.client(r, rj.Rate)
+	c, err := s.connect(ctx, tr, r, rj.Rate)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	tr.setClient(c)
-	if _, err := s.identity(ctx, r.Name, c); err != nil {
-		return err
-	}
 	b, err := s.remoteBackup(ctx, r, c, rj.SourceBackupID)
 	if err != nil {
 		return err

@@ -26,6 +26,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,13 +39,20 @@ import (
 
 // Volume is a backed-up disk read block by block, as normal restores and
 // instant restores (package hydrate) read it; *blockstore.Volume
-// implements it. Block must return a full, verified block and may be
-// called concurrently.
+// implements it. BlockTo must return a full, verified block (decoded into
+// buf unless the store's cache holds it) and may be called concurrently.
 type Volume interface {
 	Size() int64
 	BlockSize() int
 	BlockHash(i int64) (blockstore.Hash, error)
-	Block(ctx context.Context, i int64) ([]byte, error)
+	BlockTo(ctx context.Context, i int64, buf []byte) ([]byte, error)
+}
+
+// Budget bounds memory in flight (the store's budget in the daemon):
+// each worker takes its block buffer from it.
+type Budget interface {
+	Acquire(ctx context.Context, n int64) error
+	Release(n int64)
 }
 
 var _ Volume = (*blockstore.Volume)(nil)
@@ -56,8 +64,11 @@ var ErrTargetNotEmpty = errors.New("target is not empty (use --force to overwrit
 type Options struct {
 	// Force allows overwriting a non-empty target.
 	Force bool
-	// Workers is the number of parallel block fetchers; default 4.
+	// Workers is the number of parallel block fetchers; default
+	// GOMAXPROCS.
 	Workers int
+	// Budget, if set, lends each worker its block buffer.
+	Budget Budget
 	// Verify re-reads the target after writing and compares every block
 	// with its hash (blocks are always verified when read from the store).
 	Verify bool
@@ -82,7 +93,7 @@ type Result struct {
 func ToTarget(ctx context.Context, vol Volume, target string, opt Options) (Result, error) {
 	start := time.Now()
 	if opt.Workers <= 0 {
-		opt.Workers = 4
+		opt.Workers = runtime.GOMAXPROCS(0)
 	}
 	t, err := openTarget(target, vol.Size(), opt.Force, opt.Check)
 	if err != nil {
@@ -405,7 +416,13 @@ func OpenInPlace(path string, size int64, force, mayCreate bool, check func(real
 	return f, false, nil
 }
 
+// chunkBlocks is how many consecutive blocks a worker takes at a time.
 const chunkBlocks = 16
+
+// flushEvery is how many bytes written start a background fdatasync of
+// the target: write-back then runs while the workers decode, instead of
+// all at the end.
+const flushEvery = 64 << 20
 
 func copyBlocks(ctx context.Context, vol Volume, t *target, opt Options) (Result, error) {
 	size, bs := vol.Size(), int64(vol.BlockSize())
@@ -413,20 +430,35 @@ func copyBlocks(ctx context.Context, vol Volume, t *target, opt Options) (Result
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	var done, dataBlocks, zeroBlocks atomic.Int64
+	var done, dataBlocks, zeroBlocks, next atomic.Int64
 	var progressMu sync.Mutex
-	chunks := make(chan int64)
+	fl := newFlusher(t.f)
+	defer fl.stop()
 	var wg sync.WaitGroup
 	zero := make([]byte, bs)
 	for range opt.Workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for first := range chunks {
-				if err := copyChunk(ctx, vol, t, first, min(first+chunkBlocks, nblocks), zero, &dataBlocks, &zeroBlocks); err != nil {
+			if opt.Budget != nil {
+				if err := opt.Budget.Acquire(ctx, bs); err != nil {
 					cancel(err)
 					return
 				}
+				defer opt.Budget.Release(bs)
+			}
+			buf := make([]byte, bs)
+			for {
+				first := (next.Add(1) - 1) * chunkBlocks
+				if first >= nblocks || ctx.Err() != nil {
+					return
+				}
+				wrote, err := copyChunk(ctx, vol, t, first, min(first+chunkBlocks, nblocks), buf, zero, &dataBlocks, &zeroBlocks)
+				if err != nil {
+					cancel(err)
+					return
+				}
+				fl.wrote(wrote)
 				d := done.Add(min(chunkBlocks*bs, size-first*bs))
 				if opt.Progress != nil {
 					progressMu.Lock()
@@ -436,15 +468,6 @@ func copyBlocks(ctx context.Context, vol Volume, t *target, opt Options) (Result
 			}
 		}()
 	}
-feed:
-	for first := int64(0); first < nblocks; first += chunkBlocks {
-		select {
-		case chunks <- first:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(chunks)
 	wg.Wait()
 	if ctx.Err() != nil {
 		return Result{}, context.Cause(ctx)
@@ -452,14 +475,16 @@ feed:
 	return Result{Bytes: size, DataBlocks: dataBlocks.Load(), ZeroBlocks: zeroBlocks.Load()}, nil
 }
 
-func copyChunk(ctx context.Context, vol Volume, t *target, from, to int64, zero []byte, data, zeros *atomic.Int64) error {
+// copyChunk writes blocks [from, to) and returns the bytes written.
+func copyChunk(ctx context.Context, vol Volume, t *target, from, to int64, buf, zero []byte, data, zeros *atomic.Int64) (int64, error) {
 	bs, size := int64(vol.BlockSize()), vol.Size()
+	var wrote int64
 	for i := from; i < to; i++ {
 		off := i * bs
 		n := min(bs, size-off)
 		h, err := vol.BlockHash(i)
 		if err != nil {
-			return err
+			return wrote, err
 		}
 		var b []byte
 		if h.IsZero() {
@@ -470,15 +495,54 @@ func copyChunk(ctx context.Context, vol Volume, t *target, from, to int64, zero 
 			b = zero
 		} else {
 			data.Add(1)
-			if b, err = vol.Block(ctx, i); err != nil {
-				return err
+			if b, err = vol.BlockTo(ctx, i, buf); err != nil {
+				return wrote, err
 			}
 		}
 		if _, err := t.f.WriteAt(b[:n], off); err != nil {
-			return fmt.Errorf("write at offset %d: %w", off, err)
+			return wrote, fmt.Errorf("write at offset %d: %w", off, err)
 		}
+		wrote += n
 	}
-	return nil
+	return wrote, nil
+}
+
+// flusher fdatasyncs a target in the background each time flushEvery
+// more bytes were written, so that the kernel writes back while the
+// restore decodes; the restore's final sync then has little left to do.
+// Errors are left to that final sync.
+type flusher struct {
+	f       *os.File
+	pending atomic.Int64
+	kick    chan struct{}
+	done    chan struct{}
+}
+
+func newFlusher(f *os.File) *flusher {
+	fl := &flusher{f: f, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	go func() {
+		defer close(fl.done)
+		for range fl.kick {
+			_ = unix.Fdatasync(int(fl.f.Fd()))
+		}
+	}()
+	return fl
+}
+
+func (fl *flusher) wrote(n int64) {
+	if fl.pending.Add(n) < flushEvery {
+		return
+	}
+	fl.pending.Store(0)
+	select {
+	case fl.kick <- struct{}{}:
+	default: // one is running; it covers these bytes too, or the next does
+	}
+}
+
+func (fl *flusher) stop() {
+	close(fl.kick)
+	<-fl.done
 }
 
 // verify re-reads the written target and checks every block's hash.

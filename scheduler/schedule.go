@@ -115,3 +115,78 @@ func earliest(t time.Time, loc *time.Location) time.Time {
 	}
 	return best
 }
+
+// Schedule is one schedule (a policy's or a replication policy's) as a
+// scheduler tick sees it.
+type Schedule struct {
+	// Fingerprint changes whenever the schedule's times change.
+	Fingerprint string
+	// Created is when the schedule was made; Enabled whether it runs.
+	Created time.Time
+	Enabled bool
+	// Runs returns the first n run times after from.
+	Runs func(from time.Time, n int) ([]time.Time, error)
+}
+
+// Due is what one tick found for a schedule.
+type Due struct {
+	// Slot is the latest run that is due; zero when none is.
+	Slot time.Time
+	// Note says why a due run is a catch-up ("" for a run on time).
+	Note string
+	// Next is the schedule's next run after this tick; zero: none.
+	Next time.Time
+}
+
+// Tick advances a schedule's recorded state st to now and returns the run
+// to start, if any; put records st. A new or changed schedule starts from
+// now (from its creation, when the scheduler has never seen it) and never
+// catches up older slots; a disabled one is recorded so that enabling it
+// again counts as a change. Otherwise the runs due since the last tick
+// make one run: a catch-up, with a note, when more than one was due or
+// the latest was due before the daemon started.
+func (sc Schedule) Tick(st catalog.SchedState, now, started time.Time, put func(catalog.SchedState) error) (Due, error) {
+	if st.Fingerprint != sc.Fingerprint {
+		st.Last = now
+		if st.Fingerprint == "" && sc.Created.Before(now) {
+			st.Last = sc.Created
+		}
+		st.Fingerprint = sc.Fingerprint
+		if err := put(st); err != nil {
+			return Due{}, err
+		}
+	}
+	if !sc.Enabled {
+		return Due{}, nil
+	}
+	runs, err := sc.Runs(st.Last, 1000)
+	if err != nil {
+		return Due{}, err
+	}
+	var d Due
+	due := 0
+	for _, r := range runs {
+		if r.After(now) {
+			break
+		}
+		d.Slot = r
+		due++
+	}
+	if due > 0 {
+		st.Last = d.Slot
+		if err := put(st); err != nil {
+			return Due{}, err
+		}
+		if due > 1 || d.Slot.Before(started) {
+			d.Note = fmt.Sprintf("catch-up run: %d scheduled run(s) were missed while the daemon was down (latest due %s)", due, d.Slot.Format(time.RFC3339))
+		}
+	}
+	next, err := sc.Runs(st.Last, 1)
+	if err != nil {
+		return Due{}, err
+	}
+	if len(next) > 0 {
+		d.Next = next[0]
+	}
+	return d, nil
+}

@@ -163,3 +163,72 @@ func TestNextRunsYearInvariants(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduleTick: the rules one tick applies to a schedule's recorded
+// state, shared by policies and replication policies.
+func TestScheduleTick(t *testing.T) {
+	at := func(hm string) time.Time {
+		tm, err := time.Parse("2006-01-02 15:04", "2026-03-01 "+hm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	hourly := func(from time.Time, n int) ([]time.Time, error) {
+		var out []time.Time
+		for r := from.Truncate(time.Hour).Add(time.Hour); len(out) < n; r = r.Add(time.Hour) {
+			out = append(out, r)
+		}
+		return out, nil
+	}
+	cases := []struct {
+		name     string
+		st       catalog.SchedState
+		fp       string
+		created  string
+		disabled bool
+		now      string
+		started  string
+		wantSlot string // "" for no run
+		wantNote string // a part of the note; "" for none
+		wantNext string // "" for none
+		wantLast string // the state recorded last
+		wantPuts int
+	}{
+		{"never seen: starts from its creation", catalog.SchedState{}, "a", "09:30", false, "10:05", "09:00", "10:00", "", "11:00", "10:00", 2},
+		{"never seen, created in the future of its slots", catalog.SchedState{}, "a", "10:01", false, "10:05", "09:00", "", "", "11:00", "10:01", 1},
+		{"changed: from now, no catch-up", catalog.SchedState{Fingerprint: "old", Last: at("06:00")}, "a", "05:00", false, "10:05", "09:00", "", "", "11:00", "10:05", 1},
+		{"disabled: recorded, nothing runs", catalog.SchedState{Fingerprint: "old", Last: at("06:00")}, "a", "05:00", true, "10:05", "09:00", "", "", "", "10:05", 1},
+		{"one run due on time", catalog.SchedState{Fingerprint: "a", Last: at("09:00")}, "a", "05:00", false, "10:00", "09:00", "10:00", "", "11:00", "10:00", 1},
+		{"three due: one catch-up run", catalog.SchedState{Fingerprint: "a", Last: at("07:00")}, "a", "05:00", false, "10:30", "10:20", "10:00", "3 scheduled run(s) were missed", "11:00", "10:00", 1},
+		{"one due before the daemon started: a catch-up", catalog.SchedState{Fingerprint: "a", Last: at("09:00")}, "a", "05:00", false, "10:30", "10:20", "10:00", "1 scheduled run(s) were missed", "11:00", "10:00", 1},
+		{"nothing due", catalog.SchedState{Fingerprint: "a", Last: at("10:00")}, "a", "05:00", false, "10:30", "09:00", "", "", "11:00", "10:00", 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := Schedule{Fingerprint: tc.fp, Created: at(tc.created), Enabled: !tc.disabled, Runs: hourly}
+			puts := 0
+			var last catalog.SchedState
+			put := func(st catalog.SchedState) error { puts++; last = st; return nil }
+			d, err := sc.Tick(tc.st, at(tc.now), at(tc.started), put)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantSlot == "" != d.Slot.IsZero() || tc.wantSlot != "" && !d.Slot.Equal(at(tc.wantSlot)) {
+				t.Errorf("slot %v, want %q", d.Slot, tc.wantSlot)
+			}
+			if tc.wantNote == "" && d.Note != "" || !strings.Contains(d.Note, tc.wantNote) {
+				t.Errorf("note %q, want %q", d.Note, tc.wantNote)
+			}
+			if tc.wantNext == "" != d.Next.IsZero() || tc.wantNext != "" && !d.Next.Equal(at(tc.wantNext)) {
+				t.Errorf("next %v, want %q", d.Next, tc.wantNext)
+			}
+			if puts != tc.wantPuts {
+				t.Errorf("%d puts, want %d", puts, tc.wantPuts)
+			}
+			if puts > 0 && (!last.Last.Equal(at(tc.wantLast)) || last.Fingerprint != tc.fp) {
+				t.Errorf("recorded %+v, want last %s fingerprint %s", last, tc.wantLast, tc.fp)
+			}
+		})
+	}
+}

@@ -142,55 +142,22 @@ func (s *Scheduler) tickPolicy(p catalog.Policy, now time.Time) (time.Time, erro
 	}); err != nil {
 		return time.Time{}, err
 	}
-	fp := fingerprint(p)
-	if st.Fingerprint != fp {
-		// New or changed schedule: start from now (or from creation, for a
-		// policy the scheduler has never seen), never catching up old slots.
-		st.Last = now
-		if st.Fingerprint == "" && p.Created.Before(now) {
-			st.Last = p.Created
-		}
-		st.Fingerprint = fp
-		if err := s.putState(st); err != nil {
-			return time.Time{}, err
-		}
+	sc := Schedule{
+		Fingerprint: fingerprint(p), Created: p.Created, Enabled: p.Enabled,
+		Runs: func(from time.Time, n int) ([]time.Time, error) { return NextRuns(p, from, n) },
 	}
-	if !p.Enabled {
-		// Recorded above so that enabling it again counts as a change
-		// and does not catch up the runs missed while it was disabled.
-		return time.Time{}, nil
+	d, err := sc.Tick(st, now, s.started, s.putState)
+	if err != nil || d.Slot.IsZero() {
+		return d.Next, err
 	}
-	runs, err := NextRuns(p, st.Last, 1000)
-	if err != nil {
+	slot := d.Slot
+	if d.Note != "" {
+		slot = now // a catch-up is not subject to the window of the old slot
+	}
+	if _, err := s.fire(p, slot, d.Note); err != nil {
 		return time.Time{}, err
 	}
-	var due []time.Time
-	for _, r := range runs {
-		if r.After(now) {
-			break
-		}
-		due = append(due, r)
-	}
-	if len(due) > 0 {
-		slot := due[len(due)-1]
-		note := ""
-		if len(due) > 1 || slot.Before(s.started) {
-			note = fmt.Sprintf("catch-up run: %d scheduled run(s) were missed while the daemon was down (latest due %s)", len(due), slot.Format(time.RFC3339))
-			slot = now // a catch-up is not subject to the window of the old slot
-		}
-		st.Last = due[len(due)-1]
-		if err := s.putState(st); err != nil {
-			return time.Time{}, err
-		}
-		if _, err := s.fire(p, slot, note); err != nil {
-			return time.Time{}, err
-		}
-	}
-	next, err := NextRuns(p, st.Last, 1)
-	if err != nil || len(next) == 0 {
-		return time.Time{}, err
-	}
-	return next[0], nil
+	return d.Next, nil
 }
 
 func (s *Scheduler) putState(st catalog.SchedState) error {

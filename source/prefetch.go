@@ -14,7 +14,11 @@ import (
 // the dirty bitmap marks, cut at the pipeline's item boundaries. It asks
 // the server for its own extents (its windows run ahead of the reader's).
 // A read it did not predict is read directly, so a wrong guess costs
-// time, never correctness.
+// time, never correctness. The pipeline's workers read their items at
+// once, so reads arrive a little out of order: a range is dropped once
+// every byte of it was read, or, unread (a wrong guess), after many reads
+// since it was planned. A read beyond what is planned does not move the
+// plan: the reads before it are still to come.
 type prefetcher struct {
 	bs          int64 // store block size
 	item        int64 // pipeline item size (runs never cross its boundaries)
@@ -26,6 +30,7 @@ type prefetcher struct {
 	hits, misses atomic.Int64
 
 	mu      sync.Mutex
+	nreads  int64 // reads so far
 	next    int64 // planned up to here
 	done    bool  // nothing left to plan
 	ranges  []*fetched
@@ -37,9 +42,16 @@ type prefetcher struct {
 type fetched struct {
 	off  int64
 	buf  []byte
+	used int64 // bytes served from it (under prefetcher.mu)
+	seq  int64 // prefetcher.nreads when it was planned
 	err  error
 	done chan struct{}
 }
+
+// staleReads is how many reads after it was planned a range is dropped
+// unread: far more than the reads of the pipeline's items in flight,
+// which may come before it.
+const staleReads = 1024
 
 // Prefetch turns on read-ahead for a reader that reads in disk order,
 // as blockstore's ingest does, with its block size; changedOnly when it
@@ -57,25 +69,21 @@ func (d *NBD) Prefetch(blockSize int64, changedOnly bool, ahead int64) {
 // plans more.
 func (pf *prefetcher) read(d *NBD, p []byte, off int64) (int, bool) {
 	pf.mu.Lock()
-	// Ranges the reader has passed are done with.
-	k := 0
-	for _, r := range pf.ranges {
-		if r.off+int64(len(r.buf)) <= off {
-			pf.bytes -= int64(len(r.buf))
-			continue
-		}
-		pf.ranges[k] = r
-		k++
-	}
-	clear(pf.ranges[k:])
-	pf.ranges = pf.ranges[:k]
-	pf.plan(d, off)
+	pf.nreads++
+	pf.drop(func(r *fetched) bool { return pf.nreads-r.seq > staleReads })
+	pf.plan(d)
 	var hit *fetched
 	for _, r := range pf.ranges {
 		if r.off <= off && off+int64(len(p)) <= r.off+int64(len(r.buf)) {
 			hit = r
 			break
 		}
+	}
+	if hit != nil {
+		// The pipeline reads each block once: a range read to its last
+		// byte is done with.
+		hit.used += int64(len(p))
+		pf.drop(func(r *fetched) bool { return r == hit && r.used >= int64(len(r.buf)) })
 	}
 	pf.mu.Unlock()
 	if hit == nil {
@@ -91,13 +99,25 @@ func (pf *prefetcher) read(d *NBD, p []byte, off int64) (int, bool) {
 	return copy(p, hit.buf[off-hit.off:]), true
 }
 
+// drop forgets the ranges for which gone is true; the caller holds mu.
+func (pf *prefetcher) drop(gone func(*fetched) bool) {
+	k := 0
+	for _, r := range pf.ranges {
+		if gone(r) {
+			pf.bytes -= int64(len(r.buf))
+			continue
+		}
+		pf.ranges[k] = r
+		k++
+	}
+	clear(pf.ranges[k:])
+	pf.ranges = pf.ranges[:k]
+}
+
 // plan starts fetches until ahead bytes are in flight or cached.
-func (pf *prefetcher) plan(d *NBD, off int64) {
+func (pf *prefetcher) plan(d *NBD) {
 	ctx := context.Background()
 	size := d.Size()
-	if pf.next < off {
-		pf.next = off / pf.bs * pf.bs
-	}
 	for !pf.done && pf.bytes < pf.ahead && len(pf.ranges) < pf.maxRanges && pf.next < size {
 		start, ok := pf.firstRead(ctx, d, pf.next)
 		if !ok {
@@ -110,7 +130,7 @@ func (pf *prefetcher) plan(d *NBD, off int64) {
 			end += pf.bs
 		}
 		end = min(end, size)
-		r := &fetched{off: start, buf: make([]byte, end-start), done: make(chan struct{})}
+		r := &fetched{off: start, buf: make([]byte, end-start), seq: pf.nreads, done: make(chan struct{})}
 		pf.ranges = append(pf.ranges, r)
 		pf.bytes += end - start
 		pf.next = end

@@ -46,7 +46,15 @@ func printStatus(w io.Writer, st api.Status, color bool) error {
 	s := st.Store
 	if st.Admin {
 		fmt.Fprintf(w, "store:    %s, %s of disks in %s on disk (allocated)%s\n", count(s.Backups, "backup"), bytesH(s.LogicalBytes), bytesH(s.DiskBytes), ratio(s.LogicalBytes, s.DiskBytes))
-		fmt.Fprintf(w, "          %s free (backups stop below %s), block cache %.0f%% hits\n", bytesH(s.FreeBytes), bytesH(s.MinFreeBytes), s.CacheHitRatio*100)
+		fmt.Fprintf(w, "          %s free (backups stop below %s)\n", bytesH(s.FreeBytes), bytesH(s.MinFreeBytes))
+		auto := ""
+		if s.CacheAuto {
+			auto = " (auto)"
+		}
+		fmt.Fprintf(w, "reads:    %d workers; block cache %s of %s%s, %.0f%% hits\n",
+			s.Workers, bytesH(s.CacheBytes), bytesH(s.CacheLimitBytes), auto, s.CacheHitRatio*100)
+		fmt.Fprintf(w, "          in flight %s of %s (peak %s); attach cache files %s\n",
+			bytesH(s.InflightBytes), bytesH(s.InflightLimitBytes), bytesH(s.InflightPeakBytes), bytesH(s.ReadCacheBytes))
 		if o := s.ObjectStore; o != nil {
 			fmt.Fprintf(w, "          packs in %s\n", o.Location)
 			fmt.Fprintf(w, "          %d PUTs (%s up), %d GETs (%s down), %d retries; cache %s of %s, %.0f%% hits\n",

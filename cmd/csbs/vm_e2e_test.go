@@ -123,7 +123,7 @@ func TestLiveVMThroughCLI(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if left := vmLeftovers(t, vm); left == "" {
-		t.Fatal("a running VM backup shows no fleecing objects in the VM")
+		t.Fatalf("a running VM backup shows no fleecing objects in the VM; the job: %s", a.ok("job", "show", job.ID))
 	}
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	a.cmd.Wait()

@@ -142,6 +142,13 @@ func (e *ErrRemote) Error() string {
 // agree to the context asked for.
 var ErrNoBlockStatus = errors.New("server offers no such block status context")
 
+// ErrConnectionLost is the error of every request once the connection to
+// the server broke. It never matches io.EOF, even when the server just
+// closed the connection: io.EOF from ReadAt means reading past the end of
+// the export, and a reader that took a dead server for the end of a disk
+// would keep zeroes as its data.
+var ErrConnectionLost = errors.New("NBD connection lost")
+
 // Dial connects to an NBD URI and negotiates the export.
 func Dial(ctx context.Context, uri string) (*Client, error) {
 	return DialOptions(ctx, uri, Options{})
@@ -387,7 +394,7 @@ func (c *Client) readLoop(r *bufio.Reader) {
 	c.conn.Close()
 	c.mu.Lock()
 	if c.err == nil {
-		c.err = fmt.Errorf("NBD connection lost: %w", err)
+		c.err = fmt.Errorf("%w: %v", ErrConnectionLost, err)
 	}
 	for k, cl := range c.pending {
 		cl.err = c.err
@@ -574,7 +581,7 @@ func (c *Client) do(cl *call, flags uint16, payload []byte) error {
 	if err != nil {
 		c.conn.Close()
 		<-cl.done
-		return err
+		return fmt.Errorf("%w: %v", ErrConnectionLost, err)
 	}
 	<-cl.done
 	return cl.err

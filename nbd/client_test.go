@@ -282,3 +282,46 @@ func TestClientOwnServerStructured(t *testing.T) {
 		t.Fatalf("connection did not survive an error reply: %v", err)
 	}
 }
+
+// TestClientLostConnectionIsNotEOF: when the server goes away (a VM that
+// died), every read fails with ErrConnectionLost, never with an error
+// that matches io.EOF, which readers take for the end of the disk (the
+// last read of a disk may end at io.EOF and keep what it read: zeroes).
+func TestClientLostConnectionIsNotEOF(t *testing.T) {
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i*7 + 1)
+	}
+	sock := filepath.Join(t.TempDir(), "dies.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	conns := make(chan net.Conn, 1)
+	go func() {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		conns <- conn
+		gonbd.Handle(conn, []*gonbd.Export{{Name: "d", Backend: gonbdbackend.NewMemoryBackend(data)}}, &gonbd.Options{ReadOnly: true})
+	}()
+	c, err := Dial(context.Background(), "nbd+unix:///d?socket="+sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make([]byte, 64<<10)
+	if _, err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("read before the server went away: %v", err)
+	}
+	(<-conns).Close()
+	for _, off := range []int64{0, int64(len(data) - len(got))} { // the last read ends at the export's end
+		clear(got)
+		_, err := c.ReadAt(got, off)
+		if !errors.Is(err, ErrConnectionLost) || errors.Is(err, io.EOF) {
+			t.Fatalf("read at %d after the server went away: %v (io.EOF: %v)", off, err, errors.Is(err, io.EOF))
+		}
+	}
+}

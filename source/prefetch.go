@@ -2,8 +2,6 @@ package source
 
 import (
 	"context"
-	"errors"
-	"io"
 	"sync"
 	"sync/atomic"
 )
@@ -135,11 +133,9 @@ func (pf *prefetcher) plan(d *NBD) {
 		pf.bytes += end - start
 		pf.next = end
 		go func() {
-			_, err := d.c.ReadAt(r.buf, r.off)
-			if errors.Is(err, io.EOF) {
-				err = nil
-			}
-			r.err = err
+			// Ranges end at the export's end at the latest, so any error,
+			// io.EOF too, is a failed read: the reader reads for itself.
+			_, r.err = d.c.ReadAt(r.buf, r.off)
 			close(r.done)
 		}()
 	}

@@ -380,8 +380,8 @@ func (ig *ingest) fill(it *ingestItem) error {
 		}
 		off := it.start + int64(j)*ig.bs
 		end := min(it.start+int64(k)*ig.bs, it.end)
-		if _, err := ig.src.ReadAt(it.buf[off-it.start:end-it.start], off); err != nil && !(errors.Is(err, io.EOF) && end == ig.size) {
-			return fmt.Errorf("read source at offset %d: %w", off, err)
+		if err := readFull(ig.src, it.buf[off-it.start:end-it.start], off); err != nil {
+			return err
 		}
 		ig.readBytes.Add(end - off)
 		j = k
@@ -468,8 +468,8 @@ func (ig *ingest) readBlock(i int64) ([]byte, error) {
 	b := make([]byte, ig.bs)
 	off := i * ig.bs
 	end := min(off+ig.bs, ig.size)
-	if _, err := ig.src.ReadAt(b[:end-off], off); err != nil && !(errors.Is(err, io.EOF) && end == ig.size) {
-		return nil, fmt.Errorf("read source at offset %d: %w", off, err)
+	if err := readFull(ig.src, b[:end-off], off); err != nil {
+		return nil, err
 	}
 	ig.readBytes.Add(end - off)
 	return b, nil
@@ -605,4 +605,18 @@ func (ig *ingest) flushSegment() error {
 	ig.seg = ig.seg[:0]
 	ig.segIndex++
 	return nil
+}
+
+// readFull reads len(p) bytes of src at off. io.EOF is fine only with
+// every byte read (io.ReaderAt may say EOF with the last bytes of the
+// source): a short read is an error, never a block padded with zeroes.
+func readFull(src Source, p []byte, off int64) error {
+	n, err := src.ReadAt(p, off)
+	if err == nil || errors.Is(err, io.EOF) && n == len(p) {
+		return nil
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("read source at offset %d (%d of %d bytes): %w", off, n, len(p), err)
 }

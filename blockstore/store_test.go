@@ -441,6 +441,39 @@ func TestFailedIngestLeavesNothing(t *testing.T) {
 	assertNoStaging(t, s)
 }
 
+// shrunkSource says it has size bytes but ends at len(b), as a file
+// truncated while it is backed up: reads past len(b) are short, with
+// io.EOF.
+type shrunkSource struct {
+	memSource
+	size int64
+}
+
+func (s shrunkSource) Size() int64 { return s.size }
+
+// TestShortReadFailsIngest: a source that ends before its size (short
+// reads with io.EOF, the last one ending exactly at the disk's end) fails
+// the backup instead of storing zero-padded blocks as its data.
+func TestShortReadFailsIngest(t *testing.T) {
+	s := newTestStore(t, Options{BlockSize: 4096})
+	data := randomDisk(9, 1<<20)
+	for _, cut := range []int{len(data) / 2, len(data) - 100} {
+		_, err := s.Ingest(context.Background(), shrunkSource{memSource{data[:cut]}, int64(len(data))}, IngestOptions{})
+		if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("ingest of a source that ends at %d of %d bytes: %v", cut, len(data), err)
+		}
+	}
+	if maps, _ := s.ListMaps(); len(maps) != 0 {
+		t.Fatalf("%d maps after failed ingests", len(maps))
+	}
+	// The last block may end with io.EOF and every byte read.
+	p, err := s.Ingest(context.Background(), memSource{data[:len(data)-100]}, IngestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Abort(context.Background())
+}
+
 func assertNoStaging(t *testing.T, s *Store) {
 	t.Helper()
 	left, _ := filepath.Glob(filepath.Join(s.dir, stagingDir, "*"))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"csbs/catalog"
+	"csbs/internal/testenv"
 )
 
 // qemuNBDServer runs qemu-nbd on an image, read-only, optionally with a
@@ -53,25 +54,13 @@ func runTool(t *testing.T, name string, args ...string) {
 	}
 }
 
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s missing in CI (install it in .ci/run)", tool)
-			}
-			t.Skipf("skipping: %s not installed (apt-get install qemu-utils)", tool)
-		}
-	}
-}
-
 // TestNBDDirtyBitmapSource backs up an NBD export whose URI names a
 // dirty bitmap kept by the user's own tooling (qemu-nbd -B): the first
 // backup reads everything, the next reads only what the bitmap marks and
 // equals the image; a bitmap the export does not offer, or a different
 // bitmap name than the last backup's, means a full read, said so.
 func TestNBDDirtyBitmapSource(t *testing.T) {
-	needTools(t, "qemu-img", "qemu-io", "qemu-nbd")
+	testenv.NeedTools(t, "qemu-img", "qemu-io", "qemu-nbd")
 	dir := t.TempDir()
 	q := &qemuNBDServer{t: t, img: filepath.Join(dir, "disk.qcow2"), sock: filepath.Join(dir, "nbd.sock")}
 	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", q.img, "32M")

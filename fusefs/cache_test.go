@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"csbs/catalog"
+	"csbs/internal/testenv"
 )
 
 // memTree is a tree held in a map (directory path → entries) that
@@ -98,7 +99,7 @@ func (s sized) Size() int64 { return s.Reader.Size() }
 
 func mountCached(t *testing.T, tree Tree, cache bool) (*Mount, string) {
 	t.Helper()
-	needFUSE(t)
+	testenv.NeedFUSE(t)
 	dir := t.TempDir()
 	m, err := MountTree(dir, tree, Options{Name: "test", Cache: cache})
 	if err != nil {

@@ -18,23 +18,8 @@ import (
 
 	"csbs/blockstore"
 	"csbs/catalog"
+	"csbs/internal/testenv"
 )
-
-func needFUSE(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("FUSE tests need root in CI")
-		}
-		t.Skip("skipping: FUSE mounts need root")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("FUSE tests need /dev/fuse in CI: %v", err)
-		}
-		t.Skipf("skipping: no /dev/fuse: %v", err)
-	}
-}
 
 // image is a disk image in memory whose reads fail from failAt on.
 type image struct {
@@ -118,7 +103,7 @@ func newTree() *tree {
 
 func mount(t *testing.T, tr Tree) string {
 	t.Helper()
-	needFUSE(t)
+	testenv.NeedFUSE(t)
 	dir := t.TempDir()
 	m, err := MountTree(dir, tr, Options{Name: "test"})
 	if err != nil {

@@ -30,10 +30,18 @@ func (m memSource) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// backup stores disk in a new store and returns its volume.
+// backup stores disk in a new store of 4 KiB blocks and returns its
+// volume.
 func backup(t testing.TB, disk []byte) *blockstore.Volume {
 	t.Helper()
-	s, err := blockstore.Open(filepath.Join(t.TempDir(), "store"), blockstore.Options{BlockSize: 4096})
+	return backupBS(t, disk, 4096)
+}
+
+// backupBS stores disk in a new store of block size bs and returns its
+// volume.
+func backupBS(t testing.TB, disk []byte, bs int) *blockstore.Volume {
+	t.Helper()
+	s, err := blockstore.Open(filepath.Join(t.TempDir(), "store"), blockstore.Options{BlockSize: bs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -498,28 +498,6 @@ func TestPowerLossConcurrent(t *testing.T) {
 	}
 }
 
-// backupBS stores disk in a new store of block size bs.
-func backupBS(t *testing.T, disk []byte, bs int) *blockstore.Volume {
-	t.Helper()
-	s, err := blockstore.Open(t.TempDir(), blockstore.Options{BlockSize: bs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	p, err := s.Ingest(context.Background(), memSource{disk}, blockstore.IngestOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Commit(context.Background(), []*blockstore.PendingMap{p}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v, err := s.OpenVolume(p.Info.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
 // randomBytes returns n bytes no earlier write is likely to have had.
 func randomBytes(r *rand.Rand, n int64) []byte {
 	p := make([]byte, (n+7)/8*8)

@@ -3,25 +3,20 @@ package mounts
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"csbs/catalog"
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
 
 // TestBrowse loop-mounts a real ext4 image served through the tree,
 // reads a file back from it, sees the backup's disk open while browsed,
 // and leaves nothing open or mounted after Unbrowse.
 func TestBrowse(t *testing.T) {
-	needFUSE(t)
-	if _, err := exec.LookPath("losetup"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("browse needs losetup in CI: %v", err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
+	testenv.NeedFUSE(t)
+	testenv.NeedTools(t, "losetup")
 	e := newEnv(t)
 	p := e.project(t, "p1")
 	img := testdisk.Ext4(t, e.dir, 32, 4, 5)

@@ -18,24 +18,8 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/fusefs"
+	"csbs/internal/testenv"
 )
-
-// needFUSE skips without root or /dev/fuse, except in CI.
-func needFUSE(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("FUSE tests need root in CI")
-		}
-		t.Skip("skipping: FUSE mounts need root")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("FUSE tests need /dev/fuse in CI: %v", err)
-		}
-		t.Skipf("skipping: no /dev/fuse: %v", err)
-	}
-}
 
 // memDisks serves each disk as bytes derived from its backup and name,
 // or from a file when one is set; it counts open disks.
@@ -282,7 +266,7 @@ func (e *env) reads() catalog.ReadStats { return e.cat.ReadStats() }
 // remounting, although the kernel keeps entries for 30 s (only the
 // invalidation can make them show at once).
 func TestTreeFollowsTheCatalog(t *testing.T) {
-	needFUSE(t)
+	testenv.NeedFUSE(t)
 	e := newEnv(t)
 	p1 := e.project(t, "p1")
 	p2 := e.project(t, "p2")
@@ -390,7 +374,7 @@ func TestTreeFollowsTheCatalog(t *testing.T) {
 // project; a project created later appears, and a narrowed mount shows
 // one server or one backup only.
 func TestWholeTree(t *testing.T) {
-	needFUSE(t)
+	testenv.NeedFUSE(t)
 	e := newEnv(t)
 	p1 := e.project(t, "p1")
 	bs := e.backups(t, p1.ID, 4, 40, catalog.TypeEnhanced, "b")
@@ -430,7 +414,7 @@ func TestWholeTree(t *testing.T) {
 // directories and on a non-empty directory, comes back after a restart
 // (Recover on a new manager), and goes with its record on unmount.
 func TestMountRecords(t *testing.T) {
-	needFUSE(t)
+	testenv.NeedFUSE(t)
 	e := newEnv(t)
 	p1 := e.project(t, "p1")
 	e.backups(t, p1.ID, 2, 4, catalog.TypeEnhanced, "b")

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
+	gonbdbackend "github.com/pojntfx/go-nbd/pkg/backend"
 	gonbd "github.com/pojntfx/go-nbd/pkg/server"
 
-	gonbdbackend "github.com/pojntfx/go-nbd/pkg/backend"
+	"csbs/internal/testenv"
 )
 
 // qemuNBD exports a qcow2 image with a dirty bitmap read-only with
@@ -24,7 +25,7 @@ import (
 // added after the first 4 MiB were written, then two more writes land.
 func qemuNBD(t *testing.T) (uri string, raw []byte) {
 	t.Helper()
-	need(t, "qemu-img", "qemu-io", "qemu-nbd")
+	testenv.NeedTools(t, "qemu-img", "qemu-io", "qemu-nbd")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.qcow2")
 	run := func(name string, args ...string) {

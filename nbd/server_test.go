@@ -21,6 +21,7 @@ import (
 
 	"csbs/blockstore"
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
 
 type bytesSource []byte
@@ -84,18 +85,6 @@ func (f failingDevice) ReadAt(p []byte, off int64) (int, error) {
 		return 0, &blockstore.CorruptBlockError{Block: 1, Reason: "injected"}
 	}
 	return f.Device.ReadAt(p, off)
-}
-
-func need(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s missing in CI (install it in .ci/run)", tool)
-			}
-			t.Skipf("skipping: %s not installed (apt-get install libnbd-bin qemu-utils fio)", tool)
-		}
-	}
 }
 
 type fixture struct {
@@ -180,7 +169,7 @@ func (f *fixture) budgetReturned(t *testing.T) {
 func (f *fixture) uri(name string) string { return "nbd+unix:///" + name + "?socket=" + f.sock }
 
 func TestRealClients(t *testing.T) {
-	need(t, "nbdinfo", "nbdcopy", "qemu-img", "qemu-io")
+	testenv.NeedTools(t, "nbdinfo", "nbdcopy", "qemu-img", "qemu-io")
 	f := serve(t)
 	out, err := exec.Command("nbdinfo", "--json", f.uri("backup")).CombinedOutput()
 	if err != nil {
@@ -248,7 +237,7 @@ func TestRealClients(t *testing.T) {
 }
 
 func TestFio(t *testing.T) {
-	need(t, "fio")
+	testenv.NeedTools(t, "fio")
 	f := serve(t)
 	out, err := exec.Command("fio", "--name=rand", "--ioengine=nbd", "--uri="+f.uri("backup"), "--rw=randread", "--bs=4k",
 		"--iodepth=16", "--size=16m", "--runtime=2", "--time_based", "--output-format=json").CombinedOutput()

@@ -15,6 +15,7 @@ import (
 
 	"csbs/blockstore"
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 	"csbs/restore"
 	"csbs/source"
 )
@@ -241,12 +242,7 @@ func TestCorruptBlockFailsRestoreCleanly(t *testing.T) {
 // TestTargetDiskFull restores onto a 4 MiB tmpfs: ENOSPC must fail the
 // restore with a clear error and leave nothing behind.
 func TestTargetDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI runs as root; this test mounts a tmpfs")
-		}
-		t.Skip("skipping: needs root to mount a small tmpfs (CI runs as root)")
-	}
+	testenv.NeedRoot(t, "to mount a small tmpfs")
 	dir := t.TempDir()
 	img := testdisk.Sparse(t, dir, 16<<20, 12<<20, 0)
 	s := openStore(t)
@@ -397,12 +393,7 @@ func TestTargetCheckSeesRealPath(t *testing.T) {
 // own file system would be) is refused, since it is opened exclusively;
 // the same device unmounted is restored.
 func TestDeviceTargetInUse(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI runs as root; this test needs a loop device")
-		}
-		t.Skip("skipping: needs root for a loop device and a mount")
-	}
+	testenv.NeedRoot(t, "a loop device and a mount")
 	dir := t.TempDir()
 	img := testdisk.Sparse(t, dir, 4<<20, 5000, 0)
 	s := openStore(t)

@@ -12,19 +12,8 @@ import (
 	"time"
 
 	"csbs/blockstore"
+	"csbs/internal/testenv"
 )
-
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s missing in CI (install it in .ci/run)", tool)
-			}
-			t.Skipf("skipping: %s not installed (apt-get install qemu-utils)", tool)
-		}
-	}
-}
 
 func run(t *testing.T, name string, args ...string) {
 	t.Helper()
@@ -38,7 +27,7 @@ func run(t *testing.T, name string, args ...string) {
 // tracking: every read the pipeline makes is served from the read-ahead
 // (its prediction is exact), and the backups equal the image.
 func TestPrefetchFeedsIngest(t *testing.T) {
-	needTools(t, "qemu-img", "qemu-io", "qemu-nbd")
+	testenv.NeedTools(t, "qemu-img", "qemu-io", "qemu-nbd")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "d.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "48M")

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"csbs/internal/testenv"
 )
 
 // sparseImage writes a file of size bytes with data only in the given
@@ -152,12 +154,7 @@ func TestOpenSpecs(t *testing.T) {
 // TestNBDSource reads a disk through an nbd+unix URI from qemu-nbd, as
 // a running VM's disk would be exported, byte for byte.
 func TestNBDSource(t *testing.T) {
-	if _, err := exec.LookPath("qemu-nbd"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("qemu-nbd missing in CI (.ci/run installs qemu-utils)")
-		}
-		t.Skip("skipping: qemu-nbd not installed")
-	}
+	testenv.NeedTools(t, "qemu-nbd")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	want := sparseImage(t, img, 3<<20+512, [][2]int64{{0, 70000}, {2 << 20, 2<<20 + 512}})

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"csbs/internal/testenv"
 )
 
 // openWithin opens spec and fails the test if the open blocks: a FIFO
@@ -41,12 +43,7 @@ func openWithin(t *testing.T, spec string, guard Guard) (Disk, error) {
 // loopDevice attaches a loop device to a new file of size bytes.
 func loopDevice(t *testing.T, dir string, size int64) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI runs as root")
-		}
-		t.Skip("skipping: a loop device needs root")
-	}
+	testenv.NeedRoot(t, "a loop device")
 	f := filepath.Join(dir, "loop-backing.img")
 	if err := os.WriteFile(f, nil, 0o600); err != nil {
 		t.Fatal(err)

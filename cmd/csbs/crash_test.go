@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
 
 // The crash matrix kills the real daemon with SIGKILL at seeded random
@@ -199,7 +200,7 @@ func TestCrashDuringGCAndRetention(t *testing.T) {
 
 func TestCrashDuringHydration(t *testing.T) {
 	t.Parallel()
-	needTools(t, "qemu-io")
+	testenv.NeedTools(t, "qemu-io")
 	kills, r := crashKills(t)
 	a, images := crashAppliance(t)
 	var b backupInfo
@@ -254,7 +255,7 @@ func TestCrashDuringHydration(t *testing.T) {
 // serving.
 func TestBackupOnFullDisk(t *testing.T) {
 	t.Parallel()
-	needFUSE(t) // root, for the tmpfs mount
+	testenv.NeedFUSE(t) // root, for the tmpfs mount
 	dir := t.TempDir()
 	small := filepath.Join(dir, "small")
 	os.Mkdir(small, 0o755)

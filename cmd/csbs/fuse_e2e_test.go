@@ -13,23 +13,8 @@ import (
 	"time"
 
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
-
-func needFUSE(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("FUSE tests need root in CI")
-		}
-		t.Skip("skipping: FUSE and loop mounts need root")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("FUSE tests need /dev/fuse in CI: %v", err)
-		}
-		t.Skipf("skipping: no /dev/fuse: %v", err)
-	}
-}
 
 func isMounted(path string) bool {
 	b, _ := os.ReadFile("/proc/mounts")
@@ -50,7 +35,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestFUSEMountAndBrowse(t *testing.T) {
 	t.Parallel()
-	needFUSE(t)
+	testenv.NeedFUSE(t)
 	a := startAppliance(t, "[access.projects.p2]\nmount_dirs = [\"{dir}/other\"]\n")
 	img := testdisk.Ext4(t, a.dir, 48, 16, 31)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -188,7 +173,7 @@ func TestFUSEMountAndBrowse(t *testing.T) {
 // mounted image answers EIO for it, never other bytes.
 func TestFUSECorruptBlockIsEIO(t *testing.T) {
 	t.Parallel()
-	needFUSE(t)
+	testenv.NeedFUSE(t)
 	a := startAppliance(t, "[store]\ncompression = \"none\"\n")
 	// A disk with one recognisable random block at 1 MiB.
 	disk := filepath.Join(a.dir, "disk.img")

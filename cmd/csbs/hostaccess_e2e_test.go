@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
 
 // TestDataDirOffLimits is the hostile tester's session on the README's
@@ -20,7 +21,7 @@ import (
 // store opens after a restart and a backup restores byte for byte.
 func TestDataDirOffLimits(t *testing.T) {
 	t.Parallel()
-	needTools(t, "mkfs.ext4")
+	testenv.NeedTools(t, "mkfs.ext4")
 	for _, mode := range []struct {
 		name   string
 		global []string

@@ -13,19 +13,8 @@ import (
 	"time"
 
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
-
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s missing in CI (.ci/run installs it)", tool)
-			}
-			t.Skipf("skipping: %s not installed", tool)
-		}
-	}
-}
 
 type exportJSON struct {
 	Name     string `json:"name"`
@@ -36,7 +25,7 @@ type exportJSON struct {
 
 func TestNBDSourceAttachAndCommonRefused(t *testing.T) {
 	t.Parallel()
-	needTools(t, "qemu-nbd", "nbdcopy", "qemu-img", "nbdinfo")
+	testenv.NeedTools(t, "qemu-nbd", "nbdcopy", "qemu-img", "nbdinfo")
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 48, 16, 21)
 
@@ -114,7 +103,7 @@ type restoreJSON struct {
 // expects hydration to resume and the target to equal backup + writes.
 func TestInstantRestoreSurvivesKill(t *testing.T) {
 	t.Parallel()
-	needTools(t, "qemu-io")
+	testenv.NeedTools(t, "qemu-io")
 	a := startAppliance(t, "")
 	img := testdisk.Ext4(t, a.dir, 32, 20, 22)
 	a.ok("server", "add", "--name", "web1", "--disk", "vda="+img)
@@ -209,7 +198,7 @@ func TestInstantRestoreSurvivesKill(t *testing.T) {
 // refused, and the name stays the same across a restart.
 func TestNBDOverTCPNeedsTheSecretName(t *testing.T) {
 	t.Parallel()
-	needTools(t, "nbdinfo")
+	testenv.NeedTools(t, "nbdinfo")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
 
 func freeTCPAddr(t *testing.T) string {
@@ -87,7 +88,7 @@ type statusJSON struct {
 // and a GC, and expects every figure to follow.
 func TestMetricsAndStatus(t *testing.T) {
 	t.Parallel()
-	needTools(t, "nbdcopy")
+	testenv.NeedTools(t, "nbdcopy")
 	addr := freeTCPAddr(t)
 	a := startAppliance(t, "[metrics]\nlisten = \""+addr+"\"\n")
 	m0 := scrape(t, addr)

@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"csbs/config"
+	"csbs/internal/testenv"
 )
 
 // TestBashCompletion runs the generated bash script with the real binary.
 func TestBashCompletion(t *testing.T) {
 	t.Parallel()
-	needTools(t, "bash")
+	testenv.NeedTools(t, "bash")
 	script := `source <("$CSBS" completion bash)
 complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _csbs; echo "${COMPREPLY[*]}"; }
 complete_words csbs back
@@ -51,7 +52,7 @@ complete_words csbs restore st
 // /var/lib/csbs.
 func TestMakeInstall(t *testing.T) {
 	t.Parallel()
-	needTools(t, "make", "sed", "install")
+	testenv.NeedTools(t, "make", "sed", "install")
 	dest := t.TempDir()
 	out, err := exec.Command("make", "-C", "../..", "install-files", "DESTDIR="+dest, "BIN="+binary).CombinedOutput()
 	if err != nil {

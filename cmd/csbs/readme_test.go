@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"csbs/internal/testenv"
 )
 
 // codeBlocks returns the fenced blocks of md whose info string is info.
@@ -58,13 +60,8 @@ func TestReadmeConfigReference(t *testing.T) {
 // data in ./var), in a fresh directory where ./csbs is the binary.
 func TestReadmeExamples(t *testing.T) {
 	t.Parallel()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI runs as root")
-		}
-		t.Skip("skipping: the README's FUSE and browse steps need root")
-	}
-	needTools(t, "bash", "nbdinfo", "qemu-img", "mkfs.ext4", "cmp", "losetup", "openssl")
+	testenv.NeedRoot(t, "the README's FUSE and browse steps")
+	testenv.NeedTools(t, "bash", "nbdinfo", "qemu-img", "mkfs.ext4", "cmp", "losetup", "openssl")
 	blocks := codeBlocks(readme(t), "sh runnable")
 	if len(blocks) < 8 {
 		t.Fatalf("found %d runnable blocks in README.md", len(blocks))

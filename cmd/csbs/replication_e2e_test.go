@@ -13,6 +13,7 @@ import (
 
 	"csbs/internal/testcert"
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 	"csbs/internal/testproxy"
 )
 
@@ -31,7 +32,7 @@ func tlsAppliance(t *testing.T, name string) (*appliance, string, testcert.Cert)
 // certificate, which `remote add --fingerprint` takes as it is.
 func opensslFingerprint(t *testing.T, certFile string) string {
 	t.Helper()
-	needTools(t, "openssl")
+	testenv.NeedTools(t, "openssl")
 	out, err := exec.Command("openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", certFile).Output()
 	if err != nil {
 		t.Fatalf("openssl: %v", err)
@@ -97,7 +98,7 @@ func noBackupsVisible(t *testing.T, a *appliance, when string) {
 // one transfer plus at most the requests in flight at each kill.
 func TestReplicationE2E(t *testing.T) {
 	t.Parallel()
-	needTools(t, "openssl", "nbdinfo", "qemu-img")
+	testenv.NeedTools(t, "openssl", "nbdinfo", "qemu-img")
 	src, srcAddr, cert := tlsAppliance(t, "src")
 	dst := startAppliance(t, "")
 	proxy := testproxy.Start(t, srcAddr)
@@ -254,7 +255,7 @@ func TestReplicationE2E(t *testing.T) {
 // token kinds as a user would.
 func TestReplicationCLI(t *testing.T) {
 	t.Parallel()
-	needTools(t, "openssl")
+	testenv.NeedTools(t, "openssl")
 	src, srcAddr, cert := tlsAppliance(t, "src")
 	dst := startAppliance(t, "")
 	img := testdisk.Sparse(t, src.dir, 6<<20, 200000, 0, 4<<20)

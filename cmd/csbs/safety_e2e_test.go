@@ -13,6 +13,7 @@ import (
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/internal/testdisk"
+	"csbs/internal/testenv"
 )
 
 // freeBytes is what statfs says is available under path.
@@ -53,7 +54,7 @@ func fillTo(t *testing.T, path string, leave int64) {
 // smallFS mounts a tmpfs of sizeMiB for the test and removes it after the
 // daemon stopped.
 func smallFS(t *testing.T, sizeMiB int) string {
-	needFUSE(t) // root, for the mount
+	testenv.NeedFUSE(t) // root, for the mount
 	dir := filepath.Join(t.TempDir(), "small")
 	os.Mkdir(dir, 0o755)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%dm", sizeMiB), "tmpfs", dir).CombinedOutput(); err != nil {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"csbs/blockstore"
 	"csbs/catalog"
 	"csbs/internal/testenv"
@@ -187,6 +189,23 @@ func TestReadImage(t *testing.T) {
 			t.Fatalf("%d opens, %d releases after every file was closed", tr.opened.Load(), tr.released.Load())
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestReadAhead: a mount's kernel read-ahead is readAhead, not the 128 KiB
+// every FUSE mount starts with (cold sequential reads wait on it).
+func TestReadAhead(t *testing.T) {
+	dir := mount(t, newTree())
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(readAheadFile(st.Dev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != fmt.Sprint(readAhead>>10) {
+		t.Fatalf("read_ahead_kb of the mount: %s, want %d", got, readAhead>>10)
 	}
 }
 

@@ -160,6 +160,7 @@ type ReplicationRequest struct {
 	Remote    string   `json:"remote"`
 	Server    string   `json:"server,omitempty"`
 	Last      int      `json:"last,omitempty"`
+	Keep      int      `json:"keep,omitempty"`
 	Times     []string `json:"times"`
 	EveryDays *int     `json:"every_days,omitempty"`
 	Weekdays  []string `json:"weekdays,omitempty"`
@@ -225,7 +226,7 @@ func (s *Service) createReplication(_ context.Context, p principal, r *http.Requ
 		return nil, err
 	}
 	rep := catalog.Replication{
-		Project: p.project.ID, Name: req.Name, Server: req.Server, Last: req.Last, Times: req.Times,
+		Project: p.project.ID, Name: req.Name, Server: req.Server, Last: req.Last, Keep: req.Keep, Times: req.Times,
 		Weekdays: req.Weekdays, Timezone: req.Timezone, Rate: req.Rate, Enabled: true, Created: s.now(),
 	}
 	if req.Enabled != nil {

@@ -43,6 +43,10 @@ type Replication struct {
 	RemoteID string    `json:"remote_id"`
 	Server   string    `json:"server,omitempty"` // the remote's server name or id; "" = every server
 	Last     int       `json:"last"`             // newest N qualifying backups per server
+	// Keep is how many replicas of each of the remote's servers stay
+	// here: after each run, older ones (not protected, not in use) are
+	// deleted. 0 keeps every replica until deleted by hand.
+	Keep int `json:"keep,omitempty"`
 	Rate     int64     `json:"rate,omitempty"`   // bytes/s on the wire; 0 = unlimited
 	Enabled  bool      `json:"enabled"`
 	Times    []string  `json:"times"`
@@ -88,6 +92,11 @@ func NormalizeReplication(r *Replication) error {
 	}
 	if r.Rate < 0 {
 		return invalidf("replication %s: --rate %d: want bytes per second, 0 for unlimited", r.Name, r.Rate)
+	}
+	if r.Keep != 0 && (r.Keep < r.Last || r.Keep > MaxReplicationLast) {
+		// Keeping fewer than a run copies would delete what it just
+		// copied.
+		return invalidf("replication %s: --keep %d: want 0 (keep every replica) or %d..%d (at least --last)", r.Name, r.Keep, r.Last, MaxReplicationLast)
 	}
 	return nil
 }

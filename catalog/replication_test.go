@@ -36,6 +36,15 @@ func TestNormalizeReplication(t *testing.T) {
 		{name: "last too big", mod: func(r *Replication) { r.Last = MaxReplicationLast + 1 }, errHas: "--last 1001: want 1..1000"},
 		{name: "last negative", mod: func(r *Replication) { r.Last = -2 }, errHas: "--last -2"},
 		{name: "negative rate", mod: func(r *Replication) { r.Rate = -1 }, errHas: "--rate -1"},
+		{name: "keep every replica by default", mod: func(r *Replication) { r.Last = 3 }, check: func(t *testing.T, r Replication) {
+			if r.Keep != 0 {
+				t.Fatalf("keep %d", r.Keep)
+			}
+		}},
+		{name: "keep as many as a run copies", mod: func(r *Replication) { r.Last, r.Keep = 3, 3 }},
+		{name: "keep fewer than a run copies", mod: func(r *Replication) { r.Last, r.Keep = 3, 2 }, errHas: "--keep 2: want 0 (keep every replica) or 3..1000 (at least --last)"},
+		{name: "keep negative", mod: func(r *Replication) { r.Keep = -1 }, errHas: "--keep -1"},
+		{name: "keep too many", mod: func(r *Replication) { r.Keep = MaxReplicationLast + 1 }, errHas: "--keep 1001"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := Replication{Name: "dr", Times: []string{"03:00"}}

@@ -144,6 +144,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		Keep: time.Duration(cfg.Jobs.Keep), KeepFailed: time.Duration(cfg.Jobs.KeepFailed), KeepLast: cfg.Jobs.KeepLast,
 	}
 	d.repl = replication.New(store, d.cat, d.runner, d.clock, d.log, filepath.Join(cfg.DataDir, "replication"), cfg.Region)
+	d.repl.DeleteBackup = func(ctx context.Context, b catalog.Backup) error { return d.sched.DeleteBackup(ctx, b, false) }
 	d.metrics = metrics.New(d, opts.Version)
 	d.maint = &maintenance.Timer{Clock: d.clock, Log: d.log, Submit: d.submitMaintenance}
 	d.serving = newServing(d)

@@ -68,6 +68,10 @@ func (s *Service) runPolicy(ctx context.Context, tr *tracker) error {
 			errs = append(errs, fmt.Errorf("backup %s: %w", b.Name, err))
 		}
 	}
+	pruned, kept, err := s.prune(ctx, rep, r)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	tr.mu.Lock()
 	note := fmt.Sprintf("replication %s from remote %s: %d replicated", rep.Name, r.Name, len(done))
 	if len(done) > 0 {
@@ -80,9 +84,57 @@ func (s *Service) runPolicy(ctx context.Context, tr *tracker) error {
 	if len(failed) > 0 {
 		note += fmt.Sprintf(", %d failed (%s)", len(failed), joinNames(failed))
 	}
+	if len(pruned) > 0 {
+		note += fmt.Sprintf(", %d older replicas deleted (--keep %d: %s)", len(pruned), rep.Keep, joinNames(pruned))
+	}
+	if len(kept) > 0 {
+		note += fmt.Sprintf(", %d older replicas kept (%s)", len(kept), strings.Join(kept, ", "))
+	}
 	tr.job.Note = joinNote(tr.job.Note, note+"; "+tr.summaryLocked())
 	tr.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// prune deletes the replicas from remote r beyond the newest rep.Keep of
+// each of the remote's servers (rep.Server's only, when set). A protected
+// replica or one in use stays (kept says which and why); the next run
+// tries again.
+func (s *Service) prune(ctx context.Context, rep catalog.Replication, r catalog.Remote) (pruned, kept []string, err error) {
+	if rep.Keep <= 0 || s.DeleteBackup == nil {
+		return nil, nil, nil
+	}
+	var bs []catalog.Backup
+	if err := s.cat.View(func(tx *catalog.Txn) error {
+		var err error
+		bs, err = tx.Backups(rep.Project, catalog.BackupFilter{})
+		return err
+	}); err != nil {
+		return nil, nil, err
+	}
+	seen := map[string]int{} // replicas per source server, newest first
+	for _, b := range bs {
+		o := b.Replica
+		if o == nil || o.RemoteID != r.ID || rep.Server != "" && rep.Server != o.SourceServerID && rep.Server != b.ServerName {
+			continue
+		}
+		seen[o.SourceServerID]++
+		if seen[o.SourceServerID] <= rep.Keep {
+			continue
+		}
+		err := s.DeleteBackup(ctx, b)
+		switch {
+		case err == nil:
+			pruned = append(pruned, b.Name)
+			s.log.Info("replication deleted an older replica", "replication", rep.Name, "backup", b.Name, "keep", rep.Keep)
+		case errors.Is(err, scheduler.ErrProtected):
+			kept = append(kept, b.Name+": protected")
+		case errors.Is(err, scheduler.ErrBackupInUse):
+			kept = append(kept, b.Name+": in use")
+		default:
+			return pruned, kept, fmt.Errorf("delete older replica %s: %w", b.Name, err)
+		}
+	}
+	return pruned, kept, nil
 }
 
 func joinNote(a, b string) string {

@@ -1,6 +1,7 @@
 package replication_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -223,3 +224,71 @@ func TestBrokenConnectionsAreRetried(t *testing.T) {
 		t.Fatal("replica restores different bytes")
 	}
 }
+
+// TestReplicationKeep: a replication policy with --keep N keeps the
+// newest N replicas of each of the remote's servers; each run deletes
+// older ones, except a protected one; a keep below --last is refused.
+func TestReplicationKeep(t *testing.T) {
+	p := newPair(t, nil)
+	img := testdisk.Sparse(t, p.dir, 4<<20, 100000, 0, 2<<20)
+	call[api.ServerView](t, p.src.Admin, "POST", "/v1/servers", api.AddServerRequest{Name: "web1", Disks: []catalog.Disk{{Name: "vda", Source: img}}})
+	var src []api.BackupView
+	newBackup := func() {
+		testdisk.Modify(t, img, 0.05, uint64(len(src)))
+		src = append(src, p.backup(t, "web1", false))
+	}
+	for range 3 {
+		newBackup()
+	}
+	p.addRemote(t, "src")
+	if e := callErr(p.dst.Admin, "POST", "/v1/replications", api.ReplicationRequest{Name: "bad", Remote: "src", Last: 2, Keep: 1, Times: []string{"03:00"}}); e == nil || !strings.Contains(e.Message, "--keep 1: want 0 (keep every replica) or 2..") {
+		t.Fatalf("keep below last: %v", e)
+	}
+	call[api.ReplicationView](t, p.dst.Admin, "POST", "/v1/replications", api.ReplicationRequest{Name: "dr", Remote: "src", Last: 2, Keep: 2, Times: []string{"03:00"}})
+	runNow := func() catalog.Job {
+		t.Helper()
+		j := call[catalog.Job](t, p.dst.Admin, "POST", "/v1/replications/dr/run-now", nil)
+		if j = waitJob(t, p.dst.Admin, j.ID); j.State != catalog.JobSucceeded {
+			t.Fatalf("run: %+v", j)
+		}
+		return j
+	}
+	here := func() []string {
+		var out []string
+		for _, b := range call[[]api.BackupView](t, p.dst.Admin, "GET", "/v1/backups", nil) {
+			out = append(out, b.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := func(bs ...api.BackupView) []string {
+		var out []string
+		for _, b := range bs {
+			out = append(out, b.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	runNow()
+	if got := here(); !slices.Equal(got, want(src[1], src[2])) {
+		t.Fatalf("after the first run: %v", got)
+	}
+	// A replica copied by hand counts too: the oldest goes at the next run.
+	if j := p.replicate(t, src[0].Name); j.State != catalog.JobSucceeded {
+		t.Fatalf("replicate by hand: %+v", j)
+	}
+	newBackup()
+	j := runNow()
+	if got := here(); !slices.Equal(got, want(src[2], src[3])) || !strings.Contains(j.Note, "2 older replicas deleted (--keep 2: ") {
+		t.Fatalf("after the second run: %v; note %q", got, j.Note)
+	}
+	// A protected replica stays beyond the count.
+	call[api.BackupView](t, p.dst.Admin, "PATCH", "/v1/backups/"+src[2].Name, api.UpdateBackupRequest{Protected: ptr(true)})
+	newBackup()
+	j = runNow()
+	if got := here(); !slices.Equal(got, want(src[2], src[3], src[4])) || !strings.Contains(j.Note, src[2].Name+": protected") {
+		t.Fatalf("after the third run: %v; note %q", got, j.Note)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -54,6 +54,11 @@ type Service struct {
 	Backoff   time.Duration // first wait between tries, doubling
 	ProbeWait time.Duration // bound of a remote's identity check
 
+	// DeleteBackup deletes a replica that a replication policy's Keep no
+	// longer keeps, as a user's delete would (refusing a protected one
+	// or one in use); nil: replicas are never deleted.
+	DeleteBackup func(ctx context.Context, b catalog.Backup) error
+
 	mu     sync.Mutex
 	active map[string]string // replica state id → job replicating it
 	runs   map[string]string // replication policy id → job running it

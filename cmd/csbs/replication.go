@@ -36,13 +36,15 @@ func replicationCommand() *cli.Command {
 				Name:  "create",
 				Usage: "create a replication policy",
 				Examples: `csbs replication create --name dr --remote dc1 --time 03:00
-   csbs replication create --name web-dr --remote dc1 --server web1 --last 3 --time 01:00 --time 13:00 --rate 50MiB/s`,
+   csbs replication create --name web-dr --remote dc1 --server web1 --last 3 --time 01:00 --time 13:00 --rate 50MiB/s
+   csbs replication create --name dr7 --remote dc1 --last 1 --keep 7 --time 02:00`,
 				JSON: true,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "policy `NAME` (1-255 of A-Z a-z 0-9 _ -)"},
 					&cli.StringFlag{Name: "remote", Usage: "the `REMOTE` to pull from (csbs remote add)"},
 					&cli.StringFlag{Name: "server", Usage: "only backups of the remote's server `S` (name or id; default: every server)"},
 					&cli.IntFlag{Name: "last", Usage: "replicate the newest `N` qualifying backups of each server", Value: 1},
+					&cli.IntFlag{Name: "keep", Usage: "keep the newest `N` replicas of each server here, deleting older ones after each run (default 0: keep every replica)"},
 					&cli.StringSliceFlag{Name: "time", Usage: "run at `HH:MM` (repeat, at least 1 h apart)"},
 					&cli.IntFlag{Name: "every-days", Usage: "run every `N` days (default: every day)"},
 					&cli.StringFlag{Name: "weekdays", Usage: "run on `DAYS`, e.g. mon,thu"},
@@ -59,7 +61,7 @@ func replicationCommand() *cli.Command {
 						return nil, err
 					}
 					req := api.ReplicationRequest{
-						Name: c.String("name"), Remote: c.String("remote"), Server: c.String("server"), Last: c.Int("last"),
+						Name: c.String("name"), Remote: c.String("remote"), Server: c.String("server"), Last: c.Int("last"), Keep: c.Int("keep"),
 						Times: c.StringSlice("time"), Timezone: c.String("timezone"), Rate: rate,
 					}
 					if c.IsSet("every-days") {
@@ -160,6 +162,11 @@ func printReplication(w io.Writer, r api.ReplicationView) error {
 	}
 	fmt.Fprintf(w, "id:        %s\nname:      %s\nremote:    %s\nbackups:   the newest %d qualifying of %s\nschedule:  %s\n",
 		r.ID, r.Name, r.RemoteName, r.Last, servers, replicationSchedule(r.Replication))
+	if r.Keep > 0 {
+		fmt.Fprintf(w, "keeps:     the newest %d replicas of each server (older ones are deleted after each run)\n", r.Keep)
+	} else {
+		fmt.Fprintln(w, "keeps:     every replica, until deleted by hand")
+	}
 	if r.LastJob != nil {
 		fmt.Fprintf(w, "last run:  %s, job %s", lastRun(r.LastJob), r.LastJob.ID)
 		if r.LastJob.Error != "" {

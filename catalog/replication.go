@@ -37,17 +37,17 @@ type Remote struct {
 // Last qualifying backups of each server (or of Server only) from a
 // remote.
 type Replication struct {
-	ID       string    `json:"id"`
-	Project  string    `json:"project"`
-	Name     string    `json:"name"`
-	RemoteID string    `json:"remote_id"`
-	Server   string    `json:"server,omitempty"` // the remote's server name or id; "" = every server
-	Last     int       `json:"last"`             // newest N qualifying backups per server
+	ID       string `json:"id"`
+	Project  string `json:"project"`
+	Name     string `json:"name"`
+	RemoteID string `json:"remote_id"`
+	Server   string `json:"server,omitempty"` // the remote's server name or id; "" = every server
+	Last     int    `json:"last"`             // newest N qualifying backups per server
 	// Keep is how many replicas of each of the remote's servers stay
 	// here: after each run, older ones (not protected, not in use) are
 	// deleted. 0 keeps every replica until deleted by hand.
-	Keep int `json:"keep,omitempty"`
-	Rate     int64     `json:"rate,omitempty"`   // bytes/s on the wire; 0 = unlimited
+	Keep     int       `json:"keep,omitempty"`
+	Rate     int64     `json:"rate,omitempty"` // bytes/s on the wire; 0 = unlimited
 	Enabled  bool      `json:"enabled"`
 	Times    []string  `json:"times"`
 	Period   string    `json:"period"`

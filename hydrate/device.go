@@ -392,6 +392,7 @@ func (d *Device) writeBlock(i, in int64, data []byte) error {
 			return err
 		}
 	}
+	gen := -1 // the journal file of this write's records; -1: none
 	if !d.bm.Durable(i) {
 		recs, err := d.records(i, in, data, backup)
 		if err != nil {
@@ -399,7 +400,7 @@ func (d *Device) writeBlock(i, in int64, data []byte) error {
 		}
 		d.gate.RLock()
 		defer d.gate.RUnlock()
-		if err := d.bm.j.add(i, recs); err != nil {
+		if gen, err = d.bm.j.add(recs); err != nil {
 			return err
 		}
 	}
@@ -410,6 +411,9 @@ func (d *Device) writeBlock(i, in int64, data []byte) error {
 	}
 	if _, err := d.target.WriteAt(data, i*d.bs+in); err != nil {
 		return fmt.Errorf("write target at %d: %w", i*d.bs+in, err)
+	}
+	if gen >= 0 {
+		d.bm.j.mark(gen, i)
 	}
 	d.bm.setHave(i)
 	return nil
@@ -544,6 +548,7 @@ func (d *Device) Trim(off, n int64) error {
 // discardBlock zeroes block i; the caller holds its lock.
 func (d *Device) discardBlock(i int64) error {
 	n := d.blockLen(i)
+	gen := -1 // the journal file of the zeroes' records; -1: none
 	if !d.bm.Durable(i) {
 		var recs []record
 		for lo := int64(0); lo < n; lo += sectorSize {
@@ -552,7 +557,8 @@ func (d *Device) discardBlock(i int64) error {
 		}
 		d.gate.RLock()
 		defer d.gate.RUnlock()
-		if err := d.bm.j.add(i, recs); err != nil {
+		var err error
+		if gen, err = d.bm.j.add(recs); err != nil {
 			return err
 		}
 	}
@@ -560,6 +566,9 @@ func (d *Device) discardBlock(i int64) error {
 		if _, err := d.target.WriteAt(d.zero[:n], i*d.bs); err != nil {
 			return fmt.Errorf("write target at %d: %w", i*d.bs, err)
 		}
+	}
+	if gen >= 0 {
+		d.bm.j.mark(gen, i)
 	}
 	d.bm.setHave(i)
 	return nil

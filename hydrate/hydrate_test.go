@@ -394,6 +394,30 @@ func TestRateLimitExact(t *testing.T) {
 	}
 }
 
+// TestRateLimitAfterIdleAtLowRates: after an idle spell (a paused
+// hydrator, or blocks copy-on-read already filled) the bucket holds a
+// quarter second of the rate, not a fixed 1 MiB, which at 256 KiB/s let
+// four seconds' worth through at once. On a clock that does not move,
+// 1 MiB at 256 KiB/s must wait about 3.75 s.
+func TestRateLimitAfterIdleAtLowRates(t *testing.T) {
+	const bps = 256 << 10
+	now := time.Unix(1e9, 0)
+	var waited time.Duration
+	lim := newLimiter(bps, func() time.Time { return now }, func(_ context.Context, d time.Duration) error {
+		waited = max(waited, d)
+		return nil
+	})
+	now = now.Add(10 * time.Second) // idle: the bucket fills to its burst
+	for range 256 {
+		if err := lim.wait(context.Background(), 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := 3750 * time.Millisecond; waited < want-time.Millisecond {
+		t.Fatalf("1 MiB after an idle spell at %d B/s: the last byte waited %v, want %v", bps, waited, want)
+	}
+}
+
 // TestRateLimitHoldsFromTheStart: hydration copies at most its limit per
 // second from the first byte (plus one block), not a burst at full speed
 // first, so the rate csbs restore show reports stays beside the limit.

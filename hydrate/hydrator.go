@@ -121,8 +121,9 @@ func (l *Limiter) SetRate(bps int64) {
 	if bps > 0 {
 		lim = rate.Limit(bps)
 		// A burst of a quarter second keeps the rate exact over any
-		// second and lets several workers take blocks at once.
-		burst = int(max(min(bps/4, 8<<20), 1<<20))
+		// second and lets several workers take blocks at once; wait
+		// splits larger requests, so a slow rate needs no larger one.
+		burst = int(max(min(bps/4, 8<<20), 1))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -345,6 +346,14 @@ func (h *Hydrator) copyBlockCtx(ctx context.Context, i int64, buf []byte) (int64
 		// does not read zeroes there (see backupBlock).
 		if b, err = d.backupBlock(i); err != nil {
 			return 0, err
+		}
+		if b != nil {
+			// Rare (what a crash left on a fresh target): the limit is
+			// taken under the block's lock, so that every byte written
+			// is within it.
+			if err := h.limiter.wait(ctx, d.blockLen(i)); err != nil {
+				return 0, err
+			}
 		}
 	}
 	var wrote int64

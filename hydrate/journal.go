@@ -79,8 +79,12 @@ func (j *journal) records() ([]record, error) {
 	return out, nil
 }
 
-// add appends the records of a guest write to block i.
-func (j *journal) add(i int64, recs []record) error {
+// add appends the records of a guest write and returns the file they
+// went to. The block is not the file's yet: the writer marks it once its
+// data is on the target, so that a write that failed never gets a bit.
+// The caller holds the device's gate (read) from add until mark, which
+// keeps the file active in between.
+func (j *journal) add(recs []record) (int, error) {
 	buf := make([]byte, 0, len(recs)*recordLen)
 	for _, r := range recs {
 		buf = binary.BigEndian.AppendUint64(buf, uint64(r.sector))
@@ -90,11 +94,21 @@ func (j *journal) add(i int64, recs []record) error {
 	defer j.mu.Unlock()
 	g := j.active
 	if _, err := j.files[g].WriteAt(buf, j.size[g]); err != nil {
-		return fmt.Errorf("write hydration journal: %w", err)
+		return 0, fmt.Errorf("write hydration journal: %w", err)
 	}
 	j.size[g] += int64(len(buf))
+	return g, nil
+}
+
+// mark makes block i, whose records add wrote to file g and whose data
+// is now on the target, one whose bit the sync point after it makes
+// durable. A record without its mark (the write failed) is harmless:
+// recovery finds the sector unlike the record and the bit unset, and the
+// block is hydrated as any other.
+func (j *journal) mark(g int, i int64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
 	j.blocks[g][i] = struct{}{}
-	return nil
 }
 
 // activeSize is the size of the file records go to.

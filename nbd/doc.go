@@ -28,7 +28,10 @@
 //     qemu:dirty-bitmap:NAME), reassembles reads from data and hole
 //     chunks, and answers BlockStatus; against a server without
 //     structured replies (go-nbd's) it reads with simple replies and
-//     reports no block status.
+//     reports no block status. Once the connection breaks, every request
+//     fails with ErrConnectionLost, which never matches io.EOF: ReadAt's
+//     io.EOF means the end of the export, and readers keep what they
+//     read before it (a dead VM's disk must not read as zeroes).
 //
 // How the server spends its time. A read that the device can answer
 // from its caches without loading anything (CachedReader: the block

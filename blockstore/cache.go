@@ -3,6 +3,7 @@ package blockstore
 import (
 	"container/list"
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 )
@@ -78,23 +79,34 @@ func (c *blockCache) get(h Hash) ([]byte, bool) {
 // and reports whether this call was the one that loaded it. Errors are
 // not cached: a transient failure may succeed on retry, and a corrupt
 // block fails again anyway.
+//
+// A waiter whose loader was canceled (its reader went away) while the
+// waiter's own context is live loads the block itself: one reader's
+// cancellation is never another's error.
 func (c *blockCache) fill(ctx context.Context, h Hash, load func() ([]byte, error)) ([]byte, bool, error) {
 	sh := c.shard(h)
 	sh.mu.Lock()
-	if e, ok := sh.entries[h]; ok {
-		sh.lru.MoveToFront(e)
-		sh.mu.Unlock()
-		c.hits.Add(1)
-		return e.Value.(*cacheEntry).b, false, nil
-	}
-	if p, ok := sh.inflight[h]; ok {
+	for {
+		if e, ok := sh.entries[h]; ok {
+			sh.lru.MoveToFront(e)
+			sh.mu.Unlock()
+			c.hits.Add(1)
+			return e.Value.(*cacheEntry).b, false, nil
+		}
+		p, ok := sh.inflight[h]
+		if !ok {
+			break
+		}
 		sh.mu.Unlock()
 		select {
 		case <-p.done:
-			return p.b, false, p.err
 		case <-ctx.Done():
 			return nil, false, ctx.Err()
 		}
+		if !isContextErr(p.err) || ctx.Err() != nil {
+			return p.b, false, p.err
+		}
+		sh.mu.Lock()
 	}
 	p := &pendingLoad{done: make(chan struct{})}
 	sh.inflight[h] = p
@@ -178,3 +190,8 @@ func (c *blockCache) trim() {
 // TrimCache empties the block cache: an idle daemon gives the memory
 // back (the next reads fill it again).
 func (s *Store) TrimCache() { s.cache.trim() }
+
+// isContextErr reports whether err is a canceled or expired context's.
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -156,5 +157,23 @@ func TestPrefetchFillsReadCache(t *testing.T) {
 	}
 	if v.ReadCacheStats().Hits == 0 {
 		t.Fatal("read after prefetch did not hit the file")
+	}
+}
+
+// TestReadCacheOnce: a volume takes one read cache file; a second, or one
+// after Close, is refused instead of leaving a file nothing closes.
+func TestReadCacheOnce(t *testing.T) {
+	v := cachedVolume(t, randomDisk(3, 256<<10), 8)
+	if err := v.EnableReadCache(t.TempDir(), 8*v.bs); err == nil || !strings.Contains(err.Error(), "has a read cache already") {
+		t.Fatalf("second read cache: %v", err)
+	}
+	v.Close()
+	w, err := v.s.OpenVolume(v.info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if err := w.EnableReadCache(t.TempDir(), 8*v.bs); err == nil || !strings.Contains(err.Error(), "closed volume") {
+		t.Fatalf("read cache after Close: %v", err)
 	}
 }

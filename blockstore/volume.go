@@ -80,6 +80,16 @@ func (v *Volume) EnableReadCache(dir string, maxBytes int64) error {
 	if maxBytes < v.bs {
 		return nil
 	}
+	select {
+	case <-v.closedCh:
+		return fmt.Errorf("map %s: read cache of a closed volume", v.info.ID)
+	default:
+	}
+	if v.rc != nil {
+		// A second file would replace the first, which nothing would
+		// close: its space would stay taken.
+		return fmt.Errorf("map %s: the volume has a read cache already", v.info.ID)
+	}
 	rc, err := newReadCache(dir, v.bs, v.info.Blocks(), maxBytes, func(need int64) error {
 		return v.s.checkReserve(need, 2*v.s.opts.MinFree)
 	})
@@ -226,6 +236,9 @@ func (v *Volume) ReadAtContext(ctx context.Context, p []byte, off int64) (int, e
 	}
 	release()
 	want := min(int64(len(p)), v.info.Size-off)
+	if want == 0 {
+		return 0, nil // nothing to load (and no block to find damaged)
+	}
 	v.readAhead(off, want)
 	first, last := off/v.bs, (off+want-1)/v.bs
 	// part is the slice of p that block i covers, and where in the block

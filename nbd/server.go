@@ -112,6 +112,11 @@ type ExportServer struct {
 	// Memory, if set, bounds the read and write buffers of requests in
 	// flight: a request waits for its bytes before it is served.
 	Memory Budget
+	// PayloadTimeout bounds how long a write's payload may take to arrive
+	// after its header (the payload's budget is held meanwhile, so a
+	// client that sends a header and stalls would starve the others); a
+	// connection that exceeds it is closed. 0: 10 s plus 1 s per MiB.
+	PayloadTimeout time.Duration
 
 	bufs bufPool
 
@@ -557,6 +562,9 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 			cancel()
 		}
 		close(jobs)
+		// Replies this goroutine queued hold budget a worker may be
+		// waiting for: they go out before waiting for the workers.
+		rw.kick()
 		wg.Wait()
 		rw.kick()
 		rw.abandon()
@@ -619,8 +627,11 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 			r.data = s.bufs.get(int(r.length))
 			if c.r.Buffered() < int(r.length) {
 				rw.kick()
+				c.SetReadDeadline(time.Now().Add(s.payloadTimeout(r.length)))
 			}
-			if _, err := io.ReadFull(c.r, r.data); err != nil {
+			_, err := io.ReadFull(c.r, r.data)
+			c.SetReadDeadline(time.Time{})
+			if err != nil {
 				s.done(r, r.data)
 				return
 			}
@@ -929,4 +940,13 @@ func chunkHeader(flags, typ uint16, cookie uint64, length uint32) []byte {
 	be.PutUint64(h[8:], cookie)
 	be.PutUint32(h[16:], length)
 	return h
+}
+
+// payloadTimeout is how long a write payload of n bytes may take to
+// arrive (see ExportServer.PayloadTimeout).
+func (s *ExportServer) payloadTimeout(n uint32) time.Duration {
+	if s.PayloadTimeout > 0 {
+		return s.PayloadTimeout
+	}
+	return 10*time.Second + time.Duration(n>>20)*time.Second
 }

@@ -139,7 +139,9 @@ func serve(t *testing.T) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	// A small memory budget: requests wait for each other's buffers.
 	budget := blockstore.NewBudget(4 << 20)
-	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget}
+	// A short payload timeout: a client that stalls in a write's payload
+	// is dropped within the tests' patience.
+	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget, PayloadTimeout: 2 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
@@ -612,6 +614,152 @@ func TestManyConnections(t *testing.T) {
 	}
 	for _, c := range conns {
 		c.Close()
+	}
+	f.budgetReturned(t)
+}
+
+// TestDiscAfterQueuedInlineReplies: cached reads answered inline
+// (their replies queued, not yet sent, holding budget), then a read that
+// needs the whole budget (goes to a worker), then NBD_CMD_DISC, all in one
+// packet: every request is answered and the budget comes back. (The
+// connection used to wait for the worker before sending the queued
+// replies, while the worker waited for the budget they held.)
+func TestDiscAfterQueuedInlineReplies(t *testing.T) {
+	f := serve(t)
+	be := binary.BigEndian
+	c, err := Dial(context.Background(), f.uri("backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // now cached
+		for k := range 3 {
+			c.ReadAt(make([]byte, 256<<10), int64(k)*256<<10)
+		}
+	}
+	c.Close()
+	f.budgetReturned(t)
+
+	conn, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.ReadFull(conn, make([]byte, 18))
+	conn.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+	conn.Write(goOption("backup"))
+	readUntilAck(t, conn)
+	var reqs []byte
+	for k := range 3 {
+		reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*256<<10, 256<<10)...)
+	}
+	reqs = append(reqs, rawRequest(cmdRead, 3, 8<<20, 4<<20)...) // the whole 4 MiB budget
+	reqs = append(reqs, rawRequest(cmdDisc, 4, 0, 0)...)
+	conn.Write(reqs)
+	got := 0
+	for got < 4 {
+		h := make([]byte, 16)
+		if _, err := io.ReadFull(conn, h); err != nil {
+			t.Fatalf("after %d replies: %v (budget %+v)", got, err, f.budget.Stats())
+		}
+		n := 256 << 10
+		if be.Uint64(h[8:]) == 3 {
+			n = 4 << 20
+		}
+		if be.Uint32(h[4:]) != 0 {
+			n = 0
+		}
+		io.CopyN(io.Discard, conn, int64(n))
+		got++
+	}
+	conn.Close()
+	f.budgetReturned(t)
+}
+
+// TestWriteHeaderWithoutPayload: a client sends a WRITE header and
+// never the payload. The payload's budget (here the whole budget) is held
+// while it is awaited, so the connection is dropped after the payload
+// timeout (2 s here) and other clients go on; without the timeout they
+// waited as long as the hostile client stayed.
+func TestWriteHeaderWithoutPayload(t *testing.T) {
+	f := serve(t)
+	be := binary.BigEndian
+	conn, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.ReadFull(conn, make([]byte, 18))
+	conn.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+	conn.Write(goOption("backup")) // read-only: the payload is read (and refused) anyway
+	readUntilAck(t, conn)
+	conn.Write(rawRequest(cmdWrite, 1, 0, 32<<20)) // no payload follows
+
+	time.Sleep(200 * time.Millisecond)
+	c, err := Dial(context.Background(), f.uri("backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ReadAt(make([]byte, 1<<20), 16<<20)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("another client's 1 MiB read waited 5 s: budget %+v held by a client that sends no payload", f.budget.Stats())
+	}
+}
+
+// TestDiscThenLeave: the same packet, then the client closes its
+// socket: the connection ends, its budget comes back and other clients'
+// reads go on (they used to wait behind a worker that never got budget).
+func TestDiscThenLeave(t *testing.T) {
+	f := serve(t)
+	be := binary.BigEndian
+	c, err := Dial(context.Background(), f.uri("backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		for k := range 3 {
+			c.ReadAt(make([]byte, 256<<10), int64(k)*256<<10)
+		}
+	}
+	c.Close()
+	f.budgetReturned(t)
+	hostile(t, f.sock, func(conn net.Conn, r io.Reader) {
+		conn.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
+		conn.Write(goOption("backup"))
+		readUntilAck(t, r)
+		var reqs []byte
+		for k := range 3 {
+			reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*256<<10, 256<<10)...)
+		}
+		reqs = append(reqs, rawRequest(cmdRead, 3, 8<<20, 4<<20)...)
+		reqs = append(reqs, rawRequest(cmdDisc, 4, 0, 0)...)
+		conn.Write(reqs)
+		time.Sleep(200 * time.Millisecond)
+	}) // closes the socket
+	other, err := Dial(context.Background(), f.uri("backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	done := make(chan error, 1)
+	go func() { _, err := other.ReadAt(make([]byte, 64<<10), 20<<20); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("another client's 64 KiB read waited 5 s (budget %+v)", f.budget.Stats())
 	}
 	f.budgetReturned(t)
 }

@@ -109,6 +109,20 @@ func New(db *kv.DB, opts Options) *Catalog {
 	return &Catalog{db: db.Badger(), space: opts.Space, pending: map[string]int{}}
 }
 
+// IsID reports whether s has the form NewID gives ids of kind.
+func IsID(kind, s string) bool {
+	prefix, ok := idPrefix[kind]
+	if !ok || len(s) != len(prefix)+12 || s[:len(prefix)] != prefix {
+		return false
+	}
+	for _, c := range s[len(prefix):] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // NewID returns a fresh id for an object kind, e.g. "srv-3f9a1c2b7d4e".
 func NewID(kind string) string {
 	var b [6]byte

@@ -321,13 +321,25 @@ func (c *Client) Backups(ctx context.Context, server string) ([]BackupInfo, erro
 		path += "?server=" + url.QueryEscape(server)
 	}
 	var out []BackupInfo
-	return out, c.getJSON(ctx, path, &out)
+	if err := c.getJSON(ctx, path, &out); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	for _, b := range out {
+		if err := b.Check(now); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // Backup returns one backup of the remote by id or name.
 func (c *Client) Backup(ctx context.Context, ref string) (BackupInfo, error) {
 	var out BackupInfo
-	return out, c.getJSON(ctx, "/v1/replication/backups/"+url.PathEscape(ref), &out)
+	if err := c.getJSON(ctx, "/v1/replication/backups/"+url.PathEscape(ref), &out); err != nil {
+		return BackupInfo{}, err
+	}
+	return out, out.Check(time.Now())
 }
 
 // Map streams the block map of one disk of a backup (see ReadMap for
@@ -344,6 +356,9 @@ func (c *Client) Map(ctx context.Context, backupID, disk, baseID string, base fu
 		return MapHeader{}, err
 	}
 	defer resp.Body.Close()
+	if baseID == "" {
+		base = nil // a stream that claims a base anyway is refused
+	}
 	return ReadMap(resp.Body, base, fn)
 }
 

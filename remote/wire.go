@@ -12,6 +12,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"csbs/blockstore"
+	"csbs/catalog"
 )
 
 // HashAlgorithm names the block hash both appliances must use for their
@@ -79,6 +80,60 @@ func (b BackupInfo) Qualifies() error {
 		return fmt.Errorf("backup %s is itself a replica on the remote; replicas are not replicated again (replicate from the appliance that made it)", b.Name)
 	case len(b.Disks) == 0:
 		return fmt.Errorf("backup %s has no disks", b.Name)
+	}
+	return nil
+}
+
+// MaxDisks bounds the disks of a backup a remote describes (a server
+// has at most 64).
+const MaxDisks = 64
+
+// MaxDiskSize bounds the size of a disk a remote describes (1 PiB): the
+// destination's memory for a transfer grows with it.
+const MaxDiskSize = 1 << 50
+
+// Check refuses a BackupInfo that a well-behaved appliance cannot have
+// sent. Its ids and names become file names, catalog records and FUSE
+// paths at the destination, so a hostile remote must not choose them
+// freely: ids have the catalog's form, names the catalog's rules, disks
+// are few, distinct and of a bounded size, and the creation time is not
+// in the future (beyond a day of clock skew).
+func (b BackupInfo) Check(now time.Time) error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("remote sent an invalid backup %q: %s", b.ID, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case !catalog.IsID(catalog.KindBackup, b.ID):
+		return bad("id is not a backup id")
+	case !catalog.IsID(catalog.KindServer, b.ServerID):
+		return bad("server id %q is not a server id", b.ServerID)
+	case b.Type != catalog.TypeCommon && b.Type != catalog.TypeEnhanced:
+		return bad("type %q", b.Type)
+	case b.Trigger != catalog.TriggerManual && b.Trigger != catalog.TriggerAuto:
+		return bad("trigger %q", b.Trigger)
+	case b.Created.After(now.Add(24 * time.Hour)):
+		return bad("created %s, in the future", b.Created.Format(time.RFC3339))
+	case len(b.Disks) > MaxDisks:
+		return bad("%d disks (at most %d)", len(b.Disks), MaxDisks)
+	}
+	if err := catalog.ValidateName("backup", b.Name); err != nil {
+		return bad("%v", err)
+	}
+	if err := catalog.ValidateName("server", b.ServerName); err != nil {
+		return bad("%v", err)
+	}
+	seen := map[string]bool{}
+	for _, d := range b.Disks {
+		if err := catalog.ValidateDiskName(d.Name); err != nil {
+			return bad("%v", err)
+		}
+		if seen[d.Name] {
+			return bad("disk %s twice", d.Name)
+		}
+		seen[d.Name] = true
+		if d.Size < 0 || d.Size > MaxDiskSize || d.Blocks < 0 {
+			return bad("disk %s of %d bytes, %d blocks", d.Name, d.Size, d.Blocks)
+		}
 	}
 	return nil
 }
@@ -254,6 +309,10 @@ func ReadMap(r io.Reader, base func(seg int64, n int) ([]blockstore.Hash, error)
 	h := MapHeader{Size: int64(binary.BigEndian.Uint64(hdr[8:])), BlockSize: int(binary.BigEndian.Uint32(hdr[16:])), Base: hdr[20] == 1}
 	if h.Size < 0 || h.BlockSize < 4096 || h.BlockSize > 4<<20 || hdr[20] > 1 {
 		return h, badStream("map header: size %d, block size %d", h.Size, h.BlockSize)
+	}
+	if h.Base && base == nil {
+		// The reader named no base, so it has none to take segments from.
+		return h, badStream("map stream has a base the reader did not ask for")
 	}
 	var frames uint64
 	last := int64(-1)

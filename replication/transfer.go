@@ -342,6 +342,9 @@ func (x *transfer) fetchMap(ctx context.Context, d *diskTransfer) error {
 		var data int64
 		buf := make([]byte, 0, blockstore.SegmentEntries*blockstore.HashSize)
 		h, err := x.c.Map(ctx, x.b.ID, d.name, base, func(seg int64, n int) ([]blockstore.Hash, error) {
+			if baseVol == nil {
+				return nil, fmt.Errorf("remote sent segment %d as the same as a base this transfer has not", seg)
+			}
 			out := make([]blockstore.Hash, n)
 			first := seg * blockstore.SegmentEntries
 			for i := range out {

@@ -48,6 +48,10 @@ func Retain(p catalog.Policy, backups []catalog.Backup, now time.Time, inUse fun
 	var candidates []catalog.Backup
 	for _, b := range bs {
 		switch {
+		case b.Replica != nil:
+			// Whatever server id and trigger the remote gave it, a
+			// replica is its replication policy's to keep (--keep).
+			keepReason[b.ID] = "replicas are kept by their replication policy"
 		case b.Trigger != catalog.TriggerAuto:
 			keepReason[b.ID] = "manual backups are kept until deleted"
 		case b.Protected:

@@ -23,6 +23,9 @@ func TestRetain(t *testing.T) {
 	}
 	manual := catalog.Backup{ID: "m", Name: "m", Trigger: catalog.TriggerManual, Created: now.AddDate(-1, 0, 0)}
 	protected := catalog.Backup{ID: "p", Name: "p", Trigger: catalog.TriggerAuto, Protected: true, Created: now.AddDate(-1, 0, 0)}
+	// A replica whose remote gave it a local server's id, trigger auto and
+	// the newest time: not the policy's to count or delete.
+	replica := catalog.Backup{ID: "r", Name: "r", Trigger: catalog.TriggerAuto, Created: now, Replica: &catalog.ReplicaOrigin{RemoteID: "rmt-1"}}
 	pol := func(maxB, days int) catalog.Policy {
 		return catalog.Policy{MaxBackups: maxB, RetentionDays: days, Timezone: "UTC"}
 	}
@@ -35,6 +38,7 @@ func TestRetain(t *testing.T) {
 		defer_  string
 	}{
 		{name: "count keeps newest", policy: pol(3, -1), backups: autos(5), deleted: "a3 a4"},
+		{name: "a replica neither counts nor goes", policy: pol(3, -1), backups: append(autos(5), replica), deleted: "a3 a4"},
 		{name: "count larger than backups", policy: pol(10, -1), backups: autos(5), deleted: ""},
 		{name: "days", policy: pol(-1, 3), backups: autos(6), deleted: "a3 a4 a5"},
 		{name: "forever", policy: pol(-1, -1), backups: autos(6), deleted: ""},

@@ -134,6 +134,10 @@ func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("commit: sync data: %w", err)
 	}
+	// From the damage check to the header, scrub removes nothing: a block
+	// found present here is present when the map becomes visible.
+	s.removeMu.RLock()
+	defer s.removeMu.RUnlock()
 	for _, m := range maps {
 		if err := s.checkDamageSince(ctx, m); err != nil {
 			return fmt.Errorf("commit map %s: %w", m.Info.ID, err)
@@ -166,6 +170,10 @@ func (s *Store) Commit(ctx context.Context, maps []*PendingMap, extra func(txn *
 	if err == nil {
 		for _, m := range maps {
 			delete(s.pending, m.Info.ID)
+			delete(s.finished, m.Info.ID)
+		}
+		if !s.mapsUncommittedLocked() {
+			s.damage.entries = nil // no map left that could need them
 		}
 	}
 	s.mu.Unlock()

@@ -27,7 +27,7 @@ type damageEntry struct {
 func (s *Store) recordDamage(hs []Hash) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.pending) == 0 {
+	if !s.mapsUncommittedLocked() {
 		// No ingest can have referred to them: nothing to remember.
 		s.damage.seq++
 		s.damage.entries = nil
@@ -57,9 +57,6 @@ func (s *Store) checkDamageSince(ctx context.Context, m *PendingMap) error {
 			suspects[e.h] = struct{}{}
 		}
 	}
-	if len(s.pending) <= 1 {
-		s.damage.entries = nil // this map is the last one that could need them
-	}
 	s.mu.Unlock()
 	if len(suspects) == 0 {
 		return nil
@@ -85,6 +82,13 @@ func (s *Store) checkDamageSince(ctx context.Context, m *PendingMap) error {
 		return fmt.Errorf("block %s: %w", bad, ErrDamagedDuringBackup)
 	}
 	return err
+}
+
+// mapsUncommittedLocked reports whether a map is being written or
+// waits for its commit (an ingest's or a finished import's): the damage
+// log matters only while one does. The caller holds s.mu.
+func (s *Store) mapsUncommittedLocked() bool {
+	return len(s.pending)+len(s.importing)+len(s.finished) > 0
 }
 
 // errStop ends an iteration early.

@@ -71,6 +71,21 @@ func (r *ingestRef) release(hs []Hash) {
 	}
 }
 
+// touch tells a running GC that hs were just recorded in a map it may
+// have read already (an import's segment): its sweep keeps them.
+func (g *gcGate) touch(hs []Hash) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.gcOn {
+		return
+	}
+	for _, h := range hs {
+		if !h.IsZero() {
+			g.touched[h] = struct{}{}
+		}
+	}
+}
+
 // protectedLocked reports whether h must survive the current sweep.
 // The caller holds g.mu.
 func (g *gcGate) protectedLocked(h Hash) bool {

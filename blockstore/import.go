@@ -148,7 +148,13 @@ func (im *Import) WriteSegment(seg int64, hs []Hash) error {
 	if seg < 0 || seg >= segmentsFor(im.mw.nblocks) || len(hs) != segmentEntries(im.mw.nblocks, seg) {
 		return fmt.Errorf("import %s: segment %d of %d hashes does not fit a map of %d blocks", im.info.ID, seg, len(hs), im.mw.nblocks)
 	}
-	return im.mw.writeSegment(seg, hs)
+	if err := im.mw.writeSegment(seg, hs); err != nil {
+		return err
+	}
+	// A GC that read this map before the segment arrived must not sweep
+	// the blocks it names: the import finds them present and sends none.
+	im.s.gate.touch(hs)
+	return nil
 }
 
 // EachMissing calls fn with every non-zero hash the map names that the
@@ -292,6 +298,8 @@ func (im *Import) Finish(ctx context.Context) (*PendingMap, error) {
 	info.Stats.ZeroBlocks += info.Blocks() - info.Stats.ZeroBlocks - info.Stats.DataBlocks
 	im.s.mu.Lock()
 	delete(im.s.importing, info.ID)
+	// Until Commit or Abort, scrub's removals are recorded for it.
+	im.s.finished[info.ID] = struct{}{}
 	im.s.mu.Unlock()
 	im.mw.close()
 	return &PendingMap{s: im.s, Info: info, damageSeq: im.damageSeq}, nil

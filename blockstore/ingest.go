@@ -80,6 +80,7 @@ type PendingMap struct {
 func (p *PendingMap) Abort(ctx context.Context) error {
 	p.s.mu.Lock()
 	delete(p.s.pending, p.Info.ID)
+	delete(p.s.finished, p.Info.ID)
 	p.s.mu.Unlock()
 	p.s.removeMapFile(p.Info.ID)
 	return ctx.Err()

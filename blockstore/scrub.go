@@ -54,9 +54,12 @@ func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (Sc
 	}
 	s.hook(HookScrubVerified)
 	var removed []Hash
+	s.removeMu.Lock()
 	for _, e := range damaged {
 		ok, err := s.deleteIndexIf(e.h, e.loc)
 		if err != nil {
+			s.recordDamage(removed)
+			s.removeMu.Unlock()
 			return rep, fmt.Errorf("remove damaged block %s: %w", e.h, err)
 		}
 		if ok {
@@ -65,6 +68,7 @@ func (s *Store) Scrub(ctx context.Context, progress func(done, total int64)) (Sc
 		}
 	}
 	s.recordDamage(removed)
+	s.removeMu.Unlock()
 	rep.Damaged = removed
 
 	s.hook(HookScrubMaps)

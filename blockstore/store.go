@@ -142,12 +142,17 @@ type Store struct {
 	mu        sync.Mutex
 	pending   map[MapID]*mapWriter // maps being written (or written, not yet committed)
 	importing map[MapID]*mapWriter // staged imports open for writing
+	finished  map[MapID]struct{}   // imports finished, not yet committed or aborted
 	writing   map[uint64]struct{}  // packs allocated whose blocks are not yet indexed
 	nextPack  uint64
 	packLimit uint64 // numbers below it are reserved in meta/packseq
 	damage    damageLog
-	gcMu      sync.Mutex // one GC at a time
-	scrubMu   sync.Mutex // one scrub at a time
+	// removeMu keeps scrub from removing a damaged block between a
+	// commit's damage check and its header: commits hold it for reading
+	// from the one to the other, scrub's removals for writing.
+	removeMu sync.RWMutex
+	gcMu     sync.Mutex // one GC at a time
+	scrubMu  sync.Mutex // one scrub at a time
 
 	// closeMu makes Close wait for reads in progress and fail later ones:
 	// Badger panics when a closed DB is read.
@@ -223,6 +228,7 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 		valueBufs: sync.Pool{New: func() any { b := make([]byte, 0, bs+bs/8); return &b }},
 		pending:   map[MapID]*mapWriter{},
 		importing: map[MapID]*mapWriter{},
+		finished:  map[MapID]struct{}{},
 		writing:   map[uint64]struct{}{},
 	}
 	if err := s.loadPackSeq(); err != nil {

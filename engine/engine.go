@@ -352,7 +352,7 @@ func (e *Engine) Backup(ctx context.Context, job catalog.Job, progress func(done
 		p, err := e.Store.Ingest(ctx, reads[i].src, opt)
 		if err != nil {
 			abort()
-			if sess != nil && sess.Gone() != nil {
+			if sess != nil && sess.GoneWithin(ctx, 2*time.Second) != nil {
 				return catalog.Backup{}, fmt.Errorf("server %s disk %s: the VM stopped or crashed during the backup; nothing was saved: %w", server.Name, d.Name, err)
 			}
 			return catalog.Backup{}, fmt.Errorf("server %s disk %s: %w", server.Name, d.Name, err)

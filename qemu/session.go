@@ -505,6 +505,21 @@ func (s *Session) QEMUVersion() Version { return s.c.Version }
 // (the VM stopped or crashed).
 func (s *Session) Gone() error { return s.c.Err() }
 
+// GoneWithin is Gone after waiting up to d for the VM to be seen gone:
+// when QEMU dies, the reads from its NBD export fail before its QMP
+// connection is seen closed, and a failed read should be told apart from
+// a dead VM.
+func (s *Session) GoneWithin(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.c.Done():
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return s.c.Err()
+}
+
 // End removes everything the session added to the VM: exports, the NBD
 // server, the copy-before-write jobs, the overlays and the changed-block
 // bitmap copies; with committed (the backup was saved) the parents'

@@ -178,8 +178,8 @@ func TestHostileServerIDTakesLocalRetentionSlots(t *testing.T) {
 		mw.End() // an all-zero disk: nothing to fetch
 	}}
 	url, fp := startHostile(t, dir, h)
-	if j := replicateFromHostile(t, dst, url, fp); j.State != catalog.JobSucceeded {
-		t.Fatalf("replication: %+v", j)
+	if j := replicateFromHostile(t, dst, url, fp); j.State != catalog.JobFailed || !strings.Contains(j.Error, "which is a server of this appliance") {
+		t.Fatalf("replication of a backup claiming a local server: %+v", j)
 	}
 	for _, it := range call[[]scheduler.RetentionItem](t, dst.Admin, "POST", "/v1/policies/daily/retention-preview", nil) {
 		t.Logf("%s %s: %s (%s)", it.Name, it.BackupID, it.Verdict, it.Reason)

@@ -628,6 +628,14 @@ func (x *transfer) commit(ctx context.Context) (catalog.Backup, error) {
 	x.st.BlocksFetched, x.st.BlocksSkipped, x.st.WireBytes = c.fetched, c.skipped, c.wire
 	err := s.store.Commit(ctx, pms, func(txn *kv.Txn) error {
 		tx := catalog.Wrap(txn)
+		// A replica keeps its source's server id; one that is a server
+		// of this appliance (ids are random: only a hostile remote sends
+		// one) would slip the replica into that server's listings.
+		if _, err := tx.Server(bk.Project, bk.ServerID); err == nil {
+			return fmt.Errorf("%w: remote %s says backup %s is of server %s, which is a server of this appliance; refused", catalog.ErrConflict, x.r.Name, x.b.Name, bk.ServerID)
+		} else if !errors.Is(err, catalog.ErrNotFound) {
+			return err
+		}
 		taken, err := tx.BackupNameTaken(bk.Project, bk.ServerID, bk.Name)
 		if err != nil {
 			return err

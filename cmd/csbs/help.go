@@ -104,24 +104,9 @@ func helpCommand(app string, path []string, cmds []*cli.Command) *cli.Command {
 			level := cmds
 			words := c.Args().Slice()
 			for i, w := range words {
-				var found *cli.Command
-				var names []string
-				for _, cmd := range level {
-					if cmd.Hidden || cmd.Name == "help" {
-						continue
-					}
-					names = append(names, cmd.Names()...)
-					if slices.Contains(cmd.Names(), w) {
-						found = cmd
-					}
-				}
-				if found == nil {
-					where := strings.Join(append([]string{helpName}, words[:i]...), " ")
-					msg := fmt.Sprintf("%sunknown command %q", subject(where), w)
-					if s := closest(w, names); s != "" {
-						msg += fmt.Sprintf("; did you mean %q?", s)
-					}
-					return cli.Exit(msg+fmt.Sprintf(" (%s --help lists the commands)", where), 2)
+				found := findCommand(level, w)
+				if found == nil || found.Hidden || found.Name == "help" {
+					return unknownCommandError(strings.Join(append([]string{helpName}, words[:i]...), " "), w, level)
 				}
 				level = found.Subcommands
 			}
@@ -142,19 +127,25 @@ func unknownCommand(cmds func() []*cli.Command) cli.ActionFunc {
 		if c.NArg() == 0 {
 			return cli.ShowSubcommandHelp(c)
 		}
-		name := c.Args().First()
-		var names []string
-		for _, cmd := range cmds() {
-			if !cmd.Hidden {
-				names = append(names, cmd.Names()...)
-			}
-		}
-		msg := fmt.Sprintf("%sunknown command %q", subject(c.Command.HelpName), name)
-		if s := closest(name, names); s != "" {
-			msg += fmt.Sprintf("; did you mean %q?", s)
-		}
-		return cli.Exit(msg+fmt.Sprintf(" (%s --help lists the commands)", c.Command.HelpName), 2)
+		return unknownCommandError(c.Command.HelpName, c.Args().First(), cmds())
 	}
+}
+
+// unknownCommandError is the one-line usage error for name, which is not
+// a command of where (a help name such as "csbs backup"): the closest of
+// cmds' visible names, and where the list is.
+func unknownCommandError(where, name string, cmds []*cli.Command) error {
+	var names []string
+	for _, cmd := range cmds {
+		if !cmd.Hidden {
+			names = append(names, cmd.Names()...)
+		}
+	}
+	msg := fmt.Sprintf("%sunknown command %q", subject(where), name)
+	if s := closest(name, names); s != "" {
+		msg += fmt.Sprintf("; did you mean %q?", s)
+	}
+	return cli.Exit(msg+fmt.Sprintf(" (%s --help lists the commands)", where), 2)
 }
 
 // usageError turns a flag parsing error into one line: the command, what

@@ -318,6 +318,15 @@ func option(opt uint32, data []byte) []byte {
 	return append(b, data...)
 }
 
+// enterTransmission negotiates the fixed-newstyle handshake on c, whose
+// greeting was read, and enters transmission with export name.
+func enterTransmission(t *testing.T, c net.Conn, r io.Reader, name string) {
+	t.Helper()
+	c.Write(binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZeroes))
+	c.Write(goOption(name))
+	readUntilAck(t, r)
+}
+
 func goOption(name string) []byte {
 	be := binary.BigEndian
 	d := be.AppendUint32(nil, uint32(len(name)))
@@ -414,9 +423,7 @@ func TestHostileClients(t *testing.T) {
 	})
 	t.Run("reads past the end, huge lengths, unknown commands", func(t *testing.T) {
 		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
-			c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
-			c.Write(goOption("backup"))
-			readUntilAck(t, r)
+			enterTransmission(t, c, r, "backup")
 			size := uint64(48 << 20)
 			c.Write(rawRequest(cmdRead, 1, size-10, 100))
 			if errno, _ := simpleReply(t, r); errno != errInval {
@@ -487,9 +494,7 @@ func TestHostileClients(t *testing.T) {
 		c.Close()
 		for range 10 {
 			hostile(t, f.sock, func(c net.Conn, r io.Reader) {
-				c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
-				c.Write(goOption("backup"))
-				readUntilAck(t, r)
+				enterTransmission(t, c, r, "backup")
 				var reqs []byte
 				for k := range 64 {
 					reqs = append(reqs, rawRequest(cmdRead, uint64(k), 0, 256<<10)...)
@@ -500,9 +505,7 @@ func TestHostileClients(t *testing.T) {
 		// Answered reads, then a bad request in the same packet: the
 		// server drops the connection with the replies unsent.
 		hostile(t, f.sock, func(c net.Conn, r io.Reader) {
-			c.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
-			c.Write(goOption("backup"))
-			readUntilAck(t, r)
+			enterTransmission(t, c, r, "backup")
 			var reqs []byte
 			for k := range 8 {
 				reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*4096, 4096)...)
@@ -646,9 +649,7 @@ func TestDiscAfterQueuedInlineReplies(t *testing.T) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	io.ReadFull(conn, make([]byte, 18))
-	conn.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
-	conn.Write(goOption("backup"))
-	readUntilAck(t, conn)
+	enterTransmission(t, conn, conn, "backup")
 	var reqs []byte
 	for k := range 3 {
 		reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*256<<10, 256<<10)...)
@@ -683,16 +684,13 @@ func TestDiscAfterQueuedInlineReplies(t *testing.T) {
 // waited as long as the hostile client stayed.
 func TestWriteHeaderWithoutPayload(t *testing.T) {
 	f := serve(t)
-	be := binary.BigEndian
 	conn, err := net.Dial("unix", f.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	io.ReadFull(conn, make([]byte, 18))
-	conn.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
-	conn.Write(goOption("backup")) // read-only: the payload is read (and refused) anyway
-	readUntilAck(t, conn)
+	enterTransmission(t, conn, conn, "backup")     // read-only: the payload is read (and refused) anyway
 	conn.Write(rawRequest(cmdWrite, 1, 0, 32<<20)) // no payload follows
 
 	time.Sleep(200 * time.Millisecond)
@@ -721,7 +719,6 @@ func TestWriteHeaderWithoutPayload(t *testing.T) {
 // reads go on (they used to wait behind a worker that never got budget).
 func TestDiscThenLeave(t *testing.T) {
 	f := serve(t)
-	be := binary.BigEndian
 	c, err := Dial(context.Background(), f.uri("backup"))
 	if err != nil {
 		t.Fatal(err)
@@ -734,9 +731,7 @@ func TestDiscThenLeave(t *testing.T) {
 	c.Close()
 	f.budgetReturned(t)
 	hostile(t, f.sock, func(conn net.Conn, r io.Reader) {
-		conn.Write(be.AppendUint32(nil, clientFixed|clientNoZeroes))
-		conn.Write(goOption("backup"))
-		readUntilAck(t, r)
+		enterTransmission(t, conn, r, "backup")
 		var reqs []byte
 		for k := range 3 {
 			reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*256<<10, 256<<10)...)

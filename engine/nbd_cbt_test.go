@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"csbs/catalog"
 	"csbs/internal/testenv"
@@ -33,13 +32,7 @@ func (q *qemuNBDServer) start(bitmap string) {
 	if err := q.cmd.Start(); err != nil {
 		q.t.Fatal(err)
 	}
-	for i := 0; i < 300; i++ {
-		if _, err := os.Stat(q.sock); err == nil {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	q.t.Fatal("qemu-nbd did not start")
+	testenv.WaitListening(q.t, q.sock)
 }
 
 func (q *qemuNBDServer) stop() {

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	gonbdbackend "github.com/pojntfx/go-nbd/pkg/backend"
 	gonbd "github.com/pojntfx/go-nbd/pkg/server"
@@ -50,13 +49,7 @@ func qemuNBD(t *testing.T) (uri string, raw []byte) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; i < 1000; i++ { // until it listens, not just until the file exists
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitListening(t, sock)
 	return "nbd+unix:///disk?socket=" + sock, raw
 }
 

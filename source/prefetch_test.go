@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"csbs/blockstore"
 	"csbs/internal/testenv"
@@ -48,13 +46,7 @@ func TestPrefetchFeedsIngest(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
-		for i := 0; i < 1000; i++ { // until it listens, not just until the file exists
-			if c, err := net.Dial("unix", sock); err == nil {
-				c.Close()
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testenv.WaitListening(t, sock)
 		src, err := OpenNBD(ctx, "nbd+unix:///d?socket="+sock+"&dirty-bitmap=b0", nil)
 		if err != nil {
 			t.Fatal(err)

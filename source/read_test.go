@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"csbs/internal/testenv"
 )
@@ -164,14 +163,7 @@ func TestNBDSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Process.Kill(); q.Wait() })
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("qemu-nbd did not create its socket")
-		}
-	}
+	testenv.WaitListening(t, sock)
 	var seen []Location
 	d, err := Open(context.Background(), "nbd+unix:///vda?socket="+sock, func(l Location) error {
 		seen = append(seen, l)

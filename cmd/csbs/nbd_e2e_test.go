@@ -36,12 +36,7 @@ func TestNBDSourceAttachAndCommonRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { q.Process.Kill(); q.Wait() }()
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(qsock); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitListening(t, qsock)
 	a.ok("server", "add", "--name", "vm1", "--disk", "vda=nbd+unix:///?socket="+qsock)
 	var common idName
 	a.okJSON(&common, "backup", "create", "vm1", "--wait")

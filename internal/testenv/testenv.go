@@ -6,9 +6,11 @@ package testenv
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run in CI (the CI variable is set).
@@ -52,4 +54,19 @@ func NeedRoot(t testing.TB, why string) {
 	if os.Geteuid() != 0 {
 		Missing(t, "needs root: %s", why)
 	}
+}
+
+// WaitListening waits until a server listens on the unix socket sock (a
+// socket file can exist before its server accepts), failing the test
+// after 10 s.
+func WaitListening(t testing.TB, sock string) {
+	t.Helper()
+	for range 1000 {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on %s after 10 s", sock)
 }

@@ -52,10 +52,13 @@ type StoreStatus struct {
 	CacheHitRatio float64 `json:"cache_hit_ratio,omitempty"`
 	// The read path as sized at start (store.cache_size, store.workers,
 	// store.inflight_memory) and what it holds now.
-	CacheBytes         int64 `json:"cache_bytes,omitempty"`
-	CacheLimitBytes    int64 `json:"cache_limit_bytes,omitempty"`
-	CacheAuto          bool  `json:"cache_auto,omitempty"` // cache_size = "auto": sized from the machine's memory
-	Workers            int   `json:"workers,omitempty"`
+	CacheBytes      int64 `json:"cache_bytes,omitempty"`
+	CacheLimitBytes int64 `json:"cache_limit_bytes,omitempty"`
+	CacheAuto       bool  `json:"cache_auto,omitempty"` // cache_size = "auto": sized from the machine's memory
+	Workers         int   `json:"workers,omitempty"`
+	// GOMAXPROCS the daemon runs with: twice the CPUs it may use (up
+	// to 16 more) unless set in its environment; see docs/performance.md.
+	GoMaxProcs         int   `json:"gomaxprocs,omitempty"`
 	InflightBytes      int64 `json:"inflight_bytes,omitempty"`
 	InflightLimitBytes int64 `json:"inflight_limit_bytes,omitempty"`
 	InflightPeakBytes  int64 `json:"inflight_peak_bytes,omitempty"`

@@ -121,7 +121,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p, size: size}
 	memLimit := limitMemory(size)
-	d.log.Info("read path sized", "workers", size.Workers, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes, "go_memory_limit", memLimit)
+	d.log.Info("read path sized", "workers", size.Workers, "gomaxprocs", size.Procs, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes, "go_memory_limit", memLimit)
 	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if n, err := d.cat.EnsureIndexes(); err != nil {
 		store.Close()
@@ -501,7 +501,7 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	}
 	st.Store.CacheBytes, st.Store.CacheLimitBytes = cs.Bytes, cs.Limit
 	st.Store.CacheAuto = d.cfg.Store.CacheSize == config.Auto
-	st.Store.Workers = d.size.Workers
+	st.Store.Workers, st.Store.GoMaxProcs = d.size.Workers, d.size.Procs
 	bs := d.store.Budget().Stats()
 	st.Store.InflightBytes, st.Store.InflightLimitBytes, st.Store.InflightPeakBytes = bs.Used, bs.Total, bs.Peak
 	st.Store.ReadCacheBytes = d.serving.readCacheBytes()

@@ -66,6 +66,8 @@ type statusJSON struct {
 		AddedBytes   int64 `json:"added_bytes"`
 		DiskBytes    int64 `json:"disk_bytes"`
 		FreeBytes    int64 `json:"free_bytes"`
+		Workers      int   `json:"workers"`
+		GoMaxProcs   int   `json:"gomaxprocs"`
 	} `json:"store"`
 	ActiveJobs []struct{ ID string } `json:"active_jobs"`
 	Exports    []exportJSON          `json:"exports"`

@@ -29,6 +29,8 @@ systemd (Type=notify) it reports READY=1 once the API answers.`,
 				return err
 			}
 			log := daemon.NewLogger(cfg.Log, os.Stderr)
+			cpus, procs := daemon.Oversubscribe()
+			log.Info("scheduler sized", "cpus", cpus, "gomaxprocs", procs)
 			d, err := daemon.New(cfg, daemon.Options{Log: log, Version: version})
 			if err != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -531,6 +532,17 @@ func TestStatusFiguresAndLines(t *testing.T) {
 	}
 	if a.okJSON(&ss, "store", "stats"); ss.DiskBytes > du+4<<20 || ss.DiskBytes < du-4<<20 {
 		t.Errorf("store stats: %d MiB on disk, du %d MiB", ss.DiskBytes>>20, du>>20)
+	}
+
+	// The daemon runs with Ps beyond its CPUs for goroutines blocked in
+	// system calls, and as many workers (docs/performance.md).
+	cpus := runtime.GOMAXPROCS(0)
+	wantProcs := cpus + min(cpus, 16)
+	if os.Getenv("GOMAXPROCS") != "" {
+		wantProcs = cpus
+	}
+	if st.Store.GoMaxProcs != wantProcs || st.Store.Workers != wantProcs {
+		t.Errorf("status: gomaxprocs %d, workers %d on %d CPUs; want %d of both", st.Store.GoMaxProcs, st.Store.Workers, cpus, wantProcs)
 	}
 
 	human := a.ok("status")

@@ -66,7 +66,7 @@ var (
 
 func newServing(d *Daemon) *serving {
 	s := &serving{d: d, exports: map[string]*served{}}
-	s.srv = &nbd.ExportServer{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64, Memory: d.store.Budget()}
+	s.srv = &nbd.ExportServer{Exports: s, Log: d.log, AllowList: true, MaxConnsPerExport: 64, Memory: d.store.Budget(), MaxConnMemory: d.size.InflightBytes / 4}
 	// Read cache files are unlinked when made; one left by a crash between
 	// creating and unlinking it is removed here.
 	stale, _ := filepath.Glob(filepath.Join(s.cacheDir(), "*.rcache"))

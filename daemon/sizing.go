@@ -19,7 +19,7 @@ import (
 // the read path: shown by csbs status and logged at start.
 type sizing struct {
 	Workers       int
-	Procs         int // GOMAXPROCS at start
+	Procs         int   // GOMAXPROCS at start
 	MemoryBytes   int64 // the machine's memory (or the cgroup's limit)
 	CacheBytes    int64
 	InflightBytes int64

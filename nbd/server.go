@@ -112,6 +112,13 @@ type ExportServer struct {
 	// Memory, if set, bounds the read and write buffers of requests in
 	// flight: a request waits for its bytes before it is served.
 	Memory Budget
+	// MaxConnMemory, if set with Memory, is the most of it one
+	// connection may hold (a request larger than that still runs when
+	// its connection holds nothing else). A client that stops reading
+	// its replies keeps their buffers until the reply timeout; without a
+	// share per connection it could hold the whole budget meanwhile and
+	// stall every other reader of the store.
+	MaxConnMemory int64
 	// PayloadTimeout bounds how long a write's payload may take to arrive
 	// after its header (the payload's budget is held meanwhile, so a
 	// client that sends a header and stalls would starve the others); a
@@ -527,6 +534,61 @@ type request struct {
 	length uint32
 	data   []byte // write payload, from the pool
 	budget int64  // bytes taken from ExportServer.Memory for it
+	share  *connShare
+}
+
+// connShare is the part of ExportServer.Memory one connection holds,
+// bounded by ExportServer.MaxConnMemory.
+type connShare struct {
+	max   int64
+	mu    sync.Mutex
+	held  int64
+	freed chan struct{} // closed when held drops
+}
+
+func newConnShare(max int64) *connShare {
+	if max <= 0 {
+		return nil
+	}
+	return &connShare{max: max, freed: make(chan struct{})}
+}
+
+// tryAcquire takes n bytes if the connection may hold them now.
+func (c *connShare) tryAcquire(n int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held != 0 && c.held+n > c.max {
+		return false
+	}
+	c.held += n
+	return true
+}
+
+// acquire waits until the connection may hold n more bytes.
+func (c *connShare) acquire(ctx context.Context, n int64) error {
+	for {
+		c.mu.Lock()
+		if c.held == 0 || c.held+n <= c.max {
+			c.held += n
+			c.mu.Unlock()
+			return nil
+		}
+		freed := c.freed
+		c.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *connShare) release(n int64) {
+	c.mu.Lock()
+	c.held -= n
+	close(c.freed)
+	c.freed = make(chan struct{})
+	c.mu.Unlock()
 }
 
 // replyTimeout is how long a reply may wait for the client to read it.
@@ -544,7 +606,11 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 		be      = binary.BigEndian
 		rw      = &replyWriter{conn: c.Conn, timeout: replyTimeout}
 		cached  CachedReader
+		share   *connShare
 	)
+	if s.Memory != nil {
+		share = newConnShare(s.MaxConnMemory)
+	}
 	if cr, ok := exp.Device.(CachedReader); ok {
 		cached = cr
 	}
@@ -580,7 +646,10 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 			rw.kick() // about to wait for a worker: answered replies go first
 			slots <- struct{}{}
 		}
-		if idle.Load() == 0 && workers < maxInFlight {
+		// A new worker unless an idle one is left for this request:
+		// requests still in jobs are spoken for (a burst of requests
+		// arrives faster than idle workers take them).
+		if int(idle.Load()) <= len(jobs) && workers < maxInFlight {
 			workers++
 			wg.Add(1)
 			go func() {
@@ -609,7 +678,7 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 			s.Log.Warn("nbd: bad request magic; closing", "export", exp.Name, "magic", be.Uint32(hdr))
 			return
 		}
-		r := &request{flags: be.Uint16(hdr[4:]), typ: be.Uint16(hdr[6:]), cookie: be.Uint64(hdr[8:]), off: be.Uint64(hdr[16:]), length: be.Uint32(hdr[24:])}
+		r := &request{flags: be.Uint16(hdr[4:]), typ: be.Uint16(hdr[6:]), cookie: be.Uint64(hdr[8:]), off: be.Uint64(hdr[16:]), length: be.Uint32(hdr[24:]), share: share}
 		switch r.typ {
 		case cmdDisc:
 			finish(true)
@@ -658,10 +727,17 @@ func (s *ExportServer) readCached(rw *replyWriter, dev CachedReader, exp *Export
 		return false
 	}
 	if s.Memory != nil {
-		if !s.Memory.TryAcquire(int64(r.length)) {
+		n := int64(r.length)
+		if r.share != nil && !r.share.tryAcquire(n) {
 			return false
 		}
-		r.budget = int64(r.length)
+		if !s.Memory.TryAcquire(n) {
+			if r.share != nil {
+				r.share.release(n)
+			}
+			return false
+		}
+		r.budget = n
 	}
 	buf := s.bufs.get(int(r.length))
 	if !dev.ReadCached(buf, int64(r.off)) {
@@ -688,7 +764,15 @@ func (s *ExportServer) take(ctx context.Context, r *request, n int64) error {
 	if s.Memory == nil || n == 0 {
 		return nil
 	}
+	if r.share != nil {
+		if err := r.share.acquire(ctx, n); err != nil {
+			return err
+		}
+	}
 	if err := s.Memory.Acquire(ctx, n); err != nil {
+		if r.share != nil {
+			r.share.release(n)
+		}
 		return err
 	}
 	r.budget += n
@@ -704,6 +788,9 @@ func (s *ExportServer) done(r *request, bufs ...[]byte) {
 	}
 	if r.budget > 0 {
 		s.Memory.Release(r.budget)
+		if r.share != nil {
+			r.share.release(r.budget)
+		}
 		r.budget = 0
 	}
 }

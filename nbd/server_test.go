@@ -87,6 +87,32 @@ func (f failingDevice) ReadAt(p []byte, off int64) (int, error) {
 	return f.Device.ReadAt(p, off)
 }
 
+// gatherDevice answers a read only once want reads are in its ReadAt at
+// the same time (or fails it after 5 s): a server that serves a burst of
+// requests one after another cannot get past it.
+type gatherDevice struct {
+	Device
+	want    int
+	mu      sync.Mutex
+	waiting int
+	all     chan struct{}
+}
+
+func (g *gatherDevice) ReadAt(p []byte, off int64) (int, error) {
+	g.mu.Lock()
+	g.waiting++
+	if g.waiting == g.want {
+		close(g.all)
+	}
+	g.mu.Unlock()
+	select {
+	case <-g.all:
+		return g.Device.ReadAt(p, off)
+	case <-time.After(5 * time.Second):
+		return 0, errors.New("the other reads of the burst never came")
+	}
+}
+
 type fixture struct {
 	sock, img string
 	store     *blockstore.Store
@@ -130,6 +156,7 @@ func serve(t *testing.T) *fixture {
 		"backup":  {Name: "backup", Device: VolumeDevice{vol}, ReadOnly: true, PreferredBlock: 65536},
 		"scratch": {Name: "scratch", Device: mem},
 		"broken":  {Name: "broken", Device: failingDevice{mem}, ReadOnly: true},
+		"gather":  {Name: "gather", Device: &gatherDevice{Device: mem, want: 8, all: make(chan struct{})}, ReadOnly: true},
 	}
 	sock := filepath.Join(dir, "nbd.sock")
 	l, err := net.Listen("unix", sock)
@@ -141,7 +168,8 @@ func serve(t *testing.T) *fixture {
 	budget := blockstore.NewBudget(4 << 20)
 	// A short payload timeout: a client that stalls in a write's payload
 	// is dropped within the tests' patience.
-	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget, PayloadTimeout: 2 * time.Second}
+	// A connection may hold a quarter of it, like in the daemon.
+	srv := &ExportServer{Exports: exports, Log: slog.New(slog.DiscardHandler), AllowList: true, MaxConnsPerExport: 32, Memory: budget, MaxConnMemory: 1 << 20, PayloadTimeout: 2 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
@@ -711,6 +739,81 @@ func TestWriteHeaderWithoutPayload(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("another client's 1 MiB read waited 5 s: budget %+v held by a client that sends no payload", f.budget.Stats())
+	}
+}
+
+// TestBurstServedInParallel: a client sends 8 reads at once; they are
+// served by 8 workers at once. (The reader used to start a worker only
+// when none was idle, counting a worker that had not yet taken its
+// request as idle: a burst went to one worker, one request after
+// another.)
+func TestBurstServedInParallel(t *testing.T) {
+	f := serve(t)
+	hostile(t, f.sock, func(conn net.Conn, r io.Reader) {
+		enterTransmission(t, conn, r, "gather")
+		var reqs []byte
+		for k := range 8 {
+			reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k)*4096, 4096)...)
+		}
+		conn.Write(reqs)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for range 8 {
+			hdr := make([]byte, 16)
+			if _, err := io.ReadFull(r, hdr); err != nil {
+				t.Fatalf("reply: %v", err)
+			}
+			if errno := binary.BigEndian.Uint32(hdr[4:]); errno != 0 {
+				t.Fatalf("read of the burst failed with NBD error %d: served one at a time", errno)
+			}
+			io.ReadFull(r, make([]byte, 4096))
+		}
+	})
+}
+
+// TestSlowReaderHoldsOnlyItsShare: a client sends reads and never reads
+// their replies. The replies wait in the server with their buffers until
+// the reply timeout (2 minutes); the client may hold only its
+// connection's share of the memory budget (1 MiB of 4 here), so another
+// client's reads go on. Without the share it held the whole budget and
+// the other client waited for that timeout.
+func TestSlowReaderHoldsOnlyItsShare(t *testing.T) {
+	f := serve(t)
+	conn, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.ReadFull(conn, make([]byte, 18))
+	enterTransmission(t, conn, conn, "backup")
+	var reqs []byte
+	for k := range 32 {
+		reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k%16)<<20, 1<<20)...)
+	}
+	conn.Write(reqs) // and never reads a reply
+
+	time.Sleep(300 * time.Millisecond)
+	c, err := Dial(context.Background(), f.uri("backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() {
+		for k := range 4 {
+			if _, err := c.ReadAt(make([]byte, 1<<20), int64(16+k)<<20); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("another client's reads waited 5 s: budget %+v held by a client that reads no reply", f.budget.Stats())
 	}
 }
 

@@ -722,6 +722,14 @@ func TestWriteHeaderWithoutPayload(t *testing.T) {
 	conn.Write(rawRequest(cmdWrite, 1, 0, 32<<20)) // no payload follows
 
 	time.Sleep(200 * time.Millisecond)
+	f.otherClientReads(t, 1, 1<<20, "held by a client that sends no payload")
+}
+
+// otherClientReads has a new client read n blocks of size bytes from 16
+// MiB on; they must be answered within 5 s, while a hostile client holds
+// on to what it holds (why says what).
+func (f *fixture) otherClientReads(t *testing.T, n, size int, why string) {
+	t.Helper()
 	c, err := Dial(context.Background(), f.uri("backup"))
 	if err != nil {
 		t.Fatal(err)
@@ -729,8 +737,13 @@ func TestWriteHeaderWithoutPayload(t *testing.T) {
 	defer c.Close()
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.ReadAt(make([]byte, 1<<20), 16<<20)
-		done <- err
+		for k := range n {
+			if _, err := c.ReadAt(make([]byte, size), 16<<20+int64(k*size)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
 	}()
 	select {
 	case err := <-done:
@@ -738,7 +751,7 @@ func TestWriteHeaderWithoutPayload(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatalf("another client's 1 MiB read waited 5 s: budget %+v held by a client that sends no payload", f.budget.Stats())
+		t.Fatalf("another client's %d reads of %d KiB waited 5 s: budget %+v %s", n, size>>10, f.budget.Stats(), why)
 	}
 }
 
@@ -792,29 +805,7 @@ func TestSlowReaderHoldsOnlyItsShare(t *testing.T) {
 	conn.Write(reqs) // and never reads a reply
 
 	time.Sleep(300 * time.Millisecond)
-	c, err := Dial(context.Background(), f.uri("backup"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	done := make(chan error, 1)
-	go func() {
-		for k := range 4 {
-			if _, err := c.ReadAt(make([]byte, 1<<20), int64(16+k)<<20); err != nil {
-				done <- err
-				return
-			}
-		}
-		done <- nil
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatalf("another client's reads waited 5 s: budget %+v held by a client that reads no reply", f.budget.Stats())
-	}
+	f.otherClientReads(t, 4, 1<<20, "held by a client that reads no reply")
 }
 
 // TestDiscThenLeave: the same packet, then the client closes its
@@ -844,20 +835,6 @@ func TestDiscThenLeave(t *testing.T) {
 		conn.Write(reqs)
 		time.Sleep(200 * time.Millisecond)
 	}) // closes the socket
-	other, err := Dial(context.Background(), f.uri("backup"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	done := make(chan error, 1)
-	go func() { _, err := other.ReadAt(make([]byte, 64<<10), 20<<20); done <- err }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Errorf("another client's 64 KiB read waited 5 s (budget %+v)", f.budget.Stats())
-	}
+	f.otherClientReads(t, 1, 64<<10, "after a client left with replies queued")
 	f.budgetReturned(t)
 }

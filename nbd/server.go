@@ -601,7 +601,6 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 		jobs    = make(chan *request, maxInFlight)
 		slots   = make(chan struct{}, maxInFlight) // requests handed to workers and not finished
 		workers int
-		idle    atomic.Int32
 		hdr     = make([]byte, 28)
 		be      = binary.BigEndian
 		rw      = &replyWriter{conn: c.Conn, timeout: replyTimeout}
@@ -646,22 +645,21 @@ func (s *ExportServer) transmit(ctx context.Context, c *conn, exp *Export, st se
 			rw.kick() // about to wait for a worker: answered replies go first
 			slots <- struct{}{}
 		}
-		// A new worker unless an idle one is left for this request:
-		// requests still in jobs are spoken for (a burst of requests
-		// arrives faster than idle workers take them).
-		if int(idle.Load()) <= len(jobs) && workers < maxInFlight {
+		// A worker per request handed over and not finished (slots,
+		// this one included): fewer would leave this one waiting behind
+		// another. An idle count cannot tell: a worker waiting in jobs is
+		// handed a request directly and still looks idle until it runs,
+		// so a burst went to one worker, one request after another.
+		if workers < len(slots) {
 			workers++
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				for r := range jobs {
-					idle.Add(-1)
 					s.serve(ctx, rw, exp, st, r)
 					<-slots
-					idle.Add(1)
 				}
 			}()
-			idle.Add(1)
 		}
 		jobs <- r
 	}

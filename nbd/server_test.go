@@ -113,6 +113,17 @@ func (g *gatherDevice) ReadAt(p []byte, off int64) (int, error) {
 	}
 }
 
+// warmGather is a gatherDevice that answers a read at offset 0 at once:
+// a client warms a connection's workers up with it before a burst.
+type warmGather struct{ *gatherDevice }
+
+func (w warmGather) ReadAt(p []byte, off int64) (int, error) {
+	if off == 0 {
+		return w.Device.ReadAt(p, off)
+	}
+	return w.gatherDevice.ReadAt(p, off)
+}
+
 type fixture struct {
 	sock, img string
 	store     *blockstore.Store
@@ -157,6 +168,7 @@ func serve(t *testing.T) *fixture {
 		"scratch": {Name: "scratch", Device: mem},
 		"broken":  {Name: "broken", Device: failingDevice{mem}, ReadOnly: true},
 		"gather":  {Name: "gather", Device: &gatherDevice{Device: mem, want: 8, all: make(chan struct{})}, ReadOnly: true},
+		"gather2": {Name: "gather2", Device: warmGather{&gatherDevice{Device: mem, want: 2, all: make(chan struct{})}}, ReadOnly: true},
 	}
 	sock := filepath.Join(dir, "nbd.sock")
 	l, err := net.Listen("unix", sock)
@@ -777,6 +789,34 @@ func TestBurstServedInParallel(t *testing.T) {
 			}
 			if errno := binary.BigEndian.Uint32(hdr[4:]); errno != 0 {
 				t.Fatalf("read of the burst failed with NBD error %d: served one at a time", errno)
+			}
+			io.ReadFull(r, make([]byte, 4096))
+		}
+	})
+}
+
+// TestBurstAfterIdleServedInParallel: a connection's worker served a
+// read and waits for the next; the client then sends two reads at once,
+// which are served at once. (A worker waiting in the channel is handed
+// the first request directly and counted as idle until it runs: the
+// reader saw an idle worker and no request queued, and started none for
+// the second, which waited for the first.)
+func TestBurstAfterIdleServedInParallel(t *testing.T) {
+	f := serve(t)
+	hostile(t, f.sock, func(conn net.Conn, r io.Reader) {
+		enterTransmission(t, conn, r, "gather2")
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		conn.Write(rawRequest(cmdRead, 100, 0, 4096))
+		if errno, _ := simpleReply(t, r); errno != 0 {
+			t.Fatalf("warm-up read: NBD error %d", errno)
+		}
+		io.ReadFull(r, make([]byte, 4096))
+		time.Sleep(50 * time.Millisecond) // the worker waits for a request
+		conn.Write(append(rawRequest(cmdRead, 1, 4096, 4096), rawRequest(cmdRead, 2, 8192, 4096)...))
+		for range 2 {
+			errno, cookie := simpleReply(t, r)
+			if errno != 0 {
+				t.Fatalf("read %d of the burst failed with NBD error %d: served one after the other", cookie, errno)
 			}
 			io.ReadFull(r, make([]byte, 4096))
 		}

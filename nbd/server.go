@@ -16,6 +16,8 @@ import (
 
 	"csbs/blockstore"
 	"csbs/internal/extent"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Device is what an export serves: Size bytes readable with ReadAt, which
@@ -538,58 +540,36 @@ type request struct {
 }
 
 // connShare is the part of ExportServer.Memory one connection holds,
-// bounded by ExportServer.MaxConnMemory.
+// bounded by ExportServer.MaxConnMemory. It serves in order, like the
+// budget: a read the reader could answer from the caches does not pass a
+// request waiting for the share (else a client streaming cached reads
+// kept a large read waiting as long as the stream lasted).
 type connShare struct {
-	max   int64
-	mu    sync.Mutex
-	held  int64
-	freed chan struct{} // closed when held drops
+	max int64
+	sem *semaphore.Weighted
 }
 
 func newConnShare(max int64) *connShare {
 	if max <= 0 {
 		return nil
 	}
-	return &connShare{max: max, freed: make(chan struct{})}
+	return &connShare{max: max, sem: semaphore.NewWeighted(max)}
 }
 
-// tryAcquire takes n bytes if the connection may hold them now.
-func (c *connShare) tryAcquire(n int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.held != 0 && c.held+n > c.max {
-		return false
-	}
-	c.held += n
-	return true
-}
+// clamp: a request larger than the share takes all of it, so it runs
+// when the connection holds nothing else. Give the same n to release.
+func (c *connShare) clamp(n int64) int64 { return min(n, c.max) }
+
+// tryAcquire takes n bytes if the connection may hold them now and no
+// request waits for the share.
+func (c *connShare) tryAcquire(n int64) bool { return c.sem.TryAcquire(c.clamp(n)) }
 
 // acquire waits until the connection may hold n more bytes.
 func (c *connShare) acquire(ctx context.Context, n int64) error {
-	for {
-		c.mu.Lock()
-		if c.held == 0 || c.held+n <= c.max {
-			c.held += n
-			c.mu.Unlock()
-			return nil
-		}
-		freed := c.freed
-		c.mu.Unlock()
-		select {
-		case <-freed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return c.sem.Acquire(ctx, c.clamp(n))
 }
 
-func (c *connShare) release(n int64) {
-	c.mu.Lock()
-	c.held -= n
-	close(c.freed)
-	c.freed = make(chan struct{})
-	c.mu.Unlock()
-}
+func (c *connShare) release(n int64) { c.sem.Release(c.clamp(n)) }
 
 // replyTimeout is how long a reply may wait for the client to read it.
 const replyTimeout = 2 * time.Minute

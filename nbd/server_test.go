@@ -124,6 +124,18 @@ func (w warmGather) ReadAt(p []byte, off int64) (int, error) {
 	return w.gatherDevice.ReadAt(p, off)
 }
 
+// cachedMem is a memDevice whose first 4 MiB its caches always hold:
+// reads there are answered by the request reader itself.
+type cachedMem struct{ *memDevice }
+
+func (c cachedMem) ReadCached(p []byte, off int64) bool {
+	if off+int64(len(p)) > 4<<20 {
+		return false
+	}
+	_, err := c.ReadAt(p, off)
+	return err == nil
+}
+
 type fixture struct {
 	sock, img string
 	store     *blockstore.Store
@@ -168,6 +180,7 @@ func serve(t *testing.T) *fixture {
 		"scratch": {Name: "scratch", Device: mem},
 		"broken":  {Name: "broken", Device: failingDevice{mem}, ReadOnly: true},
 		"gather":  {Name: "gather", Device: &gatherDevice{Device: mem, want: 8, all: make(chan struct{})}, ReadOnly: true},
+		"cached":  {Name: "cached", Device: cachedMem{mem}, ReadOnly: true},
 		"gather2": {Name: "gather2", Device: warmGather{&gatherDevice{Device: mem, want: 2, all: make(chan struct{})}}, ReadOnly: true},
 	}
 	sock := filepath.Join(dir, "nbd.sock")
@@ -821,6 +834,43 @@ func TestBurstAfterIdleServedInParallel(t *testing.T) {
 			io.ReadFull(r, make([]byte, 4096))
 		}
 	})
+}
+
+// TestShareServesInOrder: a read that must wait for its connection's
+// share (1 MiB here) is not passed for ever by the small reads the
+// request reader answers from the caches after it. (The share let the
+// reader take it whenever a small read fitted, so a client streaming
+// cached reads kept a read of the share's size waiting as long as the
+// stream lasted; the memory budget itself serves in order.)
+func TestShareServesInOrder(t *testing.T) {
+	f := serve(t)
+	hostile(t, f.sock, func(conn net.Conn, r io.Reader) {
+		enterTransmission(t, conn, r, "cached")
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		const small, n = 64 << 10, 1000
+		reqs := rawRequest(cmdRead, 0, 0, small)                     // holds a part of the share
+		reqs = append(reqs, rawRequest(cmdRead, 1, 4<<20, 1<<20)...) // waits for all of it
+		for k := range n {
+			reqs = append(reqs, rawRequest(cmdRead, uint64(2+k), uint64(k%32)*small, small)...)
+		}
+		go conn.Write(reqs)
+		for k := range n + 2 {
+			errno, cookie := simpleReply(t, r)
+			if errno != 0 {
+				t.Fatalf("read %d: NBD error %d", cookie, errno)
+			}
+			if cookie == 1 {
+				if k > 64 {
+					t.Fatalf("the 1 MiB read was answered after %d of the %d small reads sent after it", k-1, n)
+				}
+				t.Logf("the 1 MiB read was answered %dth", k+1)
+				io.ReadFull(r, make([]byte, 1<<20))
+				continue
+			}
+			io.ReadFull(r, make([]byte, small))
+		}
+	})
+	f.budgetReturned(t)
 }
 
 // TestSlowReaderHoldsOnlyItsShare: a client sends reads and never reads

@@ -57,7 +57,7 @@ type StoreStatus struct {
 	CacheAuto       bool  `json:"cache_auto,omitempty"` // cache_size = "auto": sized from the machine's memory
 	Workers         int   `json:"workers,omitempty"`
 	// GOMAXPROCS the daemon runs with: twice the CPUs it may use (up
-	// to 16 more) unless set in its environment; see docs/performance.md.
+	// to 16 more) unless set in its environment; see daemon.Oversubscribe.
 	GoMaxProcs         int   `json:"gomaxprocs,omitempty"`
 	InflightBytes      int64 `json:"inflight_bytes,omitempty"`
 	InflightLimitBytes int64 `json:"inflight_limit_bytes,omitempty"`

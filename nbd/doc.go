@@ -44,9 +44,11 @@
 // data straight from its buffer (no copy into a write buffer); the
 // request reader sends what it answered itself before it waits for more
 // requests. Read and write buffers come from size-class pools and are
-// taken from the daemon's memory budget (Server.Memory) before use, so
-// many clients wait for each other instead of growing memory; a client
-// that does not read its replies for two minutes is disconnected.
+// taken from the daemon's memory budget (ExportServer.Memory) before use, so
+// many clients wait for each other instead of growing memory; one
+// connection holds at most ExportServer.MaxConnMemory of it, taken in order;
+// a client that does not read its replies for two minutes is
+// disconnected.
 // CACHE is advertised only for devices that implement Cacher, TRIM only
 // for writable devices that implement Trimmer.
 //

@@ -119,7 +119,8 @@ type ExportServer struct {
 	// its connection holds nothing else). A client that stops reading
 	// its replies keeps their buffers until the reply timeout; without a
 	// share per connection it could hold the whole budget meanwhile and
-	// stall every other reader of the store.
+	// stall every other reader of the store. (It bounds a connection,
+	// not a client: a client with several connections holds several.)
 	MaxConnMemory int64
 	// PayloadTimeout bounds how long a write's payload may take to arrive
 	// after its header (the payload's budget is held meanwhile, so a

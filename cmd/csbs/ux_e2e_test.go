@@ -535,7 +535,7 @@ func TestStatusFiguresAndLines(t *testing.T) {
 	}
 
 	// The daemon runs with Ps beyond its CPUs for goroutines blocked in
-	// system calls, and as many workers (docs/performance.md).
+	// system calls, and as many workers (daemon.Oversubscribe).
 	cpus := runtime.GOMAXPROCS(0)
 	wantProcs := cpus + min(cpus, 16)
 	if os.Getenv("GOMAXPROCS") != "" {

@@ -59,6 +59,7 @@ type StoreStatus struct {
 	// GOMAXPROCS the daemon runs with: twice the CPUs it may use (up
 	// to 16 more) unless set in its environment; see daemon.Oversubscribe.
 	GoMaxProcs         int   `json:"gomaxprocs,omitempty"`
+	CPUs               int   `json:"cpus,omitempty"` // the CPUs the daemon may use
 	InflightBytes      int64 `json:"inflight_bytes,omitempty"`
 	InflightLimitBytes int64 `json:"inflight_limit_bytes,omitempty"`
 	InflightPeakBytes  int64 `json:"inflight_peak_bytes,omitempty"`

@@ -42,6 +42,9 @@ type Options struct {
 	Clock   scheduler.Clock
 	Log     *slog.Logger
 	Version string
+	// CPUs the process may use, as Oversubscribe counted them before it
+	// raised GOMAXPROCS (shown by csbs status); 0: GOMAXPROCS.
+	CPUs int
 }
 
 // Daemon is a running appliance.
@@ -100,7 +103,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	if s3p != nil {
 		packSize = int(cfg.Store.S3.PackSize)
 	}
-	size := sizeFor(cfg.Store)
+	size := sizeFor(cfg.Store, opts.CPUs)
 	store, err := blockstore.Open(cfg.StoreDir(), blockstore.Options{
 		BlockSize: int(cfg.Store.BlockSize), Codec: codec, CacheBytes: size.CacheBytes, Logger: opts.Log,
 		MinFree: int64(cfg.Store.MinFree), Packs: packs, PackSize: packSize,
@@ -501,7 +504,7 @@ func (d *Daemon) status(_ context.Context, admin bool, st *api.Status) {
 	}
 	st.Store.CacheBytes, st.Store.CacheLimitBytes = cs.Bytes, cs.Limit
 	st.Store.CacheAuto = d.cfg.Store.CacheSize == config.Auto
-	st.Store.Workers, st.Store.GoMaxProcs = d.size.Workers, d.size.Procs
+	st.Store.Workers, st.Store.GoMaxProcs, st.Store.CPUs = d.size.Workers, d.size.Procs, d.size.CPUs
 	bs := d.store.Budget().Stats()
 	st.Store.InflightBytes, st.Store.InflightLimitBytes, st.Store.InflightPeakBytes = bs.Used, bs.Total, bs.Peak
 	st.Store.ReadCacheBytes = d.serving.readCacheBytes()

@@ -19,20 +19,24 @@ import (
 // the read path: shown by csbs status and logged at start.
 type sizing struct {
 	Workers       int
+	CPUs          int   // what the process may use (Oversubscribe's count)
 	Procs         int   // GOMAXPROCS at start
 	MemoryBytes   int64 // the machine's memory (or the cgroup's limit)
 	CacheBytes    int64
 	InflightBytes int64
 }
 
-func sizeFor(cfg config.Store) sizing {
+func sizeFor(cfg config.Store, cpus int) sizing {
+	if cpus <= 0 {
+		cpus = runtime.GOMAXPROCS(0)
+	}
 	workers := cfg.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
 	mem := machineMemory()
 	return sizing{
-		Workers: workers, Procs: runtime.GOMAXPROCS(0), MemoryBytes: mem,
+		Workers: workers, CPUs: cpus, Procs: runtime.GOMAXPROCS(0), MemoryBytes: mem,
 		CacheBytes: cfg.CacheBytes(mem), InflightBytes: cfg.InflightBytes(workers),
 	}
 }
@@ -62,7 +66,9 @@ func procsFor(cpus int) int {
 // sequential reads +3%.
 func Oversubscribe() (cpus, procs int) {
 	cpus = runtime.GOMAXPROCS(0)
-	if os.Getenv("GOMAXPROCS") != "" {
+	// The runtime ignores a value that is not a positive number; so
+	// does this.
+	if n, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && n > 0 {
 		return cpus, cpus
 	}
 	procs = procsFor(cpus)

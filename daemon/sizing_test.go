@@ -32,8 +32,11 @@ func TestOversubscribe(t *testing.T) {
 		t.Errorf("with GOMAXPROCS=3 set: cpus %d procs %d, runtime %d; want 3 of each", cpus, procs, runtime.GOMAXPROCS(0))
 	}
 
-	t.Setenv("GOMAXPROCS", "")
-	if cpus, procs := Oversubscribe(); cpus != 3 || procs != 6 || runtime.GOMAXPROCS(0) != 6 {
-		t.Errorf("without GOMAXPROCS: cpus %d procs %d, runtime %d; want 3, 6, 6", cpus, procs, runtime.GOMAXPROCS(0))
+	for _, env := range []string{"", "0", "many"} { // unset, or a value the runtime ignores too
+		runtime.GOMAXPROCS(3)
+		t.Setenv("GOMAXPROCS", env)
+		if cpus, procs := Oversubscribe(); cpus != 3 || procs != 6 || runtime.GOMAXPROCS(0) != 6 {
+			t.Errorf("with GOMAXPROCS=%q: cpus %d procs %d, runtime %d; want 3, 6, 6", env, cpus, procs, runtime.GOMAXPROCS(0))
+		}
 	}
 }

@@ -14,10 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"csbs/blockstore"
 	"csbs/internal/extent"
-
-	"golang.org/x/sync/semaphore"
 )
 
 // Device is what an export serves: Size bytes readable with ReadAt, which

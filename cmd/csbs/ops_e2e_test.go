@@ -68,6 +68,7 @@ type statusJSON struct {
 		FreeBytes    int64 `json:"free_bytes"`
 		Workers      int   `json:"workers"`
 		GoMaxProcs   int   `json:"gomaxprocs"`
+		CPUs         int   `json:"cpus"`
 	} `json:"store"`
 	ActiveJobs []struct{ ID string } `json:"active_jobs"`
 	Exports    []exportJSON          `json:"exports"`

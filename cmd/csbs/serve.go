@@ -31,7 +31,7 @@ systemd (Type=notify) it reports READY=1 once the API answers.`,
 			log := daemon.NewLogger(cfg.Log, os.Stderr)
 			cpus, procs := daemon.Oversubscribe()
 			log.Info("scheduler sized", "cpus", cpus, "gomaxprocs", procs)
-			d, err := daemon.New(cfg, daemon.Options{Log: log, Version: version})
+			d, err := daemon.New(cfg, daemon.Options{Log: log, Version: version, CPUs: cpus})
 			if err != nil {
 				return err
 			}

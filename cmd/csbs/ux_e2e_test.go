@@ -7,7 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -536,12 +536,12 @@ func TestStatusFiguresAndLines(t *testing.T) {
 
 	// The daemon runs with Ps beyond its CPUs for goroutines blocked in
 	// system calls, and as many workers (daemon.Oversubscribe).
-	cpus := runtime.GOMAXPROCS(0)
+	cpus := st.Store.CPUs
 	wantProcs := cpus + min(cpus, 16)
-	if os.Getenv("GOMAXPROCS") != "" {
+	if n, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && n > 0 {
 		wantProcs = cpus
 	}
-	if st.Store.GoMaxProcs != wantProcs || st.Store.Workers != wantProcs {
+	if cpus < 1 || st.Store.GoMaxProcs != wantProcs || st.Store.Workers != wantProcs {
 		t.Errorf("status: gomaxprocs %d, workers %d on %d CPUs; want %d of both", st.Store.GoMaxProcs, st.Store.Workers, cpus, wantProcs)
 	}
 

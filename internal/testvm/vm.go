@@ -204,8 +204,14 @@ func (vm *VM) readConsole(r io.Reader) {
 			}
 		} else {
 			vm.console.WriteString(line + "\n")
-			if strings.HasPrefix(line, "csbs-writer started") {
+			if s, ok := strings.CutPrefix(line, "csbs-writer started at "); ok {
 				vm.started = true
+				// A restarted writer found records 0..n-1 whole and
+				// durable: they count as reported before its first new
+				// one (a backup fixed before that holds them).
+				if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+					vm.synced = max(vm.synced, n-1)
+				}
 			}
 		}
 		vm.changed.Broadcast()

@@ -737,17 +737,12 @@ func TestDiscAfterQueuedInlineReplies(t *testing.T) {
 // waited as long as the hostile client stayed.
 func TestWriteHeaderWithoutPayload(t *testing.T) {
 	f := serve(t)
-	conn, err := net.Dial("unix", f.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	io.ReadFull(conn, make([]byte, 18))
-	enterTransmission(t, conn, conn, "backup")     // read-only: the payload is read (and refused) anyway
-	conn.Write(rawRequest(cmdWrite, 1, 0, 32<<20)) // no payload follows
-
-	time.Sleep(200 * time.Millisecond)
-	f.otherClientReads(t, 1, 1<<20, "held by a client that sends no payload")
+	hostile(t, f.sock, func(conn net.Conn, r io.Reader) {
+		enterTransmission(t, conn, r, "backup")        // read-only: the payload is read (and refused) anyway
+		conn.Write(rawRequest(cmdWrite, 1, 0, 32<<20)) // no payload follows
+		time.Sleep(200 * time.Millisecond)
+		f.otherClientReads(t, 1, 1<<20, "held by a client that sends no payload")
+	})
 }
 
 // otherClientReads has a new client read n blocks of size bytes from 16
@@ -881,21 +876,16 @@ func TestShareServesInOrder(t *testing.T) {
 // the other client waited for that timeout.
 func TestSlowReaderHoldsOnlyItsShare(t *testing.T) {
 	f := serve(t)
-	conn, err := net.Dial("unix", f.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	io.ReadFull(conn, make([]byte, 18))
-	enterTransmission(t, conn, conn, "backup")
-	var reqs []byte
-	for k := range 32 {
-		reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k%16)<<20, 1<<20)...)
-	}
-	conn.Write(reqs) // and never reads a reply
-
-	time.Sleep(300 * time.Millisecond)
-	f.otherClientReads(t, 4, 1<<20, "held by a client that reads no reply")
+	hostile(t, f.sock, func(conn net.Conn, r io.Reader) {
+		enterTransmission(t, conn, r, "backup")
+		var reqs []byte
+		for k := range 32 {
+			reqs = append(reqs, rawRequest(cmdRead, uint64(k), uint64(k%16)<<20, 1<<20)...)
+		}
+		conn.Write(reqs) // and never reads a reply
+		time.Sleep(300 * time.Millisecond)
+		f.otherClientReads(t, 4, 1<<20, "held by a client that reads no reply")
+	})
 }
 
 // TestDiscThenLeave: the same packet, then the client closes its

@@ -12,6 +12,9 @@ var ErrBlockSizeMismatch = errors.New("block size mismatch")
 // ErrClosed means the store was closed.
 var ErrClosed = errors.New("store is closed")
 
+// ErrInUse means another process (a running daemon) has the store open.
+var ErrInUse = errors.New("store is in use by another process")
+
 // ErrMapNotFound means no committed map has the given id.
 var ErrMapNotFound = errors.New("block map not found")
 

@@ -70,7 +70,7 @@ func readFormat(dir string, opts Options) (string, error) {
 	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
-	db, err := badger.Open(badgerOptions(dir, opts))
+	db, err := openBadger(dir, opts)
 	if err != nil {
 		return "", err
 	}
@@ -87,7 +87,7 @@ func readFormat(dir string, opts Options) (string, error) {
 }
 
 func migrate(dir, upgrade string, opts Options) error {
-	src, err := badger.Open(badgerOptions(dir, opts))
+	src, err := openBadger(dir, opts)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
@@ -198,7 +199,7 @@ func openCurrent(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("open store %s: %w", dir, err)
 		}
 	}
-	db, err := badger.Open(badgerOptions(dir, opts))
+	db, err := openBadger(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
@@ -260,6 +261,17 @@ func validBlockSize(bs int) error {
 // (ValueThreshold at its maximum), so deleted keys give their space back
 // through compaction; the value log, whose space comes back only through
 // its unreliable GC, stays empty.
+// openBadger opens the store's Badger database; a database another
+// process holds is ErrInUse (Badger says so only in words: its
+// directory lock is taken).
+func openBadger(dir string, opts Options) (*badger.DB, error) {
+	db, err := badger.Open(badgerOptions(dir, opts))
+	if err != nil && strings.Contains(err.Error(), "Cannot acquire directory lock") {
+		return nil, fmt.Errorf("%w: %w", ErrInUse, err)
+	}
+	return db, err
+}
+
 func badgerOptions(dir string, opts Options) badger.Options {
 	return badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{opts.Logger}).

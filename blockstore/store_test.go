@@ -522,3 +522,23 @@ func TestCloseDuringReadAhead(t *testing.T) {
 		t.Fatalf("second close: %v", err)
 	}
 }
+
+// TestOpenInUse: a store open elsewhere is refused with ErrInUse (the
+// daemon names it "in use by another csbs daemon"; test harnesses wait
+// on it), and opens once the holder closes it.
+func TestOpenInUse(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, Options{}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second open: %v, want ErrInUse", err)
+	}
+	s.Close()
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	s.Close()
+}

@@ -113,7 +113,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 		if packs != nil {
 			packs.Close()
 		}
-		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+		if errors.Is(err, blockstore.ErrInUse) {
 			return nil, fmt.Errorf("store %s is in use by another csbs daemon: %w", cfg.StoreDir(), err)
 		}
 		return nil, err
@@ -124,7 +124,7 @@ func New(cfg config.Config, opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, clock: opts.Clock, log: opts.Log, version: opts.Version, store: store, s3: s3p, size: size}
 	memLimit := limitMemory(size)
-	d.log.Info("read path sized", "workers", size.Workers, "gomaxprocs", size.Procs, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes, "go_memory_limit", memLimit)
+	d.log.Info("read path sized", "workers", size.Workers, "cpus", size.CPUs, "gomaxprocs", size.Procs, "block_cache_bytes", size.CacheBytes, "inflight_bytes", size.InflightBytes, "memory_bytes", size.MemoryBytes, "go_memory_limit", memLimit)
 	d.cat = catalog.New(store.KV(), catalog.Options{Space: d.catalogSpace})
 	if n, err := d.cat.EnsureIndexes(); err != nil {
 		store.Close()

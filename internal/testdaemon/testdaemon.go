@@ -4,6 +4,7 @@ package testdaemon
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -120,7 +121,7 @@ func CheckCatalog(t testing.TB, cfg config.Config) {
 	start := time.Now()
 	for {
 		s, err = blockstore.Open(cfg.StoreDir(), blockstore.Options{BlockSize: int(cfg.Store.BlockSize)})
-		if err == nil || !strings.Contains(err.Error(), "Cannot acquire directory lock") || time.Since(start) > 5*time.Second {
+		if !errors.Is(err, blockstore.ErrInUse) || time.Since(start) > 5*time.Second {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -27,16 +27,17 @@ type sizing struct {
 }
 
 func sizeFor(cfg config.Store, cpus int) sizing {
+	procs := runtime.GOMAXPROCS(0)
 	if cpus <= 0 {
-		cpus = runtime.GOMAXPROCS(0)
+		cpus = procs
 	}
 	workers := cfg.Workers
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		workers = procs
 	}
 	mem := machineMemory()
 	return sizing{
-		Workers: workers, CPUs: cpus, Procs: runtime.GOMAXPROCS(0), MemoryBytes: mem,
+		Workers: workers, CPUs: cpus, Procs: procs, MemoryBytes: mem,
 		CacheBytes: cfg.CacheBytes(mem), InflightBytes: cfg.InflightBytes(workers),
 	}
 }

@@ -562,15 +562,24 @@ func newConnShare(max int64) *connShare {
 func (c *connShare) clamp(n int64) int64 { return min(n, c.max) }
 
 // tryAcquire takes n bytes if the connection may hold them now and no
-// request waits for the share.
-func (c *connShare) tryAcquire(n int64) bool { return c.sem.TryAcquire(c.clamp(n)) }
+// request waits for the share. A nil share (no limit) always may.
+func (c *connShare) tryAcquire(n int64) bool {
+	return c == nil || c.sem.TryAcquire(c.clamp(n))
+}
 
 // acquire waits until the connection may hold n more bytes.
 func (c *connShare) acquire(ctx context.Context, n int64) error {
+	if c == nil {
+		return nil
+	}
 	return c.sem.Acquire(ctx, c.clamp(n))
 }
 
-func (c *connShare) release(n int64) { c.sem.Release(c.clamp(n)) }
+func (c *connShare) release(n int64) {
+	if c != nil {
+		c.sem.Release(c.clamp(n))
+	}
+}
 
 // replyTimeout is how long a reply may wait for the client to read it.
 const replyTimeout = 2 * time.Minute
@@ -707,13 +716,11 @@ func (s *ExportServer) readCached(rw *replyWriter, dev CachedReader, exp *Export
 	}
 	if s.Memory != nil {
 		n := int64(r.length)
-		if r.share != nil && !r.share.tryAcquire(n) {
+		if !r.share.tryAcquire(n) {
 			return false
 		}
 		if !s.Memory.TryAcquire(n) {
-			if r.share != nil {
-				r.share.release(n)
-			}
+			r.share.release(n)
 			return false
 		}
 		r.budget = n
@@ -743,15 +750,11 @@ func (s *ExportServer) take(ctx context.Context, r *request, n int64) error {
 	if s.Memory == nil || n == 0 {
 		return nil
 	}
-	if r.share != nil {
-		if err := r.share.acquire(ctx, n); err != nil {
-			return err
-		}
+	if err := r.share.acquire(ctx, n); err != nil {
+		return err
 	}
 	if err := s.Memory.Acquire(ctx, n); err != nil {
-		if r.share != nil {
-			r.share.release(n)
-		}
+		r.share.release(n)
 		return err
 	}
 	r.budget += n
@@ -767,9 +770,7 @@ func (s *ExportServer) done(r *request, bufs ...[]byte) {
 	}
 	if r.budget > 0 {
 		s.Memory.Release(r.budget)
-		if r.share != nil {
-			r.share.release(r.budget)
-		}
+		r.share.release(r.budget)
 		r.budget = 0
 	}
 }

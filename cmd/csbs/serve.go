@@ -29,8 +29,7 @@ systemd (Type=notify) it reports READY=1 once the API answers.`,
 				return err
 			}
 			log := daemon.NewLogger(cfg.Log, os.Stderr)
-			cpus, procs := daemon.Oversubscribe()
-			log.Info("scheduler sized", "cpus", cpus, "gomaxprocs", procs)
+			cpus, _ := daemon.Oversubscribe()
 			d, err := daemon.New(cfg, daemon.Options{Log: log, Version: version, CPUs: cpus})
 			if err != nil {
 				return err
